@@ -1,0 +1,6 @@
+"""zoo: residual and MetaFormer blocks with stochastic depth, and the CIFAR-10 evidence of what it buys."""
+
+from . import layers
+from ._registry import create_model, is_model, list_models, register_model
+
+__version__ = "0.1.0"
