@@ -1,0 +1,21 @@
+"""Errors a user can act on. train.py prints their one-line message and exits non-zero, no traceback."""
+
+
+class ZooError(Exception):
+    """Base of the errors that are the user's to fix (bad config, bad data, bad checkpoint)."""
+
+
+class ConfigError(ZooError, ValueError):
+    """A configuration value is invalid; the message names the key, the value and what is allowed."""
+
+
+class DataError(ZooError):
+    """The dataset cannot be read; the message names the path or file and what was expected."""
+
+
+class CheckpointError(ZooError):
+    """A checkpoint cannot be resumed from; the message says why and which file."""
+
+
+class TrainingDiverged(ZooError):
+    """The loss became non-finite; the message names the epoch, the step and the last checkpoint."""
