@@ -2,5 +2,6 @@
 
 from . import layers
 from ._registry import create_model, is_model, list_models, register_model
+from . import models  # registers every model  # noqa: E402
 
 __version__ = "0.1.0"

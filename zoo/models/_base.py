@@ -10,11 +10,12 @@ from ..layers import block_drop_path_rates
 class ZooModel(nn.Module):
     """Base of every registered model.
 
-    Subclasses set ``num_classes``, ``num_features`` and ``head`` (a Linear, or Identity when
+    Subclasses set ``depths`` (blocks per stage), ``num_classes``, ``num_features`` and ``head`` (a Linear, or Identity when
     ``num_classes == 0``), and implement ``forward_features`` (input -> pooled features (B, F))
     and keep their DropPathBlocks registered in forward order.
     """
 
+    depths: tuple[int, ...]
     num_classes: int
     num_features: int
     head: nn.Module

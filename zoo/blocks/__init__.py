@@ -1,0 +1,3 @@
+"""Blocks other projects can import directly."""
+
+from .resnet import BasicBlock, Bottleneck

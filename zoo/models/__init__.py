@@ -1,0 +1,4 @@
+"""Registered models; importing this package registers them."""
+
+from ._base import ZooModel
+from .resnet_cifar import ResNetCifar

@@ -1,0 +1,148 @@
+"""CIFAR ResNets (He et al. 2016): a 3x3 stem, three stages at widths 16/32/64, global pooling.
+
+BasicBlock networks have 6n + 2 layers (resnet20: n = 3 ... resnet1202: n = 200); the Bottleneck
+network has 9n + 2 (resnet164: n = 18). Drop path rates come from one ``drop_path_rate`` through
+:func:`zoo.layers.drop_path_rates`; ``drop_path_schedule="paper"`` gives the linear decay rule of
+Huang et al. (block l of L dropped with probability r * l / L).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .._registry import register_model
+from ..blocks.resnet import BasicBlock, Bottleneck
+from ..layers import drop_path_rates
+from ._base import ZooModel
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+class ResNetStage(nn.Sequential):
+    """``len(drop_path_rates)`` blocks; the first one changes the width and the stride."""
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        in_chs: int,
+        width: int,
+        stride: int,
+        drop_path_rates: Sequence[float],
+        drop_path_mode: str = "mask",
+        shortcut: str = "A",
+    ):
+        blocks = []
+        for i, rate in enumerate(drop_path_rates):
+            blocks.append(block(in_chs, width, stride if i == 0 else 1, rate, drop_path_mode, shortcut))
+            in_chs = width * block.expansion
+        super().__init__(*blocks)
+
+
+class ResNetCifar(ZooModel):
+    """A CIFAR ResNet.
+
+    Args:
+        depths: blocks per stage, e.g. (3, 3, 3) for resnet20.
+        widths: branch width per stage.
+        block: "basic" or "bottleneck".
+        num_classes: classifier outputs (0: no head, ``forward`` returns pooled features).
+        in_chans: input channels.
+        drop_path_rate: the largest per-block drop path rate.
+        drop_path_schedule: how rates grow with depth (see :func:`zoo.layers.drop_path_rates`).
+        drop_path_mode: "mask", "skip" (branch computed for kept samples only) or "auto".
+        shortcut: "A" (zero-padding, parameter-free) or "B" (1x1 conv) where the shape changes.
+    """
+
+    def __init__(
+        self,
+        depths: Sequence[int] = (3, 3, 3),
+        widths: Sequence[int] = (16, 32, 64),
+        block: str = "basic",
+        num_classes: int = 10,
+        in_chans: int = 3,
+        drop_path_rate: float = 0.0,
+        drop_path_schedule: str = "linear",
+        drop_path_mode: str = "mask",
+        shortcut: str = "A",
+    ):
+        super().__init__()
+        if block not in BLOCKS:
+            raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {block!r}")
+        if len(depths) != len(widths):
+            raise ValueError(f"depths and widths need one entry per stage, got {depths} and {widths}")
+        block_cls = BLOCKS[block]
+        self.depths = tuple(depths)
+        rates = drop_path_rates(drop_path_rate, tuple(depths), drop_path_schedule)
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+        )
+        stages, in_chs = [], widths[0]
+        for i, (width, stage_rates) in enumerate(zip(widths, rates)):
+            stride = 1 if i == 0 else 2
+            stages.append(ResNetStage(block_cls, in_chs, width, stride, stage_rates, drop_path_mode, shortcut))
+            in_chs = width * block_cls.expansion
+        self.stages = nn.Sequential(*stages)
+        self.num_features = in_chs
+        self.reset_classifier(num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return torch.flatten(self.stages(self.stem(x)).mean((2, 3)), 1)
+
+
+def _basic(n: int, **kwargs) -> ResNetCifar:
+    return ResNetCifar(depths=(n, n, n), block="basic", **kwargs)
+
+
+@register_model
+def resnet8(**kwargs) -> ResNetCifar:
+    """The tiny test variant (n = 1)."""
+    return _basic(1, **kwargs)
+
+
+@register_model
+def resnet20(**kwargs) -> ResNetCifar:
+    return _basic(3, **kwargs)
+
+
+@register_model
+def resnet32(**kwargs) -> ResNetCifar:
+    return _basic(5, **kwargs)
+
+
+@register_model
+def resnet44(**kwargs) -> ResNetCifar:
+    return _basic(7, **kwargs)
+
+
+@register_model
+def resnet56(**kwargs) -> ResNetCifar:
+    return _basic(9, **kwargs)
+
+
+@register_model
+def resnet110(**kwargs) -> ResNetCifar:
+    return _basic(18, **kwargs)
+
+
+@register_model
+def resnet1202(**kwargs) -> ResNetCifar:
+    return _basic(200, **kwargs)
+
+
+@register_model
+def resnet164(**kwargs) -> ResNetCifar:
+    """Bottleneck blocks, 9n + 2 layers with n = 18."""
+    kwargs.setdefault("shortcut", "B")
+    return ResNetCifar(depths=(18, 18, 18), block="bottleneck", **kwargs)
