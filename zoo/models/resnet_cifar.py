@@ -54,6 +54,9 @@ class ResNetCifar(ZooModel):
         drop_path_schedule: how rates grow with depth (see :func:`zoo.layers.drop_path_rates`).
         drop_path_mode: "mask", "skip" (branch computed for kept samples only) or "auto".
         shortcut: "A" (zero-padding, parameter-free) or "B" (1x1 conv) where the shape changes.
+        zero_init_last: start every branch's last BatchNorm at gamma = 0, so each block starts as
+            its shortcut (timm's default). Without it resnet1202 at initialisation overflows in
+            eval mode; set False for the exact initialisation of He et al.
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class ResNetCifar(ZooModel):
         drop_path_schedule: str = "linear",
         drop_path_mode: str = "mask",
         shortcut: str = "A",
+        zero_init_last: bool = True,
     ):
         super().__init__()
         if block not in BLOCKS:
@@ -87,15 +91,20 @@ class ResNetCifar(ZooModel):
         self.stages = nn.Sequential(*stages)
         self.num_features = in_chs
         self.reset_classifier(num_classes)
-        self._init_weights()
+        self._init_weights(zero_init_last)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, zero_init_last: bool) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if zero_init_last:
+            for m in self.modules():
+                if isinstance(m, (BasicBlock, Bottleneck)):
+                    last_bn = (m.conv_bn3 if isinstance(m, Bottleneck) else m.conv_bn2)[1]
+                    nn.init.zeros_(last_bn.weight)
 
     def forward_features(self, x: Tensor) -> Tensor:
         return torch.flatten(self.stages(self.stem(x)).mean((2, 3)), 1)

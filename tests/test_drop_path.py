@@ -1,0 +1,156 @@
+"""DropPath: the functional form and the module, against the rules of issue 2."""
+
+import inspect
+import math
+
+import pytest
+import torch
+
+from zoo.layers import DropPath, drop_path
+
+BAD_RATES = [-0.1, 1.5, float("nan"), float("inf"), "0.1", None, True, [0.1]]
+
+
+def test_identity_at_rate_zero_and_in_eval():
+    x = torch.randn(8, 3, 4, 4)
+    assert drop_path(x, 0.0, training=True) is x
+    assert drop_path(x, 0.5, training=False) is x
+    m = DropPath(0.5).eval()
+    assert m(x) is x
+    assert DropPath(0.0).train()(x) is x
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3, 4, 5])
+def test_mask_is_per_sample_and_kept_samples_scaled(ndim):
+    torch.manual_seed(0)
+    p = 0.3
+    x = torch.rand((64,) + (3,) * (ndim - 1)) + 1.0  # no zeros in x
+    y = drop_path(x, p, training=True)
+    flat_x, flat_y = x.reshape(64, -1), y.reshape(64, -1)
+    dropped = (flat_y == 0).all(1)
+    kept = ~dropped
+    assert ((flat_y == 0).any(1) == dropped).all(), "a sample is either dropped whole or not at all"
+    assert 0 < dropped.sum() < 64
+    torch.testing.assert_close(flat_y[kept], flat_x[kept] / (1 - p))
+
+
+def test_dropped_fraction_within_three_sigma():
+    torch.manual_seed(1)
+    p, n = 0.2, 20000
+    y = drop_path(torch.ones(n, 4), p, training=True)
+    frac = (y[:, 0] == 0).float().mean().item()
+    assert abs(frac - p) < 3 * math.sqrt(p * (1 - p) / n)
+
+
+def test_mean_preserved():
+    torch.manual_seed(2)
+    x = torch.ones(50000, 2)
+    y = DropPath(0.4).train()(x)
+    assert abs(y.mean().item() - 1.0) < 0.02
+    y = drop_path(x, 0.4, training=True, scale_by_keep=False)
+    assert abs(y.mean().item() - 0.6) < 0.01
+
+
+def test_dropped_samples_get_zero_gradient():
+    torch.manual_seed(3)
+    x = torch.randn(32, 5, requires_grad=True)
+    y = drop_path(x, 0.5, training=True)
+    y.sum().backward()
+    dropped = (y == 0).all(1)
+    assert dropped.any() and (~dropped).any()
+    assert (x.grad[dropped] == 0).all()
+    torch.testing.assert_close(x.grad[~dropped], torch.full_like(x.grad[~dropped], 2.0))
+
+
+def test_batch_mode_drops_whole_batch():
+    torch.manual_seed(4)
+    x = torch.ones(16, 3)
+    outcomes = []
+    for _ in range(400):
+        y = drop_path(x, 0.5, training=True, mode="batch")
+        assert (y == 0).all() or torch.equal(y, 2 * x)
+        outcomes.append(bool((y == 0).all()))
+    frac = sum(outcomes) / len(outcomes)
+    assert abs(frac - 0.5) < 3 * math.sqrt(0.25 / 400)
+
+
+def test_rate_one_gives_zeros():
+    x = torch.randn(10, 3)
+    for y in (drop_path(x, 1.0, training=True), DropPath(1.0).train()(x)):
+        assert torch.equal(y, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_keeps_dtype(dtype):
+    torch.manual_seed(5)
+    x = torch.ones(256, 8, dtype=dtype)
+    y = DropPath(0.5).train()(x)
+    assert y.dtype == dtype
+    assert set(y[:, 0].float().unique().tolist()) == {0.0, 2.0}
+
+
+def test_rate_stays_float32_when_model_is_cast():
+    m = torch.nn.Sequential(DropPath(0.1)).to(torch.bfloat16)
+    assert m[0].rate.dtype == torch.float32 and m[0].rate.item() == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("bad", BAD_RATES)
+def test_bad_rates_raise(bad):
+    with pytest.raises(ValueError, match=r"\[0, 1\]") as err:
+        drop_path(torch.ones(2, 2), bad, training=True)
+    assert repr(bad) in str(err.value)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        DropPath(bad)
+    m = DropPath(0.1)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        m.drop_prob = bad
+    assert m.drop_prob == 0.1, "a rejected rate leaves the old one in place"
+
+
+def test_bad_mode_raises():
+    with pytest.raises(ValueError, match="row, batch"):
+        DropPath(0.1, mode="sample")
+
+
+def test_live_rate_change():
+    m = DropPath(0.1).train()
+    m.drop_prob = 1.0
+    assert torch.equal(m(torch.ones(4, 2)), torch.zeros(4, 2))
+    m.drop_prob = 0.0
+    x = torch.ones(4, 2)
+    assert m(x) is x
+    assert "drop_prob=0.000" in repr(m)
+    m.drop_prob = 0.25
+    assert "drop_prob=0.250" in repr(m) and m.rate.item() == 0.25
+
+
+def test_rate_is_not_saved_in_state_dict():
+    # The rate is construction data (from the model's depth schedule), not a learned value.
+    assert DropPath(0.3).state_dict() == {}
+
+
+def test_same_signature_as_timm():
+    timm_layers = pytest.importorskip("timm.layers")
+    ours = inspect.signature(drop_path).parameters
+    theirs = inspect.signature(timm_layers.drop_path).parameters
+    assert list(theirs) == list(ours)[: len(theirs)]
+    assert [ours[k].default for k in theirs] == [theirs[k].default for k in theirs]
+    ours = inspect.signature(DropPath.__init__).parameters
+    theirs = inspect.signature(timm_layers.DropPath.__init__).parameters
+    assert list(theirs) == list(ours)[: len(theirs)]
+
+
+def test_drop_in_inside_a_timm_model():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("resnet10t", num_classes=3, drop_path_rate=0.5)
+    n = 0
+    for name, mod in list(model.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, timm.layers.DropPath):
+                setattr(mod, child_name, DropPath(child.drop_prob, child.scale_by_keep))
+                n += 1
+    assert n > 0
+    model.train()
+    torch.manual_seed(0)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()

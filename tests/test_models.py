@@ -1,0 +1,91 @@
+"""Every registered model: shapes, gradients, determinism, and the installed drop path rates."""
+
+import pytest
+import torch
+
+import zoo
+from zoo.layers import DEPTH_SCHEDULES, drop_path_rates
+
+MODELS = zoo.list_models()
+
+
+def inputs(batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_output_shape_and_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model = zoo.create_model(name, num_classes=7).train()
+    out = model(inputs())
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    out.square().sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient reached {missing[:5]}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_eval_is_deterministic_and_train_varies_with_drop_path(name):
+    torch.manual_seed(0)
+    model = zoo.create_model(name, drop_path_rate=0.5)
+    x = inputs(4)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
+        # Zero-initialised scales (a ResNet branch's last BN) make every branch 0 at init, and a
+        # dropped 0 is still 0: give them values first, as training would.
+        for p in model.parameters():
+            if (p == 0).all():
+                p.uniform_(0.5, 1.5)
+        model.train()
+        outs = [model(x) for _ in range(4)]
+    assert any(not torch.equal(outs[0], o) for o in outs[1:]), "train outputs never changed"
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("schedule", DEPTH_SCHEDULES)
+def test_installed_rates_follow_the_schedule(name, schedule):
+    model = zoo.create_model(name, drop_path_rate=0.3, drop_path_schedule=schedule)
+    expected = [r for stage in drop_path_rates(0.3, model.depths, schedule) for r in stage]
+    assert model.drop_path_rates() == expected
+    assert len(expected) == sum(model.depths)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_classifier_api(name):
+    model = zoo.create_model(name, num_classes=5).eval()
+    x = inputs()
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (2, model.num_features)
+        torch.testing.assert_close(model.forward_head(feats), model(x))
+        assert torch.equal(model.forward_head(feats, pre_logits=True), feats)
+        model.reset_classifier(3)
+        assert model(x).shape == (2, 3) and model.num_classes == 3
+        model.reset_classifier(0)
+        assert model(x).shape == (2, model.num_features)
+
+
+def test_bad_constructor_arguments_name_the_value():
+    with pytest.raises(ValueError, match="drop_path_rate"):
+        zoo.create_model("resnet8", drop_path_rate=1.5)
+    with pytest.raises(ValueError, match="'cosine'"):
+        zoo.create_model("resnet8", drop_path_schedule="cosine")
+    with pytest.raises(ValueError, match="mask, skip, auto"):
+        zoo.create_model("resnet8", drop_path_rate=0.1, drop_path_mode="fast")
+
+
+def test_resnet_zero_init_last():
+    model = zoo.create_model("resnet8", zero_init_last=True)
+    assert all((b.conv_bn2[1].weight == 0).all() for b in model.stages.modules() if hasattr(b, "conv_bn2"))
+    model = zoo.create_model("resnet8", zero_init_last=False)
+    assert all((b.conv_bn2[1].weight == 1).all() for b in model.stages.modules() if hasattr(b, "conv_bn2"))
+
+
+def test_resnet_sizes_match_the_paper():
+    # He et al. 2016, Table 6: 0.27M, 0.46M, 0.66M, 0.85M, 1.7M, 19.4M parameters.
+    expected = {"resnet20": 0.27, "resnet32": 0.46, "resnet44": 0.66, "resnet56": 0.85, "resnet110": 1.7, "resnet1202": 19.4}
+    for name, millions in expected.items():
+        n = sum(p.numel() for p in zoo.create_model(name).parameters()) / 1e6
+        assert n == pytest.approx(millions, rel=0.03), name
+    assert len(zoo.create_model("resnet110").drop_path_rates()) == 54
