@@ -1,0 +1,288 @@
+"""The comparison report: exact numbers from hand-made metrics files, unfinished sweeps, errors, the
+Hydra callback, and (slow) a real 2 x 2 micro sweep through train.py."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from zoo.report import ReportCallback, main, paired_difference, render_markdown, t_quantile, write_report
+from zoo.sweep import ReportError, baseline_of, load_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+T_975_DF2 = 4.302652729749464  # Student t 0.975 quantile, 2 degrees of freedom (from tables)
+
+# Hand-made sweep: drop_path_rate 0 vs 0.1, seeds 0, 1, 2, three epochs each.
+FINAL = {0.0: [0.80, 0.82, 0.84], 0.1: [0.83, 0.84, 0.88]}
+BEST = {0.0: [0.81, 0.83, 0.85], 0.1: [0.84, 0.85, 0.89]}
+EPOCH_SECONDS = {0.0: [10.0, 2.0, 4.0], 0.1: [12.0, 3.0, 5.0]}  # first epoch = warm-up, left out
+IMAGES_PER_SECOND = {0.0: [100.0, 1000.0, 2000.0], 0.1: [100.0, 900.0, 1100.0]}
+SUMMARY_EXTRA = {"params": 1234, "total_seconds": 20.0, "device": "cuda", "device_name": "Test GPU", "world_size": 1,
+                 "versions": {"torch": "2.14.1", "zoo": "0.1.0"}, "model": "resnet8", "epochs": 3}
+
+
+def write_job(job: Path, rate: float, seed: int, finished: bool = True, epochs_done: int = 3) -> None:
+    (job / ".hydra").mkdir(parents=True)
+    overrides = [f"drop_path_rate={rate:g}", f"seed={seed}", "experiment=compare"]
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    config = {"model": {"name": "resnet8"}, "drop_path_rate": rate, "seed": seed, "epochs": 3}
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    final = FINAL[rate][seed]
+    rows = []
+    for e in range(epochs_done):
+        acc = final - 0.1 * (2 - e)  # rises to the final accuracy at the last epoch
+        rows.append({"epoch": e + 1, "train_loss": 2.0 - 0.5 * e + seed * 0.01, "train_acc": acc - 0.05,
+                     "test_loss": 1.0, "test_acc": acc, "lr": 0.1, "drop_path_rate": rate,
+                     "epoch_seconds": EPOCH_SECONDS[rate][e], "images_per_second": IMAGES_PER_SECOND[rate][e]})
+    (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if finished:
+        summary = dict(SUMMARY_EXTRA, final_test_acc=final, best_test_acc=BEST[rate][seed],
+                       drop_path_rate=rate, seed=seed)
+        (job / "summary.json").write_text(json.dumps(summary))
+
+
+def write_multirun(sweep: Path) -> None:
+    multirun = {"hydra": {
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                    "params": {"drop_path_rate": "0,0.1", "seed": "0,1,2"}},
+        "overrides": {"hydra": ["hydra.mode=MULTIRUN"], "task": ["experiment=compare"]},
+        "job": {"name": "train"}, "runtime": {"cwd": "/somewhere/zoo"}}}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    sweep = tmp_path / "sweep"
+    jobs = [(rate, seed) for rate in (0.0, 0.1) for seed in (0, 1, 2)]  # Hydra's job order
+    for num, (rate, seed) in enumerate(jobs):
+        write_job(sweep / str(num), rate, seed)
+    write_multirun(sweep)
+    return sweep
+
+
+def test_exact_numbers(sweep_dir):
+    sweep = load_sweep(sweep_dir)
+    assert [c.label for c in sweep.configurations] == ["drop_path_rate=0", "drop_path_rate=0.1"]
+    assert sweep.common == (("experiment", "compare"),)
+    base, sd = sweep.configurations
+    assert base.is_baseline and baseline_of(sd, sweep) is base
+    paired = paired_difference(sd, base)
+    assert paired.seeds == [0, 1, 2]
+    assert paired.diffs == pytest.approx([0.03, 0.02, 0.04], abs=1e-12)
+    # By hand: mean 0.03; sd of (0, -0.01, +0.01) around it = sqrt(0.0002 / 2) = 0.01.
+    half = T_975_DF2 * 0.01 / math.sqrt(3)
+    assert paired.mean == pytest.approx(0.03, abs=1e-12)
+    assert paired.interval() == pytest.approx((0.03 - half, 0.03 + half), abs=1e-12)
+
+    md = render_markdown(sweep)
+    # 0 : final 80, 82, 84 -> 82.00 +- 2.00; best 81, 83, 85 -> 83.00; epoch s (2 + 4) / 2; images/s (1000 + 2000) / 2
+    assert "| `drop_path_rate=0` | 0 | 3 | 82.00 ± 2.00 | 83.00 | 3.00 | 1,500 | baseline |  |  |" in md
+    # 0.1: final 83, 84, 88 -> 85.00 +- sqrt((4 + 1 + 9) / 2) = 2.65; diff +3.00, 3 -+ 2.48 -> +0.52 to +5.48
+    assert "| `drop_path_rate=0.1` | 0.1 | 3 | 85.00 ± 2.65 | 86.00 | 4.00 | 1,000 | +3.00 | +0.52 to +5.48 | 0, 1, 2 |" in md
+    assert "Shared by every job: `experiment=compare`" in md
+    assert "- device: cuda (Test GPU)" in md
+    assert "- versions: torch 2.14.1, zoo 0.1.0" in md
+    assert "python train.py -m experiment=compare\n" in md
+    assert "every run finished and every configuration has its baseline" in md
+
+
+def test_t_quantile_matches_tables():
+    # Published values to 10 significant digits (any statistics table; scipy.stats.t.ppf agrees).
+    for df, value in [(1, 12.70620474), (2, T_975_DF2), (4, 2.776445105), (10, 2.228138852), (30, 2.042272456)]:
+        assert t_quantile(0.975, df) == pytest.approx(value, rel=1e-9)
+    assert t_quantile(0.95, 3) == pytest.approx(2.353363435, rel=1e-9)
+    with pytest.raises(ValueError):
+        t_quantile(0.3, 2)
+
+
+def test_unfinished_sweep(sweep_dir):
+    shutil.rmtree(sweep_dir / "5")  # drop_path_rate=0.1 seed=2: not started
+    shutil.rmtree(sweep_dir / "4")  # drop_path_rate=0.1 seed=1: killed after its first epoch, mid-write
+    write_job(sweep_dir / "4", 0.1, 1, finished=False, epochs_done=1)
+    with open(sweep_dir / "4" / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "train_lo')
+    (sweep_dir / "6" / ".hydra").mkdir(parents=True)  # a job dir from another launch, no metrics yet
+    (sweep_dir / "6" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["drop_path_rate=0.2", "seed=0", "experiment=compare"]))
+
+    paths = write_report(sweep_dir)
+    assert [p.name for p in paths] == ["comparison.md", "comparison.png"]
+    md = paths[0].read_text()
+    # 0.1 now: seed 0 finished (83), seed 1 unfinished; epoch seconds from every epoch but each run's
+    # first: (3 + 5) / 2 (seed 1 has only its first, left out)
+    assert "| `drop_path_rate=0.1` | 0.1 | 1 (+1 unfinished) | 83.00 (1 run) | 84.00 (1 run) | 4.00 | 1,000 | +3.00 | n/a (1 pair) | 0 |" in md
+    assert "## Unfinished runs" in md
+    assert "| `4` | `drop_path_rate=0.1 seed=1` | 1 of 3 | 64.00 |" in md
+    assert "- not started: `drop_path_rate=0.1 seed=2`" in md
+    assert "- job `6` (`drop_path_rate=0.2 seed=0`): no metrics yet" in md
+    assert "- job `4` (`drop_path_rate=0.1 seed=1`): no summary.json, 1 of 3 epochs done" in md
+    assert "- job `4`: 1 unreadable line(s) in metrics.jsonl (skipped)" in md
+    assert "- `drop_path_rate=0.1`: seed(s) 1, 2 finished on one side only" in md
+
+
+def test_configuration_without_baseline(sweep_dir):
+    for num in ("0", "1", "2"):
+        shutil.rmtree(sweep_dir / num)
+    md = render_markdown(load_sweep(sweep_dir))
+    assert "| 85.00 ± 2.65 | 86.00 | 4.00 | 1,000 | no baseline |" in md
+    assert "- `drop_path_rate=0.1`: no drop_path_rate=0 configuration with the same other overrides" in md
+    assert md.count("- not started:") == 3
+    (sweep_dir / "multirun.yaml").unlink()  # a lone configuration, nothing to tell it from: full label
+    md = render_markdown(load_sweep(sweep_dir))
+    assert "- `drop_path_rate=0.1 experiment=compare`: no drop_path_rate=0 configuration" in md
+    assert "not started" not in md
+
+
+def test_groups_by_config_without_overrides_files(sweep_dir):
+    for job in sweep_dir.iterdir():
+        if job.is_dir():
+            (job / ".hydra" / "overrides.yaml").unlink()
+    (sweep_dir / "multirun.yaml").unlink()
+    sweep = load_sweep(sweep_dir)
+    assert [len(c.runs) for c in sweep.configurations] == [3, 3]
+    assert [c.rate for c in sweep.configurations] == [0.0, 0.1]
+    paired = paired_difference(sweep.configurations[1], sweep.configurations[0])
+    assert paired.mean == pytest.approx(0.03, abs=1e-12)
+    md = render_markdown(sweep)
+    assert "| `drop_path_rate=0.1` | 0.1 | 3 | 85.00 ± 2.65 |" in md
+
+
+def test_reproduce_command_without_multirun_yaml(sweep_dir):
+    (sweep_dir / "multirun.yaml").unlink()
+    assert "python train.py -m drop_path_rate=0,0.1 seed=0,1,2 experiment=compare\n" in render_markdown(load_sweep(sweep_dir))
+
+
+def test_plot_is_an_image(sweep_dir):
+    import matplotlib.image
+
+    (png,) = [p for p in write_report(sweep_dir) if p.suffix == ".png"]
+    pixels = matplotlib.image.imread(png)
+    assert pixels.ndim == 3 and pixels.shape[0] > 300 and pixels.shape[1] > 800
+
+
+def test_missing_path_and_empty_dir(tmp_path, capsys):
+    with pytest.raises(ReportError, match="does not exist"):
+        load_sweep(tmp_path / "nope")
+    (tmp_path / "empty" / "0" / ".hydra").mkdir(parents=True)
+    with pytest.raises(ReportError, match="no runs in .*1 job dir"):
+        load_sweep(tmp_path / "empty")
+    assert main([str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err and "nope" in err
+
+
+def test_cli_exit_code(tmp_path, sweep_dir):
+    bad = subprocess.run([sys.executable, "-m", "zoo.report", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().count("\n") == 0 and "missing" in bad.stderr and "Traceback" not in bad.stderr
+    good = subprocess.run([sys.executable, "-m", "zoo.report", str(sweep_dir), "--no-plot"], capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr
+    assert (sweep_dir / "comparison.md").is_file() and not (sweep_dir / "comparison.png").exists()
+
+
+def test_callback_writes_report(sweep_dir, tmp_path, caplog):
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
+    ReportCallback().on_multirun_end(config=config)
+    assert "| +3.00 | +0.52 to +5.48 |" in (sweep_dir / "comparison.md").read_text()
+    assert (sweep_dir / "comparison.png").stat().st_size > 0
+    # A sweep whose jobs all failed before their first epoch: a warning, no exception, no files.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    ReportCallback().on_multirun_end(config=OmegaConf.create({"hydra": {"sweep": {"dir": str(empty)}}}))
+    assert not list(empty.iterdir())
+    assert "no comparison report" in caplog.text
+
+
+APP = """
+import json
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+
+@hydra.main(version_base="1.3", config_path=".", config_name="cfg")
+def main(cfg):
+    out = Path(HydraConfig.get().runtime.output_dir)
+    acc = 0.5 + cfg.drop_path_rate + 0.01 * cfg.seed
+    row = {"epoch": 1, "train_loss": 1.0, "test_acc": acc, "epoch_seconds": 1.0, "images_per_second": 10.0}
+    (out / "metrics.jsonl").write_text(json.dumps(row) + "\\n")
+    summary = {"final_test_acc": acc, "best_test_acc": acc, "seed": cfg.seed, "device": "cpu"}
+    (out / "summary.json").write_text(json.dumps(summary))
+
+
+main()
+"""
+
+
+def test_callback_runs_at_the_end_of_a_real_multirun(tmp_path):
+    (tmp_path / "app.py").write_text(APP)
+    # Microseconds in the sweep dir: the callback must see the dir the jobs were written to.
+    cfg = {"drop_path_rate": 0.0, "seed": 0,
+           "hydra": {"callbacks": {"report": {"_target_": "zoo.report.ReportCallback"}},
+                     "sweep": {"dir": str(tmp_path / "multirun" / "${now:%H-%M-%S-%f}")}}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    done = subprocess.run([sys.executable, "app.py", "-m", "drop_path_rate=0,0.1", "seed=0,1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (sweep,) = (tmp_path / "multirun").iterdir()
+    md = (sweep / "comparison.md").read_text()
+    assert "| `drop_path_rate=0.1` | 0.1 | 2 | 60.50 ± 0.71 | 60.50 | 1.00 | 10 | +10.00 | +10.00 to +10.00 | 0, 1 |" in md
+    assert "python app.py -m drop_path_rate=0,0.1 seed=0,1" in md
+    assert (sweep / "comparison.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "experiment,rates,model",
+    [("compare", "0,0.1", "metaformer"), ("paper_resnet110", "0,0.5", "resnet110"),
+     ("early_sd", "0,0.1", "metaformer"), ("late_sd", "0,0.1", "metaformer")],
+)
+def test_experiment_sweeps(experiment, rates, model):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    assert dict(cfg.hydra.sweeper.params) == {"drop_path_rate": rates, "seed": "0,1,2"}
+    assert cfg.model.name == model
+    if experiment == "paper_resnet110":
+        assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.drop_path_schedule) == (500, 128, 0.1, 1e-4, "paper")
+        assert cfg.optim.name == "sgd" and cfg.optim.nesterov and cfg.optim.momentum == 0.9
+        assert cfg.sched.name == "step" and list(cfg.sched.milestones) == [0.5, 0.75] and cfg.sched.gamma == 0.1
+    if experiment.endswith("_sd"):
+        assert cfg.drop_path_time_schedule == experiment.split("_")[0]
+        assert 0 < cfg.drop_path_time_cutoff < cfg.epochs
+
+
+# ---------------------------------------------------------------- the real thing, through train.py
+
+
+def _archive() -> Path:
+    return Path(os.environ.get("ZOO_CIFAR10") or ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
+
+
+@pytest.mark.slow
+def test_micro_sweep_through_train_py(tmp_path):
+    if not (ROOT / "train.py").is_file():
+        pytest.skip("train.py is not there yet")
+    if not _archive().exists():
+        pytest.skip(f"CIFAR-10 archive not found at {_archive()} (set ZOO_CIFAR10)")
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "train.py", "-m", "experiment=cpu_smoke", "data=cifar10_folder",
+           f"data.path={_archive()}", "data.subset=500", "data.test_subset=200", "epochs=1",
+           "drop_path_rate=0,0.1", "seed=0,1", "device=cpu", f"hydra.sweep.dir={sweep}"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (sweep / "comparison.md").is_file(), "no comparison.md: is zoo.report.ReportCallback under hydra.callbacks?"
+    md = (sweep / "comparison.md").read_text()
+    assert (sweep / "comparison.png").stat().st_size > 0
+    rows = [line for line in md.splitlines() if line.startswith("| `")]
+    assert len(rows) == 2
+    assert "| 0 | 2 |" in rows[0] and "baseline" in rows[0]
+    assert "| 0.1 | 2 |" in rows[1] and "| 0, 1 |" in rows[1]
+    assert "every run finished" in md

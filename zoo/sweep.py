@@ -1,0 +1,297 @@
+"""Read a Hydra multirun sweep dir: its runs, their configurations, and what is missing.
+
+A sweep dir holds one job dir per run (``0/``, ``1/``, ...), each with ``.hydra/config.yaml``,
+``.hydra/overrides.yaml``, ``metrics.jsonl`` (one line per finished epoch) and, once the run ended,
+``summary.json``; Hydra writes ``multirun.yaml`` at the sweep root. Runs are grouped into
+configurations by their overrides minus the seed; a configuration's baseline is the
+``drop_path_rate=0`` configuration with the same other overrides.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from .errors import ZooError
+
+SEED_KEY = "seed"
+RATE_KEY = "drop_path_rate"
+
+Pairs = tuple[tuple[str, str], ...]  # sorted (key, value) pairs: one configuration's identity
+
+
+class ReportError(ZooError):
+    """The sweep dir cannot be reported on (missing, or holds no runs)."""
+
+
+@dataclass
+class Run:
+    """One job dir of the sweep and what it wrote so far."""
+
+    path: Path
+    name: str  # the job dir relative to the sweep dir, e.g. "3"
+    overrides: list[str] | None  # from .hydra/overrides.yaml; None when that file is absent
+    config: dict[str, Any]  # the job's config, flattened to dotted keys
+    metrics: list[dict[str, Any]]  # one dict per finished epoch
+    summary: dict[str, Any] | None  # None until the run finished
+    bad_lines: int = 0  # metrics.jsonl lines that did not parse (a run killed mid-write)
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+    @property
+    def seed(self) -> Any:
+        for source in (self.config, self.summary or {}, dict(override_pairs(self.overrides or []))):
+            if SEED_KEY in source:
+                return source[SEED_KEY]
+        return None
+
+    @property
+    def rate(self) -> float | None:
+        """The drop_path_rate the run was configured with (not the time-scheduled current one)."""
+        for source in (self.config, self.summary or {}, dict(override_pairs(self.overrides or []))):
+            if RATE_KEY in source:
+                try:
+                    return float(source[RATE_KEY])
+                except (TypeError, ValueError):
+                    return None
+        return None
+
+    @property
+    def planned_epochs(self) -> Any:
+        return self.config.get("epochs", (self.summary or {}).get("epochs"))
+
+    @property
+    def final_acc(self) -> float:
+        return float(self.summary["final_test_acc"])  # type: ignore[index]
+
+    @property
+    def best_acc(self) -> float:
+        return float(self.summary["best_test_acc"])  # type: ignore[index]
+
+    def label(self) -> str:
+        return " ".join(self.overrides) if self.overrides else f"job {self.name}"
+
+
+@dataclass
+class Configuration:
+    """The runs that share every override but the seed."""
+
+    key: Pairs
+    runs: list[Run]
+    label: str = ""
+
+    @property
+    def rate(self) -> float | None:
+        rates = {r.rate for r in self.runs}
+        return rates.pop() if len(rates) == 1 else None
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.rate == 0.0
+
+    @property
+    def finished(self) -> list[Run]:
+        return [r for r in self.runs if r.finished]
+
+    def without_rate(self) -> Pairs:
+        return tuple(p for p in self.key if p[0] != RATE_KEY)
+
+
+@dataclass
+class Sweep:
+    """Everything the report needs from a sweep dir."""
+
+    path: Path
+    runs: list[Run]  # job dirs with at least one metrics line
+    configurations: list[Configuration]
+    common: Pairs  # overrides every configuration shares (shown once, not in each label)
+    no_metrics: list[Run] = field(default_factory=list)  # job dirs without a metrics line yet
+    not_started: list[Pairs] = field(default_factory=list)  # jobs multirun.yaml asks for, with no dir
+    multirun: dict[str, Any] | None = None  # the sweep's multirun.yaml as a plain dict
+
+    def short(self, pairs: list[tuple[str, str]] | Pairs) -> str:
+        """Overrides without those every job shares, as ``key=value`` words."""
+        return " ".join(f"{k}={v}" for k, v in pairs if (k, v) not in self.common) or "(no overrides)"
+
+    def run_label(self, run: Run) -> str:
+        return self.short(override_pairs(run.overrides)) if run.overrides is not None else f"job {run.name}"
+
+
+def override_key(key: str) -> str:
+    return key.lstrip("+~")
+
+
+def override_pairs(overrides: list[str]) -> list[tuple[str, str]]:
+    """``["+a.b=1", "seed=0"]`` -> ``[("a.b", "1"), ("seed", "0")]``."""
+    pairs = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        pairs.append((override_key(key), value))
+    return pairs
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"name": "x"}}`` -> ``{"model.name": "x"}``."""
+    if isinstance(node, dict) and node:
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: node} if prefix else {}
+
+
+def _load_yaml(path: Path) -> Any:
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
+    rows, bad = [], 0
+    if not path.is_file():
+        return rows, bad
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad += 1
+    return rows, bad
+
+
+def _is_job_dir(path: Path) -> bool:
+    return (path / ".hydra").is_dir() or (path / "metrics.jsonl").is_file()
+
+
+def _job_dirs(root: Path) -> list[Path]:
+    """Job dirs under ``root`` (any depth, so custom ``hydra.sweep.subdir`` patterns work), numeric names first."""
+    if (root / "metrics.jsonl").is_file():  # a single run's dir
+        return [root]
+    found: list[Path] = []
+    stack = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    while stack:
+        d = stack.pop()
+        if _is_job_dir(d):
+            found.append(d)
+        else:
+            stack.extend(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(found, key=lambda p: [_natural(part) for part in p.relative_to(root).parts])
+
+
+def _natural(name: str) -> tuple[int, int, str]:
+    """Sort key: job dirs by their leading job number ("2_resnet8" before "10_resnet8"), then by name."""
+    digits = re.match(r"\d+", name)
+    return (0, int(digits.group()), name) if digits else (1, 0, name)
+
+
+def load_run(path: Path, root: Path) -> Run:
+    hydra_dir = path / ".hydra"
+    overrides = _load_yaml(hydra_dir / "overrides.yaml") if (hydra_dir / "overrides.yaml").is_file() else None
+    config_file = hydra_dir / "config.yaml" if (hydra_dir / "config.yaml").is_file() else path / "config.yaml"
+    config = _flatten(_load_yaml(config_file)) if config_file.is_file() else {}
+    metrics, bad = _read_metrics(path / "metrics.jsonl")
+    summary_file = path / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+    name = path.relative_to(root).as_posix() if path != root else path.name
+    return Run(path, name, [str(o) for o in overrides] if overrides is not None else None, config, metrics, summary, bad)
+
+
+def _run_keys(runs: list[Run]) -> list[Pairs]:
+    """Each run's configuration key: its overrides minus the seed, or, when some run lacks an
+    overrides file, the config values that differ between runs (minus the seed)."""
+    if all(r.overrides is not None for r in runs):
+        return [tuple(sorted((k, v) for k, v in override_pairs(r.overrides or []) if k != SEED_KEY)) for r in runs]
+    keys = sorted({k for r in runs for k in r.config} - {SEED_KEY})
+    varying = [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True, default=str) for r in runs}) > 1]
+    return [tuple((k, json.dumps(r.config.get(k), default=str)) for k in varying) for r in runs]
+
+
+def expected_jobs(multirun: dict[str, Any]) -> list[Pairs] | None:
+    """The jobs a BasicSweeper launches for this multirun.yaml (sweeper params, then command-line
+    overrides, later keys replacing earlier ones), or None when that cannot be worked out."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra = multirun.get("hydra", {})
+    sweeper = hydra.get("sweeper", {}) or {}
+    if "BasicSweeper" not in str(sweeper.get("_target_", "BasicSweeper")):
+        return None
+    items = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    items += list(hydra.get("overrides", {}).get("task", []) or [])
+    try:
+        parsed = OverridesParser.create().parse_overrides(items)
+    except Exception:  # e.g. a glob choice sweep needs the config loader: just skip the check
+        return None
+    choices: dict[str, list[tuple[str, str]]] = {}
+    for o in parsed:
+        key = override_key(o.get_key_element())
+        if o.is_sweep_override():
+            if not o.is_discrete_sweep():
+                return None
+            choices[key] = [(key, v) for v in o.sweep_string_iterator()]
+        else:
+            choices[key] = [(key, o.get_value_element_as_str())]
+    return [tuple(sorted(job)) for job in itertools.product(*choices.values())]
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read every job dir under ``path``. Raises ReportError if it does not exist or holds no runs."""
+    root = Path(path)
+    if not root.exists():
+        raise ReportError(f"sweep dir {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise ReportError(f"{str(root)!r} is not a directory; give the sweep dir of a multirun")
+    all_runs = [load_run(d, root) for d in _job_dirs(root)]
+    runs = [r for r in all_runs if r.metrics]
+    if not runs:
+        what = f"{len(all_runs)} job dir(s) but none has a metrics line yet" if all_runs else "no job dirs"
+        raise ReportError(f"no runs in {str(root)!r}: {what} (expected job dirs with metrics.jsonl)")
+    multirun_file = next((f for f in (root / "multirun.yaml", root / ".hydra" / "multirun.yaml") if f.is_file()), None)
+    multirun = _load_yaml(multirun_file) if multirun_file else None
+
+    jobs = expected_jobs(multirun) if multirun and all(r.overrides is not None for r in all_runs) else None
+    groups: dict[Pairs, list[Run]] = {}
+    for run, key in zip(runs, _run_keys(runs)):
+        groups.setdefault(key, []).append(run)
+    # What every job of the sweep shares (runs, job dirs without metrics, jobs not started) is shown
+    # once; labels keep only what tells configurations apart, so they stay short while a sweep runs.
+    everything = [set(k) for k in groups] + [set(_without_seed(r.overrides)) for r in all_runs if r.overrides is not None]
+    everything += [set(_without_seed(job)) for job in jobs or []]
+    common = tuple(sorted(set.intersection(*everything))) if len({frozenset(k) for k in everything}) > 1 else ()
+    configurations = []
+    for key, group in groups.items():
+        label = " ".join(f"{k}={v}" for k, v in key if (k, v) not in common) or "(no overrides)"
+        configurations.append(Configuration(key, group, label))
+    # Baselines first, then by rate, so every table reads from "without" to "with".
+    configurations.sort(key=lambda c: (c.without_rate(), math.inf if c.rate is None else c.rate))
+
+    have = {tuple(sorted(override_pairs(r.overrides or []))) for r in all_runs}
+    not_started = [job for job in jobs or [] if job not in have]
+    return Sweep(root, runs, configurations, common, [r for r in all_runs if not r.metrics], not_started, multirun)
+
+
+def _without_seed(overrides: list[str] | Pairs) -> list[tuple[str, str]]:
+    pairs = override_pairs(overrides) if overrides and isinstance(overrides[0], str) else list(overrides)
+    return [(k, v) for k, v in pairs if k != SEED_KEY]  # type: ignore[misc]
+
+
+def baseline_of(config: Configuration, sweep: Sweep) -> Configuration | None:
+    """The drop_path_rate=0 configuration with the same other overrides (None if there is none)."""
+    if config.is_baseline:
+        return None
+    for other in sweep.configurations:
+        if other.is_baseline and other.without_rate() == config.without_rate():
+            return other
+    return None
