@@ -1,3 +1,4 @@
 """Blocks other projects can import directly."""
 
 from .resnet import BasicBlock, Bottleneck
+from .metaformer import MetaFormerBlock

@@ -10,3 +10,7 @@ from .residual import (
     set_block_drop_path_rates,
 )
 from .schedules import DEPTH_SCHEDULES, check_depth_schedule, drop_path_rates
+from .mlp import ACT_LAYERS, Mlp, StarReLU, create_act_layer
+from .norm import LayerNorm, LayerNorm2d
+from .scale import LayerScale, ResScale, Scale, make_scale
+from .mixers import TOKEN_MIXERS, Attention, IdentityMixer, Pooling, RandomMixing, SepConv, create_token_mixer

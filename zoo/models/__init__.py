@@ -2,3 +2,4 @@
 
 from ._base import ZooModel
 from .resnet_cifar import ResNetCifar
+from .metaformer import MetaFormer

@@ -1,0 +1,237 @@
+"""MetaFormer baselines (Yu et al., "MetaFormer Baselines for Vision") adapted to 32x32 inputs.
+
+The ImageNet models patchify with a 7x7 stride-4 stem and halve the resolution three times, which at
+32x32 leaves 8, 4, 2 and 1 pixel maps: the last stages would mix a single token. Here the stem is one
+3x3 convolution (stride ``stem_stride``, 1 by default) followed by a LayerNorm, and each later stage
+starts with the paper's downsampling (LayerNorm, then a 3x3 stride-2 convolution). With the default
+stride 1 the four stages run at 32, 16, 8 and 4 pixels (1024, 256, 64, 16 tokens), like a CIFAR
+ResNet's 32/16/8; ``stem_stride=2`` gives 16/8/4/2 at a quarter of the compute.
+
+Everything else follows the paper: LayerNorm without bias, StarReLU MLPs without bias, ResScale in
+stages 3-4, no LayerScale, a global average pool, a LayerNorm and a linear classifier. Families
+differ only in their token mixers: IdentityFormer (identity), RandFormer (identity in stages 1-2,
+frozen random mixing in 3-4), PoolFormer (pooling), ConvFormer (separable convolutions) and CAFormer
+(separable convolutions in stages 1-2, attention in 3-4, where maps are 8x8 and 4x4).
+
+Sizes: the paper's depths, and half its s-model widths (64, 128, 320, 512) at four times its token
+counts: ``tiny`` (1, 1, 1, 1) x (16, 32, 64, 128) for tests; ``s12`` (2, 2, 6, 2) and ``s18``
+(3, 3, 9, 3), both at widths (32, 64, 128, 256) as the paper's s12 and s18 share theirs.
+"metaformer", the recommended default, is convformer_s12: 3.4M parameters, 0.36 GFLOPs per 32x32
+image (matmuls and convolutions, torch.utils.flop_counter), 1.4x a CIFAR ResNet-56 (0.25 GFLOPs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Callable
+
+from torch import Tensor, nn
+
+from .._registry import register_model
+from ..blocks.metaformer import MetaFormerBlock
+from ..layers import LayerNorm, check_drop_path_mode, drop_path_rates
+from ..layers.mixers import TokenMixer, check_token_mixer
+from ..layers.mlp import check_act_layer
+from ._base import ZooModel
+
+
+def per_stage(value: Any, num_stages: int, name: str) -> tuple:
+    """``value`` once per stage: a sequence (tuple, list, Hydra ListConfig; not a string) must have one
+    entry per stage, anything else is repeated."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != num_stages:
+            raise ValueError(
+                f"{name} needs one value or {num_stages} (one per stage, as in depths), got {len(value)}: {tuple(value)!r}"
+            )
+        return tuple(value)
+    return (value,) * num_stages
+
+
+def conv_out_size(size: int, stride: int) -> int:
+    """Output size of a 3x3 convolution with padding 1."""
+    return (size - 1) // stride + 1
+
+
+class Stem(nn.Module):
+    """3x3 convolution and a LayerNorm; NCHW images in, channels-last maps (B, H, W, C) out."""
+
+    def __init__(self, in_chans: int, dim: int, stride: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, dim, 3, stride=stride, padding=1)
+        self.norm = LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.conv(x).permute(0, 2, 3, 1))
+
+
+class Downsample(nn.Module):
+    """The paper's downsampling on channels-last maps: LayerNorm, then a 3x3 stride-2 convolution."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.norm = LayerNorm(in_dim)
+        self.conv = nn.Conv2d(in_dim, dim, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(self.norm(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class MetaFormerStage(nn.Module):
+    """An optional downsampling, then one MetaFormerBlock per entry of ``drop_path_rates``."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        drop_path_rates: Sequence[float],
+        token_mixer: TokenMixer,
+        downsample: bool,
+        num_tokens: int,
+        mlp_ratio: float = 4.0,
+        mlp_act: str | Callable[[], nn.Module] = "starrelu",
+        drop_path_mode: str = "mask",
+        layer_scale_init_value: float | None = None,
+        res_scale_init_value: float | None = None,
+    ):
+        super().__init__()
+        self.downsample = Downsample(in_dim, dim) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(
+            *(
+                MetaFormerBlock(
+                    dim, token_mixer, mlp_ratio, mlp_act, rate, drop_path_mode,
+                    layer_scale_init_value, res_scale_init_value, num_tokens,
+                )
+                for rate in drop_path_rates
+            )
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.blocks(self.downsample(x))
+
+
+class MetaFormer(ZooModel):
+    """A MetaFormer for small images. Per-stage arguments take one value (used by every stage) or a tuple
+    with one value per stage.
+
+    Args:
+        depths: blocks per stage.
+        dims: channels per stage.
+        token_mixers: mixer name(s) ("identity", "random", "pooling", "sepconv", "attention") or
+            callable(s) ``dim -> module``.
+        mlp_ratios: MLP hidden width over the stage width.
+        mlp_act: MLP activation: "starrelu", "gelu", "relu", "silu" or a factory.
+        num_classes: classifier outputs (0: no head, ``forward`` returns pooled features).
+        in_chans: input channels.
+        img_size: input height and width; sets the token count of "random" mixers.
+        stem_stride: stride of the stem (1: stages at 32/16/8/4 for 32x32 inputs; 2: 16/8/4/2).
+        drop_path_rate: the largest per-block drop path rate.
+        drop_path_schedule: how rates grow with depth (see :func:`zoo.layers.drop_path_rates`).
+        drop_path_mode: "mask", "skip" (branches run on kept samples only) or "auto".
+        layer_scale_init_values: LayerScale init per stage; None turns it off.
+        res_scale_init_values: ResScale init per stage; None turns it off (the paper: stages 3-4).
+    """
+
+    def __init__(
+        self,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        dims: Sequence[int] = (32, 64, 128, 256),
+        token_mixers: TokenMixer | Sequence[TokenMixer] = "sepconv",
+        mlp_ratios: float | Sequence[float] = 4.0,
+        mlp_act: str | Callable[[], nn.Module] = "starrelu",
+        num_classes: int = 10,
+        in_chans: int = 3,
+        img_size: int = 32,
+        stem_stride: int = 1,
+        drop_path_rate: float = 0.0,
+        drop_path_schedule: str = "linear",
+        drop_path_mode: str = "mask",
+        layer_scale_init_values: float | None | Sequence[float | None] = None,
+        res_scale_init_values: float | None | Sequence[float | None] = (None, None, 1.0, 1.0),
+    ):
+        super().__init__()
+        # Check and broadcast everything first, so a bad argument fails before anything is built.
+        depths, dims = tuple(depths), tuple(dims)
+        for name, value in (("depths", depths), ("dims", dims)):
+            if not value or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+                raise ValueError(f"{name} must be a non-empty tuple of positive ints, got {value!r}")
+        n = len(depths)
+        dims = per_stage(dims, n, "dims")
+        token_mixers = per_stage(token_mixers, n, "token_mixers")
+        for mixer in token_mixers:
+            check_token_mixer(mixer, "token_mixers")
+        mlp_ratios = per_stage(mlp_ratios, n, "mlp_ratios")
+        layer_scales = per_stage(layer_scale_init_values, n, "layer_scale_init_values")
+        res_scales = per_stage(res_scale_init_values, n, "res_scale_init_values")
+        check_act_layer(mlp_act, "mlp_act")
+        check_drop_path_mode(drop_path_mode)
+        if isinstance(stem_stride, bool) or not isinstance(stem_stride, int) or stem_stride < 1:
+            raise ValueError(f"stem_stride must be a positive int, got {stem_stride!r}")
+        if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
+            raise ValueError(f"img_size must be a positive int, got {img_size!r}")
+        sizes = [conv_out_size(img_size, stem_stride)]
+        for _ in range(n - 1):
+            sizes.append(conv_out_size(sizes[-1], 2))
+        rates = drop_path_rates(drop_path_rate, depths, drop_path_schedule)
+
+        self.depths = depths
+        self.stem = Stem(in_chans, dims[0], stem_stride)
+        self.stages = nn.Sequential(
+            *(
+                MetaFormerStage(
+                    dims[max(i - 1, 0)], dims[i], rates[i], token_mixers[i], i > 0, sizes[i] ** 2,
+                    mlp_ratios[i], mlp_act, drop_path_mode, layer_scales[i], res_scales[i],
+                )
+                for i in range(n)
+            )
+        )
+        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)  # the head's norm keeps its bias, as in the paper
+        self.num_features = dims[-1]
+        self.reset_classifier(num_classes)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.stages(self.stem(x))  # (B, H, W, C)
+        return self.norm(x.mean((1, 2)))
+
+
+SIZES: dict[str, dict[str, tuple[int, ...]]] = {
+    "tiny": dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)),  # for tests
+    "s12": dict(depths=(2, 2, 6, 2), dims=(32, 64, 128, 256)),
+    "s18": dict(depths=(3, 3, 9, 3), dims=(32, 64, 128, 256)),
+}
+
+FAMILY_MIXERS: dict[str, str | tuple[str, ...]] = {
+    "identityformer": "identity",
+    "randformer": ("identity", "identity", "random", "random"),
+    "poolformer": "pooling",
+    "convformer": "sepconv",
+    "caformer": ("sepconv", "sepconv", "attention", "attention"),
+}
+
+# Every registered MetaFormer: name -> MetaFormer arguments. Keyword arguments to create_model override them.
+VARIANTS: dict[str, dict[str, Any]] = {
+    f"{family}_{size}": dict(SIZES[size], token_mixers=mixers)
+    for family, mixers in FAMILY_MIXERS.items()
+    for size in SIZES
+}
+VARIANTS["metaformer"] = VARIANTS["convformer_s12"]  # the recommended default
+
+
+def _register(name: str, config: dict[str, Any]) -> None:
+    def build(**kwargs: Any) -> MetaFormer:
+        return MetaFormer(**{**config, **kwargs})
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"MetaFormer for 32x32 inputs: {config}."
+    register_model(build)
+
+
+for _name, _config in VARIANTS.items():
+    _register(_name, _config)
