@@ -109,6 +109,83 @@ def drop_path_add(
     return torch.addcmul(shortcut, branch, _keep_scale(branch, drop_prob, scale_by_keep, mode))
 
 
+def _per_sample_order(x: Tensor) -> tuple[int, ...]:
+    """A permutation of ``x``'s dims, batch first, under which ``x`` is contiguous (channels_last
+    4-D tensors are NHWC in memory); identity when none is known (the caller then copies)."""
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return (0, 2, 3, 1)
+    return tuple(range(x.ndim))
+
+
+def _take_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """``x[idx]`` along dim 0, as one serial memcpy per sample, keeping ``x``'s memory format.
+
+    ``index_select(0, ...)``, ``index_add`` and their backwards start one parallel region per row
+    when a row is larger than ATen's grain size, and on a loaded 2-core machine each region can wait a
+    scheduler tick (a (128, 64, 32, 32) gather took 1.5 s instead of 4 ms); advanced indexing is
+    3x slower than a copy. ``index_select`` on dim 1 of a (1, B, N) view is a plain memcpy loop.
+    """
+    order = _per_sample_order(x)
+    xp = x.permute(order).contiguous()
+    rows = xp.view(1, x.shape[0], -1).index_select(1, idx).view((idx.numel(),) + xp.shape[1:])
+    return rows.permute(tuple(order.index(d) for d in range(x.ndim)))
+
+
+def _put_rows(src: Tensor, idx: Tensor, batch: int) -> Tensor:
+    """A (batch, ...) tensor: ``src``'s rows at ``idx``, zeros elsewhere (one pass, any layout)."""
+    full = src.new_zeros((batch,) + src.shape[1:])
+    if _per_sample_order(src) != tuple(range(src.ndim)):
+        full = full.contiguous(memory_format=torch.channels_last)  # zeros copy: rare (channels_last)
+    return full.index_copy_(0, idx, src)
+
+
+class _TakeRows(torch.autograd.Function):
+    """``x[idx]`` for unique ``idx``; backward writes the gradient rows into zeros."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, idx: Tensor) -> Tensor:
+        ctx.save_for_backward(idx)
+        ctx.batch = x.shape[0]
+        return _take_rows(x, idx)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (idx,) = ctx.saved_tensors
+        return _put_rows(grad, idx, ctx.batch), None
+
+
+class _AddRows(torch.autograd.Function):
+    """``shortcut`` plus ``alpha * src`` on rows ``idx`` (unique), out of place.
+
+    Built as ``shortcut + alpha * zeros-with-src-rows``, which is cheaper than ``clone`` plus a
+    scatter-add. Backward: the shortcut's gradient passes through; ``src`` gets ``alpha * grad[idx]``.
+    """
+
+    @staticmethod
+    def forward(ctx, shortcut: Tensor, idx: Tensor, src: Tensor, alpha: float) -> Tensor:
+        ctx.save_for_backward(idx)
+        ctx.alpha, ctx.dtypes = alpha, (shortcut.dtype, src.dtype)
+        dtype = torch.promote_types(shortcut.dtype, src.dtype)  # as addcmul(shortcut, src, scale)
+        return torch.add(shortcut.to(dtype), _put_rows(src.to(dtype), idx, shortcut.shape[0]), alpha=alpha)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, Tensor, None]:
+        (idx,) = ctx.saved_tensors
+        shortcut_dtype, src_dtype = ctx.dtypes
+        grad_src = _take_rows(grad, idx).mul_(ctx.alpha).to(src_dtype)
+        return grad.to(shortcut_dtype), None, grad_src, None
+
+
+def _host_inv_keep(drop_prob: float | Tensor, scale_by_keep: bool, dtype: torch.dtype) -> float:
+    """The kept samples' factor as a Python number, rounded as the mask forms round it (float32,
+    then ``dtype``). A float rate is computed on the host, so no device sync is needed for it."""
+    if isinstance(drop_prob, Tensor):
+        drop_prob = drop_prob.detach().float().cpu()
+    # the same arithmetic as _keep_scale: float32 one times the inverse, then rounded to dtype
+    scale = torch.ones((), dtype=torch.float32) * _inv_keep(drop_prob, scale_by_keep)
+    return scale.to(dtype).item()
+
+
 def drop_path_skip_add(
     shortcut: Tensor,
     x: Tensor,
@@ -120,26 +197,57 @@ def drop_path_skip_add(
 ) -> Tensor:
     """``shortcut + drop_path(branch_fn(x), ...)``, running ``branch_fn`` on the kept samples only.
 
-    Same draw, same expectation and same eval behaviour as the mask forms. What differs: layers inside
-    ``branch_fn`` see a smaller batch, so BatchNorm statistics (and its running averages) are computed
-    over the kept samples only. In "batch" mode a dropped branch is not run at all. The kept count is
-    data dependent, so under torch.compile this form breaks the graph (the mask forms do not).
+    Same draw, same expectation and same eval behaviour as the mask forms; dropped samples cost no
+    branch compute, forward or backward. What differs, and why a block must opt in:
+
+    - Layers inside ``branch_fn`` see a smaller batch. BatchNorm normalises with, and updates its
+      running mean and variance from, the kept samples only (an unbiased estimate of the same
+      statistics, from fewer samples). In "batch" mode a dropped branch is not run at all, so its
+      BatchNorm running stats are not updated in that step.
+    - The kept count is data dependent: ``nonzero`` has an output shape known only after the draw,
+      so under torch.compile this form breaks the graph (``fullgraph=True`` raises); the mask forms
+      compile to one graph.
+    - Device sync. Row mode reads the kept indices back to the host (``nonzero``) and batch mode
+      reads the one draw (``bool``), so on CUDA each block syncs once per step and the host cannot
+      queue kernels ahead. That is the price of a smaller batch: it pays where the branch is large
+      enough to hide the stall (wide convolutions, MLPs at batch 128+), and costs where the GPU is
+      launch bound (small models, CUDA graphs), where mask mode is the better choice. A sync-free
+      variant would need a kept count fixed in advance (DINOv2 keeps exactly ``int(B * (1 - p))``),
+      which is a different draw, so it is not offered here. The scale factor is computed on the host
+      when ``drop_prob`` is a float (a tensor rate is read back once).
+    - Where every sample is dropped the result is ``shortcut`` itself, not a copy.
     """
     check_draw_mode(mode)
     if _is_off(drop_prob, training):
         return shortcut + branch_fn(x)
-    inv_keep = _inv_keep(drop_prob, scale_by_keep)
+    return _skip_add(shortcut, x, branch_fn, drop_prob, drop_prob, scale_by_keep, mode)
+
+
+def _skip_add(
+    shortcut: Tensor,
+    x: Tensor,
+    branch_fn: Callable[[Tensor], Tensor],
+    drop_prob: float | Tensor,
+    host_drop_prob: float | Tensor,
+    scale_by_keep: bool,
+    mode: str,
+) -> Tensor:
+    # drop_prob draws (the same comparison as the mask forms); host_drop_prob gives the scale, which
+    # is rounded to the branch output's dtype, as _keep_scale rounds it.
+    keep = keep_mask(x, drop_prob, mode)
     if mode == "batch":
-        if bool(keep_mask(x, drop_prob, mode)[0]):
-            return torch.add(shortcut, branch_fn(x) * inv_keep)
-        return shortcut
-    idx = keep_mask(x, drop_prob, mode).nonzero().squeeze(1)
-    if idx.numel() == x.shape[0]:  # nothing dropped: skip the gather and scatter
-        return torch.add(shortcut, branch_fn(x) * inv_keep)
+        if not bool(keep[0]):
+            return shortcut
+        branch = branch_fn(x)
+        return torch.add(shortcut, branch, alpha=_host_inv_keep(host_drop_prob, scale_by_keep, branch.dtype))
+    idx = keep.nonzero().squeeze(1)
     if idx.numel() == 0:
         return shortcut
-    out = branch_fn(x.index_select(0, idx)) * inv_keep
-    return shortcut.index_add(0, idx, out.to(shortcut.dtype))
+    if idx.numel() == x.shape[0]:  # nothing dropped: no gather or scatter
+        branch = branch_fn(x)
+        return torch.add(shortcut, branch, alpha=_host_inv_keep(host_drop_prob, scale_by_keep, branch.dtype))
+    branch = branch_fn(_TakeRows.apply(x, idx))
+    return _AddRows.apply(shortcut, idx, branch, _host_inv_keep(host_drop_prob, scale_by_keep, branch.dtype))
 
 
 class DropPath(nn.Module):
@@ -184,7 +292,9 @@ class DropPath(nn.Module):
         """``shortcut + self(branch_fn(x))``, computing the branch for kept samples only."""
         if not (self.training and self.active):
             return shortcut + branch_fn(x)
-        return drop_path_skip_add(shortcut, x, branch_fn, self.rate, True, self.scale_by_keep, self.mode)
+        # draw against the buffer (as the mask forms do); scale from the host copy of it (no sync)
+        host_rate = torch.tensor(self._drop_prob, dtype=torch.float32)  # == self.rate, on the host
+        return _skip_add(shortcut, x, branch_fn, self.rate, host_rate, self.scale_by_keep, self.mode)
 
     def _apply(self, fn, recurse=True):
         # model.half() / .to(bfloat16) would round the rate (0.1 -> 0.1001 in bf16): keep it float32.

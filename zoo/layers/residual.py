@@ -11,9 +11,19 @@ from .drop import DropPath, check_drop_prob
 DROP_PATH_MODES = ("mask", "skip", "auto")
 
 # "auto" skips the dropped samples' branch compute only where that pays: the gather and scatter cost
-# several mask multiplies, so the branch must be expensive (not a pooling or identity mixer) and the
-# rate high enough. The threshold comes from benchmarks/drop_path.py on a 2-core CPU.
-AUTO_SKIP_MIN_RATE = 0.2
+# a few memory passes over the block's activations, so the branch must be expensive (not a pooling or
+# identity mixer: blocks say so with cheap_branch) and the rate high enough. Measured with
+# `python benchmarks/drop_path.py --only sweep --threads 1 --clock process --repeats 12` (2-core AMD
+# EPYC, loaded, batch 128, fwd + bwd), skip / mask time per block:
+#                      p = 0.02  0.05  0.1   0.15  0.2   0.3   0.5
+#   BasicBlock 16ch 32x32  0.96  0.91  0.91  0.84  0.68  0.55  0.52
+#   BasicBlock 64ch  8x8   1.01  1.01  0.95  0.89  0.84  0.75  0.56
+#   MLP block 64 tok x 64  0.97  0.87  0.70  0.57  0.82  0.67  0.51
+# Skipping breaks even near 0.05 and pays for every block from 0.1, hence the threshold. The rule is
+# fixed when the block is built, from its built rate (a training-time schedule that lowers the rate
+# later does not switch it back). Measured on CPU: on CUDA every skipping block syncs the device once
+# per step (see zoo.layers.drop.drop_path_skip_add), so the break-even there is likely higher.
+AUTO_SKIP_MIN_RATE = 0.1
 
 
 def check_drop_path_mode(mode: str) -> str:
@@ -34,8 +44,16 @@ class DropPathBlock(nn.Module):
     """Base of every zoo block with a residual drop path.
 
     Holds ``self.drop_path`` (a DropPath when ``drop_path > 0``, else None) and the residual forms.
-    A block calls ``self.residual(shortcut, x, branch_fn)`` for ``shortcut + drop_path(branch_fn(x))``;
-    with ``drop_path_mode="skip"`` the branch runs on the kept samples only.
+    A block calls ``self.residual(shortcut, x, branch_fn)`` for ``shortcut + drop_path(branch_fn(x))``:
+
+    - ``"mask"``: the fused one-pass form (:func:`zoo.layers.drop.drop_path_add`); compiles to one graph.
+    - ``"skip"``: ``branch_fn`` runs on the kept samples only
+      (:func:`zoo.layers.drop.drop_path_skip_add`): same draw and expectation, but BatchNorm inside the
+      branch sees (and tracks running stats of) the kept samples only, a fully dropped branch gets no
+      gradients (None, so optimizers skip its parameters that step), torch.compile breaks the graph
+      at the draw, and on CUDA each block syncs the device once per step.
+    - ``"auto"``: "skip" where the block's built rate is at least ``AUTO_SKIP_MIN_RATE`` and its branch
+      is not cheap, else "mask".
     """
 
     def __init__(self, drop_path: float = 0.0, drop_path_mode: str = "mask", cheap_branch: bool = False):

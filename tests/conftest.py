@@ -1,0 +1,47 @@
+"""Shared fixtures: the repository root, the real CIFAR-10 archive, and a decoded copy of it.
+
+The archive is found through the environment variable ZOO_CIFAR10, else at
+``<repo>/../shared/data/cifar10-jpeg.tar.gz``; tests that need it skip, saying so, when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # lets tests import train.py
+    sys.path.insert(0, str(REPO))
+
+
+def find_cifar10_archive() -> Path | None:
+    env = os.environ.get("ZOO_CIFAR10")
+    path = Path(env) if env else REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+    return path if path.exists() else None
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def cifar10_archive() -> Path:
+    """The real CIFAR-10 (image folders, or a .tar.gz of them)."""
+    path = find_cifar10_archive()
+    if path is None:
+        pytest.skip("CIFAR-10 archive not found: set ZOO_CIFAR10 or place it at ../shared/data/cifar10-jpeg.tar.gz")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar10_cache(cifar10_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache dir holding the decoded archive (decoded once per session; ZOO_TEST_CACHE_DIR reuses one across sessions)."""
+    from zoo.data import load_image_folder
+
+    cache = Path(os.environ.get("ZOO_TEST_CACHE_DIR") or tmp_path_factory.mktemp("zoo-cache"))
+    load_image_folder(cifar10_archive, cache)
+    return cache

@@ -1,0 +1,320 @@
+"""The fast residual drop path forms (issue 5): fused ``drop_path_add`` and compute-skipping ``skip``.
+
+Every form must return what the reference ``shortcut + drop_path(branch(x))`` returns for the same
+seed (the same kept set), with the same gradients, in row and batch mode.
+"""
+
+import math
+
+import pytest
+import torch
+import torch._dynamo.testing
+from torch import Tensor, nn
+
+from zoo.layers import DropPath, DropPathBlock, drop_path, drop_path_add, drop_path_skip_add, resolve_skip
+from zoo.layers.residual import AUTO_SKIP_MIN_RATE
+
+FORMS = ("reference", "fused", "skip")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tensors here are tiny: a second intra-op thread only adds wake-ups, which on a loaded
+    2-core machine cost tens of ms per op (a 16 x 4 x 5 x 5 conv took 40 ms instead of 0.3 ms)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+DRAWS = ("row", "batch")
+
+
+def conv_branch() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 1))
+
+
+def mlp_branch() -> nn.Module:
+    return nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 12), nn.GELU(), nn.Linear(12, 6))
+
+
+BRANCHES = {"conv": (conv_branch, (16, 4, 5, 5)), "mlp": (mlp_branch, (16, 7, 6))}
+
+
+def residual(form: str, shortcut: Tensor, x: Tensor, branch: nn.Module, dp: DropPath) -> Tensor:
+    if form == "reference":
+        return shortcut + dp(branch(x))
+    if form == "fused":
+        return dp.add(shortcut, branch(x))
+    return dp.skip_add(shortcut, x, branch)
+
+
+def run_form(form: str, make, shape, p: float, mode: str, seed: int):
+    """Output and gradients (input, branch params) of one form for one seed."""
+    torch.manual_seed(0)
+    branch = make()
+    x = torch.randn(shape).requires_grad_()
+    dp = DropPath(p, mode=mode).train()
+    torch.manual_seed(seed)
+    out = residual(form, 2 * x, x, branch, dp)
+    (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+    # a branch skip mode did not run at all has no gradients (None), where the reference has zeros
+    grads = [torch.zeros_like(q) if q.grad is None else q.grad for q in branch.parameters()]
+    return out.detach(), x.grad, grads
+
+
+@pytest.mark.parametrize("branch", BRANCHES)
+@pytest.mark.parametrize("mode", DRAWS)
+@pytest.mark.parametrize("p", [0.3, 0.7])
+def test_forms_agree_with_reference_for_same_seed(branch, mode, p):
+    make, shape = BRANCHES[branch]
+    kept_counts = set()
+    for seed in range(6):
+        ref_out, ref_gx, ref_gp = run_form("reference", make, shape, p, mode, seed)
+        for form in ("fused", "skip"):
+            out, gx, gp = run_form(form, make, shape, p, mode, seed)
+            torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-5)
+            for a, b in zip(gp, ref_gp):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        torch.manual_seed(seed)  # the same draw again, to see what the seeds exercised
+        kept_counts.add(int(DropPath(p, mode=mode).train()(torch.ones(shape[0])).ne(0).sum()))
+    if mode == "row":
+        assert any(0 < k < shape[0] for k in kept_counts), kept_counts
+    else:
+        assert kept_counts == {0, shape[0]}, "the seeds must drop the batch in one step, keep it in another"
+
+
+def test_functional_forms_agree_with_float_rate():
+    torch.manual_seed(0)
+    branch = conv_branch()
+    x = torch.randn(12, 4, 5, 5)
+    for mode in DRAWS:
+        outs = []
+        for form in FORMS:
+            torch.manual_seed(7)
+            if form == "reference":
+                outs.append(x + drop_path(branch(x), 0.4, training=True, mode=mode))
+            elif form == "fused":
+                outs.append(drop_path_add(x, branch(x), 0.4, training=True, mode=mode))
+            else:
+                outs.append(drop_path_skip_add(x, x, branch, 0.4, training=True, mode=mode))
+        torch.testing.assert_close(outs[1], outs[0])
+        torch.testing.assert_close(outs[2], outs[0])
+
+
+@pytest.mark.parametrize("form", ["fused", "skip"])
+def test_expectation_over_draws_is_shortcut_plus_branch(form):
+    torch.manual_seed(0)
+    p, n = 0.3, 4000
+    branch = nn.Linear(3, 3)
+    x = torch.randn(n, 3)
+    dp = DropPath(p).train()
+    with torch.no_grad():
+        out = residual(form, x, x, branch, dp)
+        expected = x + branch(x)
+        # one draw per sample, so the n rows are n independent draws of the same kind
+        dev = (out - x) / (x + branch(x) - x)  # 0 or 1 / (1 - p) per sample
+    mean, sigma = dev.mean(0), math.sqrt(p / (1 - p) / n)  # std of a scaled Bernoulli mean
+    assert torch.all((mean - 1).abs() < 4 * sigma), (mean, sigma)
+    assert not torch.allclose(out, expected), "a draw at p = 0.3 must drop something"
+
+
+def test_expectation_batch_mode_over_many_calls():
+    torch.manual_seed(1)
+    p, calls = 0.5, 400
+    x, b = torch.ones(4, 2), torch.full((4, 2), 3.0)
+    dp = DropPath(p, mode="batch").train()
+    mean = sum(dp.skip_add(x, b, lambda t: t) for _ in range(calls)) / calls
+    sigma = 3.0 * math.sqrt(p / (1 - p) / calls)
+    assert ((mean - 4.0).abs() < 4 * sigma).all()
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_eval_and_rate_zero_are_plain_residual(form):
+    torch.manual_seed(0)
+    branch = conv_branch()
+    x = torch.randn(6, 4, 5, 5)
+    with torch.no_grad():
+        expected = x + branch(x)
+        for dp in (DropPath(0.5).eval(), DropPath(0.0).train()):
+            torch.testing.assert_close(residual(form, x, x, branch, dp), expected)
+        assert torch.equal(drop_path_add(x, branch(x), 0.5, training=False), expected)
+        assert torch.equal(drop_path_skip_add(x, x, branch, 0.0, training=True), expected)
+
+
+@pytest.mark.parametrize("mode", DRAWS)
+def test_rate_one_gives_the_shortcut_and_skips_the_branch(mode):
+    x = torch.randn(8, 3)
+    calls = []
+
+    def branch(t: Tensor) -> Tensor:
+        calls.append(t.shape[0])
+        return t * 5
+
+    dp = DropPath(1.0, mode=mode).train()
+    assert torch.equal(dp.add(x, branch(x)), x)
+    assert torch.equal(drop_path_add(x, x * 5, 1.0, training=True, mode=mode), x)
+    calls.clear()
+    assert torch.equal(dp.skip_add(x, x, branch), x)
+    assert calls == [], "skip mode must not run a branch every sample of which is dropped"
+
+
+def test_skip_runs_branch_on_kept_samples_only():
+    torch.manual_seed(3)
+    seen = []
+    dp = DropPath(0.5).train()
+    x = torch.randn(64, 3)
+    out = dp.skip_add(x, x, lambda t: seen.append(t.shape[0]) or t)
+    kept = (out != x).any(1)
+    assert seen == [int(kept.sum())] and 0 < seen[0] < 64
+
+
+@pytest.mark.parametrize("mode", DRAWS)
+@pytest.mark.parametrize("form", ["fused", "skip"])
+def test_bf16_matches_reference(mode, form):
+    torch.manual_seed(0)
+    branch = mlp_branch().to(torch.bfloat16)
+    x = torch.randn(16, 7, 6, dtype=torch.bfloat16)
+    dp = DropPath(0.4, mode=mode).train()
+    with torch.no_grad():
+        torch.manual_seed(5)
+        ref = residual("reference", x, x, branch, dp)
+        torch.manual_seed(5)
+        out = residual(form, x, x, branch, dp)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+
+
+def test_skip_keeps_channels_last():
+    torch.manual_seed(0)
+    branch = conv_branch().to(memory_format=torch.channels_last)
+    x = torch.randn(16, 4, 5, 5).to(memory_format=torch.channels_last).requires_grad_()
+    dp = DropPath(0.5).train()
+    torch.manual_seed(2)
+    ref = residual("reference", x, x, branch, dp)
+    torch.manual_seed(2)
+    out = dp.skip_add(x, x, branch)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    (g,) = torch.autograd.grad(out.sum(), x)
+    (g_ref,) = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ blocks and BN
+
+
+class ConvBlock(DropPathBlock):
+    def __init__(self, drop_path: float, drop_path_mode: str = "mask", bn: bool = False):
+        super().__init__(drop_path, drop_path_mode)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4) if bn else nn.Identity()
+
+    def branch(self, x: Tensor) -> Tensor:
+        return self.bn(self.conv(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.residual(x, x, self.branch))
+
+
+class MlpBlock(DropPathBlock):
+    def __init__(self, drop_path: float, drop_path_mode: str = "mask"):
+        super().__init__(drop_path, drop_path_mode)
+        self.mlp = mlp_branch()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.residual(x, x, self.mlp)
+
+
+def test_batchnorm_in_skip_mode_uses_kept_samples_only():
+    """Skip mode: BN normalises with, and updates its running stats from, the kept samples only."""
+    torch.manual_seed(0)
+    block = ConvBlock(0.5, "skip", bn=True).train()
+    x = torch.randn(32, 4, 5, 5)
+    x[:16] += 10.0  # the first half has a very different mean: which half is kept shows in the stats
+    torch.manual_seed(4)
+    keep = torch.rand(32) >= 0.5  # the draw the block will make
+    assert 0 < keep.sum() < 32
+    torch.manual_seed(4)
+    block(x)
+    with torch.no_grad():
+        feats = block.conv(x[keep])
+    m = block.bn.momentum
+    expected_mean = m * feats.mean((0, 2, 3))
+    expected_var = (1 - m) + m * feats.var((0, 2, 3), unbiased=True)
+    torch.testing.assert_close(block.bn.running_mean, expected_mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(block.bn.running_var, expected_var, rtol=1e-4, atol=1e-5)
+    # mask mode, same draw: stats from the whole batch, so they differ
+    torch.manual_seed(0)
+    masked = ConvBlock(0.5, "mask", bn=True).train()
+    torch.manual_seed(4)
+    masked(x)
+    assert not torch.allclose(masked.bn.running_mean, block.bn.running_mean, atol=1e-3)
+
+
+def test_dropped_batch_in_skip_mode_leaves_branch_untouched():
+    """A branch that is not run updates no BN stats and gets no gradients (None, not zeros)."""
+    torch.manual_seed(0)
+    block = ConvBlock(1.0, "skip", bn=True).train()
+    block.drop_path.mode = "batch"
+    x = torch.randn(8, 4, 5, 5, requires_grad=True)
+    block(x).sum().backward()
+    assert torch.equal(block.bn.running_mean, torch.zeros(4))
+    assert int(block.bn.num_batches_tracked) == 0
+    assert all(q.grad is None for q in block.parameters())
+    assert x.grad is not None
+
+
+def test_auto_rule():
+    assert not resolve_skip("auto", AUTO_SKIP_MIN_RATE / 2)
+    assert resolve_skip("auto", AUTO_SKIP_MIN_RATE)
+    assert not resolve_skip("auto", 0.5, cheap_branch=True)
+    assert resolve_skip("skip", 0.01) and not resolve_skip("mask", 0.9)
+    assert ConvBlock(0.5, "auto").skip and not ConvBlock(0.01, "auto").skip
+
+
+# --------------------------------------------------------------------------------- torch.compile
+
+
+def compiled_matches_eager(block: nn.Module, x: Tensor, fullgraph: bool, backend="aot_eager") -> None:
+    compiled = torch.compile(block, backend=backend, fullgraph=fullgraph, dynamic=False)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        ref = block(x)
+        torch.manual_seed(seed)
+        out = compiled(x)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(autouse=False)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("drop_path_mode", ["mask", "fused"])
+@pytest.mark.parametrize("kind", ["conv", "mlp"])
+def test_compile_fullgraph_mask_and_fused(fresh_dynamo, drop_path_mode, kind):
+    """mask and fused forms trace to one graph; in blocks the mask mode *is* the fused form."""
+    torch.manual_seed(0)
+    block = (ConvBlock(0.5) if kind == "conv" else MlpBlock(0.5)).train()
+    x = torch.randn(8, 4, 5, 5) if kind == "conv" else torch.randn(8, 7, 6)
+    if drop_path_mode == "mask":  # the unfused reference inside a block: shortcut + DropPath(branch)
+        block.residual = lambda shortcut, t, fn: shortcut + block.drop_path(fn(t))
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled_matches_eager(block, x, fullgraph=True, backend=counter)
+    block.drop_path.drop_prob = 0.2  # a new rate is a buffer write: no recompile, still one graph
+    compiled_matches_eager(block, x, fullgraph=True, backend=counter)
+    assert counter.frame_count == 1
+
+
+def test_compile_skip_mode_breaks_graph(fresh_dynamo):
+    """skip mode: ``nonzero`` has a data-dependent shape, so fullgraph=True raises; with graph breaks
+    allowed it compiles and matches eager for the same seed."""
+    torch.manual_seed(0)
+    block = ConvBlock(0.5, "skip").train()
+    x = torch.randn(8, 4, 5, 5)
+    with pytest.raises(Exception, match="(?i)data.dependent"):
+        torch.compile(block, backend="eager", fullgraph=True)(x)
+    torch._dynamo.reset()
+    compiled_matches_eager(block, x, fullgraph=False)

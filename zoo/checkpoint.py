@@ -1,0 +1,163 @@
+"""Training checkpoints: written atomically, read back with an error that says what is wrong.
+
+A checkpoint is a dict of plain values and tensors (it loads with ``weights_only=True``):
+``model``, ``optimizer``, ``scheduler`` (its step), ``epoch`` (epochs finished), ``step`` (steps
+finished in the epoch under way), ``global_step``, ``rng`` (torch RNG states), ``meter`` (the
+running sums of the epoch under way), ``history`` (the metrics.jsonl lines so far), ``config``
+(the resolved training config), ``model_name`` and ``versions``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import CheckpointError
+
+CHECKPOINT_NAME = "last.pt"
+REQUIRED_KEYS = ("model", "optimizer", "epoch", "step", "global_step", "config", "model_name", "history")
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    """torch.save into a temporary file next to ``path``, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` through a temporary file and a rename, so a kill mid-save leaves the previous file whole."""
+    path = Path(path)
+    save_atomic(state, path)
+    return path
+
+
+def training_state(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: dict[str, Any],
+    epoch: int,
+    step: int,
+    steps_per_epoch: int,
+    meter: Any,
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Everything a run needs to continue from step ``step`` of epoch ``epoch`` (0-based, steps finished)."""
+    from .runlog import versions
+
+    global_step = epoch * steps_per_epoch + step
+    return {
+        "model": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": {"name": config["sched"]["name"], "step": global_step},  # the lr is a pure function of it
+        "epoch": epoch,
+        "step": step,
+        "global_step": global_step,
+        "meter": meter.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []},
+        "history": list(history),
+        "config": config,
+        "model_name": config["model"]["name"],
+        "versions": versions(),
+    }
+
+
+def resolve_checkpoint(resume: str | os.PathLike) -> Path:
+    """The checkpoint file ``resume`` names: the file itself, or ``last.pt`` inside a run dir."""
+    path = Path(resume).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"resume={str(resume)!r}: no such run dir or checkpoint file")
+    if path.is_dir():
+        if not (path / CHECKPOINT_NAME).is_file():
+            raise CheckpointError(f"resume={str(resume)!r}: the run dir holds no {CHECKPOINT_NAME} (did the run save one?)")
+        path = path / CHECKPOINT_NAME
+    return path.resolve()
+
+
+def load_checkpoint(resume: str | os.PathLike, model_name: str | None = None) -> dict[str, Any]:
+    """Read a training checkpoint, checking that it is whole and (when ``model_name`` is given) for that model.
+
+    Raises:
+        CheckpointError: the path is missing, the file is corrupt or truncated, it is not a zoo training
+            checkpoint, or it belongs to another model.
+    """
+    path = resolve_checkpoint(resume)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated?): {type(e).__name__}: {e}") from None
+    if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
+        missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+        raise CheckpointError(f"{path} is not a zoo training checkpoint (missing {', '.join(missing)})")
+    if model_name is not None and state["model_name"] != model_name:
+        raise CheckpointError(f"{path} holds a {state['model_name']} model, not {model_name}")
+    state["path"] = str(path)
+    return state
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, Any]) -> None:
+    """Load the checkpoint's weights into ``model``; a shape or key mismatch is a CheckpointError."""
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{state.get('path', 'checkpoint')} does not fit model {state['model_name']}: {first}") from None
+
+
+# Keys a resumed run may change: where it runs and where the data lies, not what it computes.
+RESUME_FREE_KEYS = ("resume", "device", "amp", "channels_last", "compile", "data.path", "data.cache_dir", "data.root")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: Sequence[str] = ()) -> DictConfig:
+    """The config a resumed run continues with: the checkpoint's own, plus the command line's
+    ``RESUME_FREE_KEYS``. Any other override that changes the saved config is a CheckpointError
+    (a different model, epochs or lr would silently make another run)."""
+    saved = OmegaConf.create(state["config"])
+    keys = [o.lstrip("+~").partition("=")[0] for o in overrides]
+    for key in keys:
+        if key in RESUME_FREE_KEYS:
+            OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
+    checked = [k for k in keys if k not in RESUME_FREE_KEYS]
+    if checked:
+        now = _flatten(OmegaConf.to_container(cfg, resolve=True))
+        then = _flatten(OmegaConf.to_container(saved, resolve=True))
+        # An experiment may set any key, so it is checked against the whole config; other overrides
+        # only against the keys they name (``model=x`` names every model.* key).
+        everything = "experiment" in checked
+
+        def named(k: str) -> bool:
+            return everything or any(k == c or k.startswith(c + ".") for c in checked)
+
+        changed = [k for k in sorted(set(now) | set(then))
+                   if k not in RESUME_FREE_KEYS and named(k) and now.get(k) != then.get(k)]
+        if changed:
+            diffs = ", ".join(f"{k}={now.get(k)!r} (saved {then.get(k)!r})" for k in changed[:5])
+            raise CheckpointError(
+                f"resume={cfg.resume} continues {state['path']} with its saved config, but the command line changes "
+                f"{diffs}; drop those overrides (only {', '.join(RESUME_FREE_KEYS[1:])} may change) or start a new run"
+            )
+    saved.resume = cfg.resume
+    return saved

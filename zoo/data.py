@@ -1,0 +1,235 @@
+"""CIFAR-10 as uint8 tensors: from torchvision's download, or from an image-folder tree / tar archive.
+
+Both sources give the same thing: a :class:`Cifar10` with ``(N, 32, 32, 3)`` uint8 images and int64
+labels for the train and test splits, in the standard label order (the alphabetical class names).
+An image folder is decoded once with Pillow and cached as tensors in ``cache_dir``, keyed by the
+source's path, size and modification time, so a second run loads it in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tarfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .checkpoint import save_atomic
+from .errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+SPLITS = ("train", "test")
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+_CACHE_VERSION = 1  # bump when the cache layout changes, so old files are not read
+
+
+@dataclass
+class Split:
+    images: Tensor  # (N, 32, 32, 3) uint8, HWC as decoded
+    labels: Tensor  # (N,) int64 in [0, 10)
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def subset(self, n: int | None, name: str) -> Split:
+        if not n:
+            return self
+        idx = balanced_subset(self.labels, n, name)
+        return Split(self.images[idx], self.labels[idx])
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class Cifar10:
+    train: Split
+    test: Split
+    source: str  # where it came from, for logs and summaries
+
+
+def balanced_subset(labels: Tensor, n: int, name: str = "data.subset") -> Tensor:
+    """Indices of the first ``n`` images taken evenly over the classes (the first ``n % C`` classes get one more)."""
+    num_classes = len(CLASSES)
+    if n < 0:
+        raise ConfigError(f"{name} must be >= 0 (0 or null: all images), got {n}")
+    if n > len(labels):
+        raise ConfigError(f"{name}={n} is larger than the {len(labels)} images available")
+    picked = []
+    for c in range(num_classes):
+        want = n // num_classes + (1 if c < n % num_classes else 0)
+        have = (labels == c).nonzero().squeeze(1)
+        if len(have) < want:
+            raise ConfigError(f"{name}={n} needs {want} images of class {CLASSES[c]!r}, found {len(have)}")
+        picked.append(have[:want])
+    return torch.cat(picked).sort().values
+
+
+def load_cifar10(data_cfg) -> Cifar10:
+    """Load the dataset a ``data`` config group describes, with its subsets applied."""
+    name = data_cfg.get("name", "cifar10")
+    if name == "cifar10":
+        data = load_torchvision(str(data_cfg.get("root") or "./data"))
+    elif name == "cifar10_folder":
+        data = load_image_folder(data_cfg.get("path"), data_cfg.get("cache_dir"))
+    else:
+        raise ConfigError(f"data.name must be cifar10 or cifar10_folder, got {name!r}")
+    return Cifar10(
+        data.train.subset(data_cfg.get("subset"), "data.subset"),
+        data.test.subset(data_cfg.get("test_subset"), "data.test_subset"),
+        data.source,
+    )
+
+
+def load_torchvision(root: str) -> Cifar10:
+    """torchvision's CIFAR-10 in ``root``, downloaded there when missing."""
+    from torchvision.datasets import CIFAR10
+
+    splits = []
+    for train in (True, False):
+        try:
+            ds = CIFAR10(root, train=train, download=True)
+        except Exception as e:  # no network, a proxy, a full disk: the message below says what to do
+            raise DataError(
+                f"could not download CIFAR-10 into data.root={root!r} ({type(e).__name__}: {e}). Without a network, "
+                "use a local copy: data=cifar10_folder data.path=<image-folder dir or .tar.gz> "
+                "(or data=cifar10_folder with the environment variable ZOO_CIFAR10 pointing at it)"
+            ) from None
+        splits.append(Split(torch.from_numpy(np.ascontiguousarray(ds.data)), torch.tensor(ds.targets)))
+    return Cifar10(splits[0], splits[1], f"torchvision:{root}")
+
+
+def load_image_folder(path: str | os.PathLike | None, cache_dir: str | os.PathLike | None) -> Cifar10:
+    """CIFAR-10 from ``path``: a ``train/<class>/*``, ``test/<class>/*`` tree, or a .tar / .tar.gz of one.
+
+    The tree may sit one folder down (``cifar10-jpeg/train/...``). Decoded tensors are cached in
+    ``cache_dir`` (default ``$ZOO_CACHE_DIR`` or ``~/.cache/zoo``).
+    """
+    if path is None or str(path) in ("", "None", "null"):
+        raise DataError(
+            "data.path is not set: pass data.path=<image-folder dir or .tar.gz of one> "
+            "or set the environment variable ZOO_CIFAR10"
+        )
+    src = Path(path).expanduser().resolve()
+    if not src.exists():
+        raise DataError(f"data.path={str(path)!r}: no such file or directory ({src})")
+    cache = cache_file(src, cache_dir)
+    if cache.exists():
+        try:
+            blob = torch.load(cache, weights_only=True)
+            return Cifar10(Split(blob["train_x"], blob["train_y"]), Split(blob["test_x"], blob["test_y"]), str(src))
+        except Exception as e:  # a cache is only a copy: rebuild it rather than fail
+            log.warning("ignoring unreadable cache %s (%s); decoding %s again", cache, e, src)
+    log.info("decoding %s once; cached as %s", src, cache)
+    splits = decode_image_folder(src)
+    save_atomic(
+        {"train_x": splits[0].images, "train_y": splits[0].labels, "test_x": splits[1].images, "test_y": splits[1].labels},
+        cache,
+    )
+    return Cifar10(splits[0], splits[1], str(src))
+
+
+def cache_file(src: Path, cache_dir: str | os.PathLike | None) -> Path:
+    """The cache path for ``src``: it changes when the source's path, size or modification time does."""
+    root = Path(cache_dir or os.environ.get("ZOO_CACHE_DIR") or "~/.cache/zoo").expanduser()
+    if src.is_dir():
+        count, size, mtime = 0, 0, 0
+        for dirpath, _, files in os.walk(src):
+            for f in files:
+                st = os.stat(os.path.join(dirpath, f))
+                count, size, mtime = count + 1, size + st.st_size, max(mtime, st.st_mtime_ns)
+        stamp = f"dir|{count}|{size}|{mtime}"
+    else:
+        st = src.stat()
+        stamp = f"file|{st.st_size}|{st.st_mtime_ns}"
+    key = hashlib.sha1(f"{src}|{stamp}|v{_CACHE_VERSION}".encode()).hexdigest()[:16]
+    return root / f"cifar10_folder-{src.name}-{key}.pt"
+
+
+def decode_image_folder(src: Path) -> tuple[Split, Split]:
+    """Decode every image under ``src`` (a directory or an archive) into (train, test) splits."""
+    found: dict[str, list[tuple[int, str, np.ndarray]]] = {s: [] for s in SPLITS}
+    class_dirs: dict[str, set[str]] = {s: set() for s in SPLITS}
+    for split, cls, name, read in _iter_files(src):
+        class_dirs[split].add(cls)
+        if cls not in CLASSES:
+            continue
+        found[split].append((CLASSES.index(cls), name, _decode(read, f"{src}:{split}/{cls}/{name}")))
+    for split in SPLITS:
+        missing = [c for c in CLASSES if c not in class_dirs[split]]
+        if missing:
+            raise DataError(
+                f"{src}: {split}/ lacks the class folders {', '.join(missing)} "
+                f"(expected {split}/<class>/<image> for each of: {', '.join(CLASSES)})"
+            )
+    splits = []
+    for split in SPLITS:
+        items = sorted(found[split], key=lambda t: (t[0], t[1]))
+        images = torch.from_numpy(np.stack([t[2] for t in items]))
+        labels = torch.tensor([t[0] for t in items], dtype=torch.int64)
+        splits.append(Split(images, labels))
+    return splits[0], splits[1]
+
+
+def _decode(read, where: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(read())) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except Exception as e:
+        raise DataError(f"unreadable image {where}: {type(e).__name__}: {e}") from None
+    if arr.shape != (32, 32, 3):
+        raise DataError(f"image {where} is {arr.shape[1]}x{arr.shape[0]}, expected 32x32")
+    return arr
+
+
+def _split_class(parts: tuple[str, ...]) -> tuple[str, str, str] | None:
+    """(split, class, file) when ``parts`` ends in <split>/<class>/<file>, else None (READMEs, hidden files)."""
+    if len(parts) < 3 or parts[-3] not in SPLITS or any(p.startswith((".", "__MACOSX")) for p in parts):
+        return None
+    return parts[-3], parts[-2], parts[-1]
+
+
+def _iter_files(src: Path) -> Iterator[tuple[str, str, str, object]]:
+    """Yield (split, class, file name, read()) for every file in a tree or archive, in storage order."""
+    if src.is_dir():
+        root = _tree_root(src)
+        for split in SPLITS:
+            for cls_dir in sorted(p for p in (root / split).iterdir() if p.is_dir() and not p.name.startswith(".")):
+                for f in sorted(cls_dir.iterdir()):
+                    if f.is_file() and not f.name.startswith("."):
+                        yield split, cls_dir.name, f.name, f.read_bytes
+        return
+    try:
+        # Streaming mode ("r|*") reads a .tar.gz front to back once, far faster than random access.
+        with tarfile.open(src, "r|*") as tf:
+            for member in tf:
+                hit = _split_class(PurePosixPath(member.name).parts) if member.isfile() else None
+                if hit is not None:
+                    data = tf.extractfile(member).read()
+                    yield *hit, (lambda d=data: d)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise DataError(
+            f"data.path={str(src)!r} is neither a directory nor a readable .tar/.tar.gz archive ({type(e).__name__}: {e})"
+        ) from None
+
+
+def _tree_root(src: Path) -> Path:
+    if all((src / s).is_dir() for s in SPLITS):
+        return src
+    inner = [p for p in src.iterdir() if p.is_dir() and all((p / s).is_dir() for s in SPLITS)]
+    if len(inner) == 1:
+        return inner[0]
+    raise DataError(f"data.path={str(src)!r} holds no train/ and test/ folders (nor one folder that holds them)")
