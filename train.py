@@ -28,8 +28,8 @@ from tqdm import tqdm
 from zoo import distributed as dist
 from zoo.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model_state, resumed_config, save_checkpoint, training_state
 from zoo.data import load_cifar10
-from zoo.engine import LossWatch, Meter, build_model, build_optimizer, derive_seed, epoch_batches, evaluate, sched_lr
-from zoo.engine import train_batch, train_step
+from zoo.engine import LossWatch, Meter, build_model, build_optimizer, derive_seed, diverged, epoch_batches, evaluate
+from zoo.engine import finite_state, sched_lr, train_batch, train_step
 from zoo.errors import ConfigError, ZooError
 from zoo.interrupt import StopOnSignal, TrainingInterrupted
 from zoo.layers import set_block_drop_path_rates
@@ -105,7 +105,11 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
     cfg_container = OmegaConf.to_container(cfg, resolve=True)
 
     def checkpoint(epoch: int, step: int, meter: Meter) -> None:
-        """Save last.pt at a step boundary (rank 0), with the epoch's running sums over all ranks."""
+        """Save last.pt at a step boundary (rank 0), with the epoch's running sums over all ranks.
+        Non-finite weights (a blow-up in the step after the last checked loss) never replace a good last.pt."""
+        if not finite_state(net):
+            where = f"after epoch {epoch}" if step == 0 else f"at epoch {epoch + 1} step {step}"
+            raise diverged(f"the weights became non-finite {where}", ckpt_path if saved_any else None)
         sums = dist.all_sum(torch.tensor([meter.loss_sum, meter.correct, meter.count], device=ctx.device))
         if ctx.is_main:
             summed = Meter(*sums.tolist(), seconds=meter.seconds)
@@ -227,6 +231,9 @@ def main(cfg: DictConfig) -> None:
     except TrainingInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before the loop's handler is set, or a second Ctrl-C inside it
+        print("interrupted: stopped at once by Ctrl-C; the last checkpoint saved (if any) is intact", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     finally:
         dist.cleanup()
     if int(os.environ.get("RANK", "0")) == 0:
@@ -238,7 +245,12 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from zoo.launch import hydra_argv
+    from zoo.launch import check_overrides, hydra_argv
 
+    try:  # a mistyped group file or key: one line, before Hydra answers with a multi-line message
+        check_overrides(sys.argv, Path(__file__).resolve().parent / "configs")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     sys.argv = hydra_argv(sys.argv)
     main()

@@ -10,6 +10,7 @@ running sums of the epoch under way), ``history`` (the metrics.jsonl lines so fa
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from collections.abc import Sequence
@@ -99,7 +100,9 @@ def load_checkpoint(resume: str | os.PathLike, model_name: str | None = None) ->
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated?): {type(e).__name__}: {e}") from None
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (corrupt, truncated, or not written by train.py): {_first_sentence(e)}"
+        ) from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
         raise CheckpointError(f"{path} is not a zoo training checkpoint (missing {', '.join(missing)})")
@@ -107,6 +110,12 @@ def load_checkpoint(resume: str | os.PathLike, model_name: str | None = None) ->
         raise CheckpointError(f"{path} holds a {state['model_name']} model, not {model_name}")
     state["path"] = str(path)
     return state
+
+
+def _first_sentence(e: Exception) -> str:
+    """torch.load's errors run to several lines of advice; the first sentence says what failed."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {re.split(r'(?<=[.!?]) ', text, maxsplit=1)[0][:200]}"
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, Any]) -> None:

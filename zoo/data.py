@@ -161,13 +161,18 @@ def decode_image_folder(src: Path) -> tuple[Split, Split]:
     """Decode every image under ``src`` (a directory or an archive) into (train, test) splits."""
     found: dict[str, list[tuple[int, str, np.ndarray]]] = {s: [] for s in SPLITS}
     class_dirs: dict[str, set[str]] = {s: set() for s in SPLITS}
-    for split, cls, name, read in _iter_files(src):
+    for split, cls, name, read, where in _iter_files(src):
         class_dirs[split].add(cls)
         if cls not in CLASSES:
             continue
-        found[split].append((CLASSES.index(cls), name, _decode(read, f"{src}:{split}/{cls}/{name}")))
+        found[split].append((CLASSES.index(cls), name, _decode(read, where)))
     for split in SPLITS:
         missing = [c for c in CLASSES if c not in class_dirs[split]]
+        if len(missing) == len(CLASSES):
+            raise DataError(
+                f"{src}: found no {split}/<class>/<image> files (is it the CIFAR-10 image-folder layout, "
+                f"{split}/<class>/<image> for each of {', '.join(CLASSES)}? a truncated archive looks like this too)"
+            )
         if missing:
             raise DataError(
                 f"{src}: {split}/ lacks the class folders {', '.join(missing)} "
@@ -183,11 +188,13 @@ def decode_image_folder(src: Path) -> tuple[Split, Split]:
 
 
 def _decode(read, where: str) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(read())) as im:
             arr = np.asarray(im.convert("RGB"))
+    except UnidentifiedImageError:
+        raise DataError(f"unreadable image {where}: not an image format Pillow can decode (empty or damaged file?)") from None
     except Exception as e:
         raise DataError(f"unreadable image {where}: {type(e).__name__}: {e}") from None
     if arr.shape != (32, 32, 3):
@@ -202,15 +209,16 @@ def _split_class(parts: tuple[str, ...]) -> tuple[str, str, str] | None:
     return parts[-3], parts[-2], parts[-1]
 
 
-def _iter_files(src: Path) -> Iterator[tuple[str, str, str, object]]:
-    """Yield (split, class, file name, read()) for every file in a tree or archive, in storage order."""
+def _iter_files(src: Path) -> Iterator[tuple[str, str, str, object, str]]:
+    """Yield (split, class, file name, read(), where) for every file in a tree or archive, in storage
+    order; ``where`` names the file for error messages (its path, or ``archive:member``)."""
     if src.is_dir():
         root = _tree_root(src)
         for split in SPLITS:
             for cls_dir in sorted(p for p in (root / split).iterdir() if p.is_dir() and not p.name.startswith(".")):
                 for f in sorted(cls_dir.iterdir()):
                     if f.is_file() and not f.name.startswith("."):
-                        yield split, cls_dir.name, f.name, f.read_bytes
+                        yield split, cls_dir.name, f.name, f.read_bytes, str(f)
         return
     try:
         # Streaming mode ("r|*") reads a .tar.gz front to back once, far faster than random access.
@@ -219,7 +227,7 @@ def _iter_files(src: Path) -> Iterator[tuple[str, str, str, object]]:
                 hit = _split_class(PurePosixPath(member.name).parts) if member.isfile() else None
                 if hit is not None:
                     data = tf.extractfile(member).read()
-                    yield *hit, (lambda d=data: d)
+                    yield *hit, (lambda d=data: d), f"{src}:{member.name}"
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise DataError(
             f"data.path={str(src)!r} is neither a directory nor a readable .tar/.tar.gz archive ({type(e).__name__}: {e})"

@@ -211,12 +211,25 @@ class LossWatch:
     def _take(self, loss: Tensor, correct: Tensor, n: int, step: int) -> None:
         value = loss.item()
         if not math.isfinite(value):
-            where = self.last_checkpoint or "none saved yet (it diverged in the first epoch)"
-            raise TrainingDiverged(
-                f"the training loss became {value} at epoch {self.epoch + 1} step {step}; last good checkpoint: {where} "
-                "(resuming it with the same config diverges again: lower lr or change the recipe)"
-            )
+            raise diverged(f"the training loss became {value} at epoch {self.epoch + 1} step {step}", self.last_checkpoint)
         self.meter.loss_sum += value * n
         self.meter.correct += float(correct.item())
         self.meter.count += n
         self.last_loss = value
+
+
+def diverged(what: str, last_checkpoint: object | None) -> TrainingDiverged:
+    """The error for a run that went non-finite: what happened where, and the checkpoint it can go back to."""
+    if last_checkpoint is None:
+        return TrainingDiverged(f"{what}; last good checkpoint: none (no epoch had finished); lower lr or change the recipe")
+    return TrainingDiverged(
+        f"{what}; last good checkpoint: {last_checkpoint} (resuming it repeats the same steps: "
+        "start a new run with a lower lr or another recipe)"
+    )
+
+
+@torch.no_grad()
+def finite_state(model: nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer is finite (one device sync)."""
+    sums = [t.float().sum() for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    return not sums or bool(torch.isfinite(torch.stack(sums)).all())

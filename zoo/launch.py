@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import time
 from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .errors import ConfigError
+
+# Config groups a user picks with ``group=<file name>`` (configs/<group>/<name>.yaml).
+CONFIG_GROUPS = ("model", "data", "optim", "sched", "experiment")
+_SIMPLE = re.compile(r"[A-Za-z0-9_./-]+")
 
 
 def _quote(value: str) -> str:
@@ -30,7 +40,81 @@ def hydra_argv(argv: list[str]) -> list[str]:
     if resume and resume[-1] and not has_run_dir:
         path = Path(resume[-1].strip("'\"")).expanduser()
         run_dir = path if path.is_dir() else path.parent
-        if run_dir.is_dir():
+        # Only into a dir that holds a run: a mistyped path must not get a .hydra/ written next to it.
+        if (run_dir / "config.yaml").is_file() or (run_dir / ".hydra").is_dir():
             args += [f"hydra.run.dir={_quote(str(run_dir.resolve()))}",
                      f"hydra.output_subdir={_quote('.hydra/resume-' + time.strftime('%Y%m%d-%H%M%S'))}"]
     return [argv[0], *args]
+
+
+def _values(value: str) -> list[str] | None:
+    """The names a group override picks: one, or a comma-separated sweep; None for Hydra's richer syntax."""
+    names = [v.strip().strip("'\"") for v in value.split(",")]
+    return names if all(_SIMPLE.fullmatch(n) for n in names) else None
+
+
+def _choices(config_dir: Path, group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+
+
+def _known_keys(config_dir: Path) -> tuple[set[str], dict[str, set[str]]]:
+    """The top-level keys any config file sets (train.yaml, experiments) and, per group, the keys any
+    of its files (or an experiment) sets: a key outside these is unknown to every composition."""
+
+    def keys(node: object) -> set[str]:
+        return {k for k in node if k != "defaults"} if OmegaConf.is_dict(node) else set()
+
+    experiments = [OmegaConf.load(f) for f in (config_dir / "experiment").glob("*.yaml")]
+    top = keys(OmegaConf.load(config_dir / "train.yaml")).union(*(keys(e) for e in experiments))
+    inner = {g: set().union(*(keys(OmegaConf.load(f)) for f in (config_dir / g).glob("*.yaml")),
+                            *(keys(e.get(g)) for e in experiments)) for g in CONFIG_GROUPS}
+    return top, inner
+
+
+def _hint(name: str, options: list[str] | set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(options), n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def check_overrides(argv: list[str], config_dir: str | os.PathLike) -> None:
+    """Catch the two command-line slips Hydra answers with a multi-line message, before Hydra runs:
+    a config group file that does not exist (``model=resnt20``) and a key no config defines
+    (``drop_path_rat=0.1``), each as one :class:`ConfigError` that lists the close matches.
+
+    Overrides with a ``+``/``~`` prefix, Hydra's sweep functions, ``hydra.*`` keys and runs with another
+    config dir are left to Hydra.
+    """
+    config_dir = Path(config_dir)
+    args = argv[1:]
+    if not (config_dir / "train.yaml").is_file() or any(
+        a.startswith(("--config-path", "--config-dir", "--config-name", "-cp", "-cd", "-cn", "hydra.searchpath"))
+        for a in args
+    ):
+        return
+    known: tuple[set[str], dict[str, set[str]]] | None = None
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if not eq or arg.startswith(("-", "+", "~")) or key.startswith("hydra") or "/" in key or "@" in key:
+            continue
+        if key in CONFIG_GROUPS:
+            names = _values(value)
+            choices = _choices(config_dir, key)
+            for name in names or ():
+                if name not in choices and not (key == "experiment" and name == "null"):
+                    raise ConfigError(
+                        f"{key}={name}: there is no configs/{key}/{name}.yaml{_hint(name, choices)} "
+                        f"(choices: {', '.join(choices)})"
+                    )
+            continue
+        top, inner = known = known or _known_keys(config_dir)
+        head, _, rest = key.partition(".")
+        if head not in top and head not in CONFIG_GROUPS:
+            raise ConfigError(f"unknown key {key!r}{_hint(head, top)} (to add a new key: +{arg})")
+        if head in CONFIG_GROUPS and head != "experiment" and rest:
+            sub = rest.partition(".")[0]
+            if sub not in inner[head]:
+                hint = _hint(sub, inner[head]).replace("mean ", f"mean {head}.").replace(", ", f", {head}.")
+                raise ConfigError(
+                    f"unknown key {key!r}{hint} (keys the {head} configs set: {', '.join(sorted(inner[head]))}; "
+                    f"to add a new key: +{arg})"
+                )

@@ -21,8 +21,10 @@ AUTO_FLAGS = ("auto", True, False)
 
 def _number(cfg: DictConfig, key: str) -> float:
     value = _select(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, Real) or math.isnan(float(value)):
+    if isinstance(value, bool) or not isinstance(value, Real):
         raise ConfigError(f"{key} must be a number, got {value!r}")
+    if not math.isfinite(float(value)):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
     return float(value)
 
 

@@ -1,0 +1,379 @@
+"""Issue 6: every bad input gets one line and a non-zero exit; checkpoints survive a kill mid-save;
+SIGTERM / Ctrl-C stop at a step boundary and resume to the uninterrupted result; a non-finite loss
+stops the run within one step, naming where and the last good checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+import train
+from zoo.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from zoo.data import CLASSES
+from zoo.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from zoo.launch import check_overrides, hydra_argv
+from zoo.validate import validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+TIMING = ("epoch_seconds", "images_per_second")
+
+
+def compose_train(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def tiny(archive: Path, cache: Path, *extra: str) -> tuple[str, ...]:
+    """resnet8, 256 images in 4 steps per epoch, 2 epochs: a few seconds in process."""
+    return ("model=resnet8", "data=cifar10_folder", f"data.path={archive}", f"data.cache_dir={cache}", "data.subset=256",
+            "data.test_subset=100", "epochs=2", "batch_size=64", "sched.warmup_epochs=0", "device=cpu", *extra)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without the timing columns (which differ run to run)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def one_error_line(out: subprocess.CompletedProcess) -> str:
+    """The run failed with exit 2 and exactly one stderr line, "error: ...", and no traceback."""
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (out.returncode, out.stderr)
+    assert "Traceback" not in out.stdout + out.stderr
+    return lines[0]
+
+
+def make_tree(root: Path, classes=CLASSES) -> Path:
+    for split in ("train", "test"):
+        for c, cls in enumerate(classes):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((32, 32, 3), 10 * c + i, np.uint8)).save(root / split / cls / f"{i:04d}.png")
+    return root
+
+
+# --- bad values: one ConfigError naming the key, the value and what is allowed -------------------
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("drop_path_rate=1.5", "drop_path_rate must be in [0, 1], got 1.5"),
+        ("drop_path_rate=-0.1", "drop_path_rate must be in [0, 1], got -0.1"),
+        ("drop_path_rate=abc", "drop_path_rate must be a number, got 'abc'"),
+        ("drop_path_rate=nan", "drop_path_rate must be a finite number, got nan"),
+        ("drop_path_schedule=cosine", "drop_path_schedule must be one of linear, paper, uniform, stagewise, got 'cosine'"),
+        ("drop_path_mode=fast", "drop_path_mode must be one of mask, skip, auto, got 'fast'"),
+        ("drop_path_time_schedule=warm", "drop_path_time_schedule must be one of constant, early, late, ramp, got 'warm'"),
+        ("drop_path_time_early_mode=cubic", "drop_path_time_early_mode must be one of constant, linear, got 'cubic'"),
+        ("drop_path_time_cutoff=-1", "drop_path_time_cutoff must be >= 0 epochs, got -1"),
+        ("model.name=resnt20", "model.name: unknown model 'resnt20'; did you mean resnet20"),
+        ("epochs=0", "epochs must be an integer >= 1, got 0"),
+        ("epochs=abc", "epochs must be an integer >= 1, got 'abc'"),
+        ("batch_size=0", "batch_size must be an integer >= 1, got 0"),
+        ("batch_size=1.5", "batch_size must be an integer >= 1, got 1.5"),
+        ("lr=0", "lr must be > 0, got 0"),
+        ("lr=-0.1", "lr must be > 0, got -0.1"),
+        ("lr=inf", "lr must be a finite number, got inf"),
+        ("weight_decay=-1", "weight_decay must be >= 0, got -1"),
+        ("label_smoothing=1", "label_smoothing must be in [0, 1), got 1.0"),
+        ("seed=-1", "seed must be an integer >= 0, got -1"),
+        ("device=gpu", "device must be one of auto, cpu, cuda, got 'gpu'"),
+        ("data.subset=-5", "data.subset must be an integer >= 0, got -5"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(override, message):
+    with pytest.raises(ConfigError) as info:
+        validate_config(compose_train("model=resnet8", override))
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model=resnt20", "model=resnt20: there is no configs/model/resnt20.yaml; did you mean resnet20,"),
+        ("experiment=cpu_smok", "experiment=cpu_smok: there is no configs/experiment/cpu_smok.yaml; did you mean cpu_smoke?"),
+        ("optim=adam", "optim=adam: there is no configs/optim/adam.yaml; did you mean adamw?"),
+        ("sched=cosin", "sched=cosin: there is no configs/sched/cosin.yaml; did you mean cosine?"),
+        ("data=cifar10folder", "data=cifar10folder: there is no configs/data/cifar10folder.yaml; did you mean cifar10_folder"),
+        ("model=resnet8,resnt20", "model=resnt20: there is no"),  # a sweep is checked name by name
+        ("drop_path_rat=0.1", "unknown key 'drop_path_rat'; did you mean drop_path_rate"),
+        ("data.subst=100", "unknown key 'data.subst'; did you mean data.subset"),
+    ],
+)
+def test_mistyped_config_groups_and_keys_list_close_matches(override, message):
+    with pytest.raises(ConfigError) as info:
+        check_overrides(["train.py", override], CONFIGS)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_valid_overrides_are_left_to_hydra():
+    ok = ["model=resnet8", "model=metaformer,resnet20", "experiment=null", "data=cifar10_folder", "data.path=/x",
+          "model.name=convformer_tiny", "+new_key=1", "hydra.run.dir=out", "seed=range(3)", "lr=0.1", "-m"]
+    check_overrides(["train.py", *ok], CONFIGS)
+
+
+def test_resume_of_a_mistyped_path_writes_nothing_next_to_it(tmp_path):
+    argv = hydra_argv(["train.py", f"resume={tmp_path / 'typo'}"])
+    assert not any(a.startswith("hydra.run.dir=") for a in argv)  # Hydra's own dir, not tmp_path
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("{}")
+    argv = hydra_argv(["train.py", f"resume={tmp_path / 'run'}"])
+    assert f"hydra.run.dir='{tmp_path / 'run'}'" in argv
+
+
+# --- the command line: exit 2, one line, no traceback --------------------------------------------
+
+
+def test_cli_config_mistakes_are_one_line(tmp_path):
+    cases = {
+        "drop_path_rate=abc": "error: drop_path_rate must be a number, got 'abc'",
+        "drop_path_mode=fast": "error: drop_path_mode must be one of mask, skip, auto, got 'fast'",
+        "model.name=resnt20": "error: model.name: unknown model 'resnt20'; did you mean resnet20",
+        "model=resnt20": "error: model=resnt20: there is no configs/model/resnt20.yaml; did you mean resnet20",
+    }
+    for i, (override, line) in enumerate(cases.items()):
+        assert one_error_line(run_cli(override, f"hydra.run.dir={tmp_path / str(i)}")).startswith(line), override
+
+
+def test_cli_data_mistakes_name_the_path(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    bad = make_tree(tmp_path / "bad")
+    (bad / "train" / "cat" / "0001.png").write_bytes(b"\x89PNG broken")
+    cases = {
+        tmp_path / "nope": "no such file or directory",
+        tmp_path / "notes.txt": "is neither a directory nor a readable .tar/.tar.gz archive",
+        make_tree(tmp_path / "eight", CLASSES[:8]): "train/ lacks the class folders ship, truck",
+        bad: f"unreadable image {bad}/train/cat/0001.png: not an image format",
+    }
+    for i, (path, text) in enumerate(cases.items()):
+        out = run_cli("experiment=cpu_smoke", "data=cifar10_folder", f"data.path={path}",
+                      f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / str(i)}")
+        assert text in one_error_line(out), path
+
+
+def test_data_problems_in_an_archive_name_the_member(tmp_path):
+    from zoo.data import load_image_folder
+
+    tree = make_tree(tmp_path / "cifar")
+    (tree / "test" / "dog" / "0000.png").write_bytes(b"")
+    with tarfile.open(tmp_path / "c.tar.gz", "w:gz") as tf:
+        tf.add(tree, arcname="cifar")
+    with pytest.raises(DataError, match=r"unreadable image .*c\.tar\.gz:cifar/test/dog/0000\.png"):
+        load_image_folder(tmp_path / "c.tar.gz", tmp_path / "cache")
+    (tmp_path / "cut.tar.gz").write_bytes((tmp_path / "c.tar.gz").read_bytes()[:200])  # a download cut short
+    with pytest.raises(DataError, match="found no train/<class>/<image> files|nor a readable .tar"):
+        load_image_folder(tmp_path / "cut.tar.gz", tmp_path / "cache")
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, cifar10_archive, cifar10_cache) -> Path:
+    """A finished 2-epoch tiny run (read-only for the tests that use it)."""
+    run_dir = tmp_path_factory.mktemp("finished")
+    train.train(compose_train(*tiny(cifar10_archive, cifar10_cache)), run_dir)
+    return run_dir
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch, finished_run):
+    state = load_checkpoint(finished_run)
+    path = save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({**state, "epoch": 99}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == state["epoch"]
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_resume_from_a_corrupt_checkpoint_is_one_line(tmp_path, finished_run, damage):
+    blob = (finished_run / CHECKPOINT_NAME).read_bytes()
+    bad = {"truncated": blob[: len(blob) // 2], "garbage": b"not a checkpoint at all\n" * 10, "empty": b""}[damage]
+    (tmp_path / CHECKPOINT_NAME).write_bytes(bad)
+    with pytest.raises(CheckpointError, match="is not a readable checkpoint") as info:
+        train.train(compose_train("model=resnet8", f"resume={tmp_path}"), tmp_path, overrides=(f"resume={tmp_path}",))
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
+def test_resume_with_another_model_is_refused(tmp_path, finished_run):
+    resume = f"resume={finished_run}"
+    with pytest.raises(CheckpointError, match=r"changes model.name='resnet20' \(saved 'resnet8'\)"):
+        train.train(compose_train("model=resnet20", resume), tmp_path, overrides=("model=resnet20", resume))
+    # A file that claims to be resnet8 but holds another model's weights.
+    state = load_checkpoint(finished_run)
+    state["model"] = {k: v for k, v in list(state["model"].items())[:-2]}  # lost the classifier
+    save_checkpoint(state, tmp_path / "odd" / CHECKPOINT_NAME)
+    with pytest.raises(CheckpointError, match="does not fit model resnet8") as info:
+        train.train(compose_train("model=resnet8", f"resume={tmp_path / 'odd'}"), tmp_path,
+                    overrides=(f"resume={tmp_path / 'odd'}",))
+    assert "\n" not in str(info.value)
+
+
+def test_cli_corrupt_checkpoint_is_one_line(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}")
+    (run / CHECKPOINT_NAME).write_bytes(b"\x00garbage" * 100)
+    line = one_error_line(run_cli(f"resume={run}"))
+    assert line.startswith(f"error: {run / CHECKPOINT_NAME} is not a readable checkpoint (corrupt, truncated")
+
+
+# --- a non-finite loss ----------------------------------------------------------------------------
+
+
+def poison(monkeypatch, at_call: int, weights: bool = False) -> list[int]:
+    """Make train_step's ``at_call``-th call (1-based) return a NaN loss, or leave NaN weights behind it."""
+    calls: list[int] = []
+    real = train.train_step
+
+    def step(model, optimizer, *args):
+        loss, correct = real(model, optimizer, *args)
+        calls.append(1)
+        if len(calls) == at_call:
+            if weights:
+                next(model.parameters()).data.fill_(math.nan)
+            else:
+                loss = torch.tensor(math.nan)
+        return loss, correct
+
+    monkeypatch.setattr(train, "train_step", step)
+    return calls
+
+
+def test_nan_loss_stops_within_one_step_naming_the_last_checkpoint(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
+    calls = poison(monkeypatch, at_call=4 + 2)  # 4 steps per epoch: epoch 2, step 1 (0-based)
+    with pytest.raises(TrainingDiverged) as info:
+        train.train(compose_train(*tiny(cifar10_archive, cifar10_cache)), tmp_path)
+    assert str(info.value).startswith(
+        f"the training loss became nan at epoch 2 step 1; last good checkpoint: {tmp_path / CHECKPOINT_NAME}"
+    )
+    assert len(calls) <= 4 + 2 + 1  # at most one more step ran
+    assert load_checkpoint(tmp_path)["epoch"] == 1  # the epoch-1 checkpoint is still there and whole
+    assert len(metrics(tmp_path)) == 1
+
+
+def test_non_finite_weights_never_replace_the_last_checkpoint(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
+    poison(monkeypatch, at_call=8, weights=True)  # the last step of epoch 2: its loss was still finite
+    with pytest.raises(TrainingDiverged, match=f"weights became non-finite after epoch 2; last good checkpoint: {tmp_path}"):
+        train.train(compose_train(*tiny(cifar10_archive, cifar10_cache)), tmp_path)
+    assert load_checkpoint(tmp_path)["epoch"] == 1
+
+
+def test_cli_divergence_is_one_line(tmp_path, cifar10_archive, cifar10_cache):
+    out = run_cli("experiment=cpu_smoke", "data=cifar10_folder", f"data.path={cifar10_archive}",
+                  f"data.cache_dir={cifar10_cache}", "data.subset=200", "data.test_subset=100", "lr=1e30",
+                  f"hydra.run.dir={tmp_path}")
+    line = one_error_line(out)
+    assert line.startswith("error: the training loss became nan at epoch 1 step ")
+    assert line.endswith("last good checkpoint: none (no epoch had finished); lower lr or change the recipe")
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+
+
+# --- interruption: SIGTERM, Ctrl-C, a kill during a save (subprocesses) ---------------------------
+
+
+def cli_args(archive: Path, cache: Path, run_dir: Path) -> list[str]:
+    """resnet8 on 600 images, 12 steps per epoch, 3 epochs: a few seconds per run on an idle CPU."""
+    return ["model=resnet8", "data=cifar10_folder", f"data.path={archive}", f"data.cache_dir={cache}", "data.subset=600",
+            "data.test_subset=200", "epochs=3", "batch_size=50", "sched.warmup_epochs=0", "device=cpu",
+            f"hydra.run.dir={run_dir}"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cifar10_archive, cifar10_cache) -> Path:
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    out = run_cli(*cli_args(cifar10_archive, cifar10_cache, run_dir))
+    assert out.returncode == 0, out.stderr[-2000:]
+    return run_dir
+
+
+def resume_and_compare(run_dir: Path, expected: Path) -> None:
+    out = run_cli(f"resume={run_dir}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert metrics(run_dir) == metrics(expected)  # exact: the loop's randomness is a function of (seed, epoch, step)
+    got, want = (json.loads((d / "summary.json").read_text()) for d in (run_dir, expected))
+    assert got["final_test_acc"] == want["final_test_acc"] and got["best_test_acc"] == want["best_test_acc"]
+    a, b = (torch.load(d / CHECKPOINT_NAME, weights_only=True) for d in (run_dir, expected))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_after_first_epoch_then_resume_matches(tmp_path, signum, uninterrupted, cifar10_archive, cifar10_cache):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *cli_args(cifar10_archive, cifar10_cache, run_dir)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().strip()):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first epoch did"
+            time.sleep(0.02)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"interrupted: {signal.Signals(signum).name} at epoch ")
+    assert last.endswith(f"saved {run_dir / CHECKPOINT_NAME}; continue with: python train.py resume={run_dir}")
+    state = load_checkpoint(run_dir)
+    assert (state["epoch"], state["step"]) >= (1, 0) and state["epoch"] < 3
+    resume_and_compare(run_dir, uninterrupted)
+
+
+KILL_DURING_SECOND_SAVE = """
+import os, runpy, signal, sys, torch
+real_save, saves = torch.save, []
+def save(obj, f, *args, **kwargs):
+    if isinstance(obj, dict) and "model_name" in obj:  # a training checkpoint, not the data cache
+        saves.append(obj["epoch"])
+        if len(saves) == 2:  # the end of epoch 2: die with half a file written
+            f.write(b"half a checkpoint")
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+torch.save = save
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path, uninterrupted, cifar10_archive, cifar10_cache):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", KILL_DURING_SECOND_SAVE, str(REPO / "train.py"),
+                          *cli_args(cifar10_archive, cifar10_cache, run_dir)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+    assert load_checkpoint(run_dir)["epoch"] == 1  # the epoch-1 file, whole
+    assert len(metrics(run_dir)) == 1
+    resume_and_compare(run_dir, uninterrupted)
