@@ -268,6 +268,12 @@ def print_header(device: torch.device) -> None:
           f"load average {os.getloadavg()[0]:.2f} (1 min)")
     print(f"torch threads: {torch.get_num_threads()}, device: {device}, clock: {clock.__name__}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    # glibc returns freed 10-100 MB blocks to the OS and page-faults them back on the next allocation;
+    # which form pays those faults depends on allocation order, not on its arithmetic. Rerunning with
+    # MALLOC_MMAP_THRESHOLD_=4000000000 MALLOC_TRIM_THRESHOLD_=4000000000 keeps the heap and measures
+    # the memory traffic alone. The table records which allocator setting it ran under.
+    malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+    print(f"malloc settings: {malloc or 'glibc defaults'}")
 
 
 def goal(label: str, value: float | None, limit: float) -> bool:
