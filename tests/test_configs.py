@@ -33,7 +33,7 @@ def test_defaults_follow_the_contract(monkeypatch):
     monkeypatch.delenv("ZOO_CIFAR10", raising=False)
     cfg = compose_train()
     assert cfg.model.name == "metaformer" and cfg.data.name == "cifar10"
-    assert cfg.optim.name == "sgd" and cfg.sched.name == "cosine"
+    assert cfg.optim.name == "adamw" and cfg.sched.name == "cosine"
     assert cfg.drop_path_rate == 0.1 and cfg.device == "auto" and cfg.resume is None
     assert all(k in cfg for k in CONTRACT_KEYS)
     validate_config(cfg)
