@@ -71,8 +71,5 @@ class MetaFormerBlock(DropPathBlock):
         return self.layer_scale2(self.mlp(self.norm2(x)))
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.skip and not self.mixer_skip:
-            x = self.drop_path.add(self.res_scale1(x), self.mixer_branch(x))  # the mask form
-        else:
-            x = self.residual(self.res_scale1(x), x, self.mixer_branch)
+        x = self.residual(self.res_scale1(x), x, self.mixer_branch, skip=self.mixer_skip)
         return self.residual(self.res_scale2(x), x, self.mlp_branch)

@@ -47,7 +47,19 @@ def conv_bn(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1) -> nn.
     return nn.Sequential(conv, nn.BatchNorm2d(out_chs))
 
 
-class BasicBlock(DropPathBlock):
+class _ResidualConvBlock(DropPathBlock):
+    """``relu(shortcut(x) + drop_path(branch(x)))``; subclasses build ``shortcut`` and ``branch``."""
+
+    shortcut: nn.Module
+
+    def branch(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.residual(self.shortcut(x), x, self.branch))
+
+
+class BasicBlock(_ResidualConvBlock):
     """Two 3x3 convolutions; ``out_chs`` output channels.
 
     Args:
@@ -78,11 +90,8 @@ class BasicBlock(DropPathBlock):
     def branch(self, x: Tensor) -> Tensor:
         return self.conv_bn2(torch.relu(self.conv_bn1(x)))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.relu(self.residual(self.shortcut(x), x, self.branch))
 
-
-class Bottleneck(DropPathBlock):
+class Bottleneck(_ResidualConvBlock):
     """1x1 reduce, 3x3, 1x1 expand to ``4 * width`` channels (the CIFAR ResNet-164 block).
 
     Args:
@@ -111,6 +120,3 @@ class Bottleneck(DropPathBlock):
 
     def branch(self, x: Tensor) -> Tensor:
         return self.conv_bn3(torch.relu(self.conv_bn2(torch.relu(self.conv_bn1(x)))))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.relu(self.residual(self.shortcut(x), x, self.branch))

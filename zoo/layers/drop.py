@@ -293,6 +293,7 @@ class DropPath(nn.Module):
         if not (self.training and self.active):
             return shortcut + branch_fn(x)
         # draw against the buffer (as the mask forms do); scale from the host copy of it (no sync)
+        # a float32 tensor, so the scale is rounded exactly as the buffer-rate mask form rounds it
         host_rate = torch.tensor(self._drop_prob, dtype=torch.float32)  # == self.rate, on the host
         return _skip_add(shortcut, x, branch_fn, self.rate, host_rate, self.scale_by_keep, self.mode)
 

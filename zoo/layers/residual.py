@@ -68,10 +68,14 @@ class DropPathBlock(nn.Module):
         """The rate installed now (0.0 when the block holds no DropPath)."""
         return self.drop_path.drop_prob if self.drop_path is not None else 0.0
 
-    def residual(self, shortcut: Tensor, x: Tensor, branch_fn: Callable[[Tensor], Tensor]) -> Tensor:
+    def residual(
+        self, shortcut: Tensor, x: Tensor, branch_fn: Callable[[Tensor], Tensor], skip: bool | None = None
+    ) -> Tensor:
+        """``shortcut + drop_path(branch_fn(x))``; ``skip`` overrides the block's form for this residual
+        (a block with a cheap and an expensive branch skips only the expensive one)."""
         if self.drop_path is None:
             return shortcut + branch_fn(x)
-        if self.skip:
+        if self.skip if skip is None else skip:
             return self.drop_path.skip_add(shortcut, x, branch_fn)
         return self.drop_path.add(shortcut, branch_fn(x))
 

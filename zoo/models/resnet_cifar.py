@@ -110,44 +110,21 @@ class ResNetCifar(ZooModel):
         return torch.flatten(self.stages(self.stem(x)).mean((2, 3)), 1)
 
 
-def _basic(n: int, **kwargs) -> ResNetCifar:
-    return ResNetCifar(depths=(n, n, n), block="basic", **kwargs)
+# Variants as data: name -> n, the blocks per stage (BasicBlock: 6n + 2 layers).
+BASIC_VARIANTS = {"resnet8": 1, "resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18, "resnet1202": 200}
 
 
-@register_model
-def resnet8(**kwargs) -> ResNetCifar:
-    """The tiny test variant (n = 1)."""
-    return _basic(1, **kwargs)
+def _register_basic(name: str, n: int) -> None:
+    def build(**kwargs) -> ResNetCifar:
+        return ResNetCifar(depths=(n, n, n), block="basic", **kwargs)
+
+    build.__name__ = name
+    build.__doc__ = f"CIFAR ResNet-{6 * n + 2} (BasicBlocks, n = {n}){'; the tiny test variant' if n == 1 else ''}."
+    register_model(build, name=name)
 
 
-@register_model
-def resnet20(**kwargs) -> ResNetCifar:
-    return _basic(3, **kwargs)
-
-
-@register_model
-def resnet32(**kwargs) -> ResNetCifar:
-    return _basic(5, **kwargs)
-
-
-@register_model
-def resnet44(**kwargs) -> ResNetCifar:
-    return _basic(7, **kwargs)
-
-
-@register_model
-def resnet56(**kwargs) -> ResNetCifar:
-    return _basic(9, **kwargs)
-
-
-@register_model
-def resnet110(**kwargs) -> ResNetCifar:
-    return _basic(18, **kwargs)
-
-
-@register_model
-def resnet1202(**kwargs) -> ResNetCifar:
-    return _basic(200, **kwargs)
+for _name, _n in BASIC_VARIANTS.items():
+    _register_basic(_name, _n)
 
 
 @register_model
