@@ -20,7 +20,8 @@ if str(REPO) not in sys.path:  # lets tests import train.py
 def find_cifar10_archive() -> Path | None:
     env = os.environ.get("ZOO_CIFAR10")
     path = Path(env) if env else REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-    return path if path.exists() else None
+    # absolute: subprocess tests run train.py from a temporary directory
+    return path.resolve() if path.exists() else None
 
 
 @pytest.fixture(scope="session")
