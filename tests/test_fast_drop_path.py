@@ -11,10 +11,19 @@ import torch
 import torch._dynamo.testing
 from torch import Tensor, nn
 
-from zoo.layers import DropPath, DropPathBlock, drop_path, drop_path_add, drop_path_skip_add, resolve_skip
+import zoo
+from zoo.layers import (
+    DropPath,
+    DropPathBlock,
+    can_overwrite,
+    drop_path,
+    drop_path_add,
+    drop_path_skip_add,
+    resolve_skip,
+)
 from zoo.layers.residual import AUTO_SKIP_MIN_RATE
 
-FORMS = ("reference", "fused", "skip")
+FORMS = ("reference", "fused", "inplace", "skip")  # inplace: fused, written into the branch output
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -45,6 +54,8 @@ def residual(form: str, shortcut: Tensor, x: Tensor, branch: nn.Module, dp: Drop
         return shortcut + dp(branch(x))
     if form == "fused":
         return dp.add(shortcut, branch(x))
+    if form == "inplace":
+        return dp.add(shortcut, branch(x), inplace=True)
     return dp.skip_add(shortcut, x, branch)
 
 
@@ -70,7 +81,7 @@ def test_forms_agree_with_reference_for_same_seed(branch, mode, p):
     kept_counts = set()
     for seed in range(6):
         ref_out, ref_gx, ref_gp = run_form("reference", make, shape, p, mode, seed)
-        for form in ("fused", "skip"):
+        for form in FORMS[1:]:
             out, gx, gp = run_form(form, make, shape, p, mode, seed)
             torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-5)
@@ -94,15 +105,15 @@ def test_functional_forms_agree_with_float_rate():
             torch.manual_seed(7)
             if form == "reference":
                 outs.append(x + drop_path(branch(x), 0.4, training=True, mode=mode))
-            elif form == "fused":
-                outs.append(drop_path_add(x, branch(x), 0.4, training=True, mode=mode))
+            elif form in ("fused", "inplace"):
+                outs.append(drop_path_add(x, branch(x), 0.4, training=True, mode=mode, inplace=form == "inplace"))
             else:
                 outs.append(drop_path_skip_add(x, x, branch, 0.4, training=True, mode=mode))
-        torch.testing.assert_close(outs[1], outs[0])
-        torch.testing.assert_close(outs[2], outs[0])
+        for out in outs[1:]:
+            torch.testing.assert_close(out, outs[0])
 
 
-@pytest.mark.parametrize("form", ["fused", "skip"])
+@pytest.mark.parametrize("form", FORMS[1:])
 def test_expectation_over_draws_is_shortcut_plus_branch(form):
     torch.manual_seed(0)
     p, n = 0.3, 4000
@@ -159,6 +170,99 @@ def test_rate_one_gives_the_shortcut_and_skips_the_branch(mode):
     assert calls == [], "skip mode must not run a branch every sample of which is dropped"
 
 
+# branch makers whose output may be overwritten: a conv's, and a bias-free Linear's on 3-D input
+# (MetaFormer MLPs have no bias; with a bias, F.linear returns a view there, and views fall back)
+INPLACE_BRANCHES = {"conv": BRANCHES["conv"], "linear": (lambda: nn.Linear(6, 6, bias=False), (16, 7, 6))}
+
+
+@pytest.mark.parametrize("branch", INPLACE_BRANCHES)
+@pytest.mark.parametrize("rate", [0.5, 0.0])
+def test_inplace_writes_the_sum_into_the_branch_output(branch, rate):
+    """The block-private branch output becomes the result: no new tensor. Values and gradients
+    match the other forms (test_forms_agree_with_reference_for_same_seed)."""
+    make, shape = INPLACE_BRANCHES[branch]
+    torch.manual_seed(0)
+    net, x = make(), torch.randn(shape, requires_grad=True)
+    b = net(x)
+    torch.manual_seed(1)
+    expected = drop_path_add(x, b, rate, training=True)
+    torch.manual_seed(1)
+    out = drop_path_add(x, b, rate, training=True, inplace=True)
+    assert out.data_ptr() == b.data_ptr() and can_overwrite(net(x), x)
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()  # backward does not need the overwritten values
+    assert torch.isfinite(x.grad).all()
+
+
+class _SavesOutput(torch.autograd.Function):
+    """A custom Function keeping its own output for backward, as some user layers do."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor) -> Tensor:
+        out = t.exp()
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (out,) = ctx.saved_tensors
+        return grad * out
+
+
+# branch outputs that must not be overwritten: f(x, linear) -> (shortcut, branch)
+UNSAFE_BRANCHES = {
+    "leaf that requires grad": lambda x, lin: (x, torch.randn(x.shape, requires_grad=True)),
+    "relu output (saved by relu)": lambda x, lin: (x, lin(x).relu()),
+    "sigmoid output (saved)": lambda x, lin: (x, lin(x).sigmoid()),
+    "custom Function output": lambda x, lin: (x, _SavesOutput.apply(lin(x))),
+    "a view": lambda x, lin: (x, lin(x).transpose(0, 1).transpose(0, 1)),
+    "Linear with bias on 3-D input (a view)": lambda x, lin: (x.view(2, 4, 6), lin(x.view(2, 4, 6))),
+    "the shortcut itself": lambda x, lin: ((y := lin(x)), y),
+    "broadcast shape": lambda x, lin: (x, lin(x)[:1].clone()),
+    "another dtype": lambda x, lin: (x, lin(x).double()),
+}
+
+
+@pytest.mark.parametrize("case", UNSAFE_BRANCHES)
+def test_inplace_falls_back_where_overwriting_is_unsafe(case):
+    """Where writing into the branch would corrupt autograd or another tensor, ``inplace=True``
+    returns a new tensor, the branch keeps its values, and backward matches the out-of-place form."""
+    results = []
+    for inplace in (False, True):
+        torch.manual_seed(0)
+        lin, x = nn.Linear(6, 6), torch.randn(8, 6, requires_grad=True)
+        shortcut, b = UNSAFE_BRANCHES[case](x, lin)
+        before = b.detach().clone()
+        torch.manual_seed(1)
+        out = drop_path_add(shortcut, b, 0.5, training=True, inplace=inplace)
+        assert out.data_ptr() != b.data_ptr() and torch.equal(b.detach(), before)
+        out.pow(2).sum().backward()
+        results.append((out.detach(), x.grad, lin.weight.grad))
+    for a, e in zip(results[1], results[0]):
+        torch.testing.assert_close(a, e)
+
+
+def test_blocks_write_their_residual_in_place(monkeypatch):
+    """Every residual of a ResNet and a ConvFormer, with or without a drop path, in training and in
+    eval, goes into the branch output's memory (the fallback never triggers in zoo's own blocks)."""
+    from zoo.layers import drop
+
+    answers = []
+
+    def spy(branch, shortcut):
+        answers.append(can_overwrite(branch, shortcut))
+        return answers[-1]
+
+    monkeypatch.setattr(drop, "can_overwrite", spy)
+    for name, rate in (("resnet8", 0.3), ("resnet8", 0.0), ("convformer_tiny", 0.3)):
+        torch.manual_seed(0)
+        model = zoo.create_model(name, drop_path_rate=rate)
+        model(torch.randn(2, 3, 32, 32)).sum().backward()
+        with torch.no_grad():
+            model.eval()(torch.randn(2, 3, 32, 32))
+    assert answers and all(answers), answers
+
+
 def test_skip_runs_branch_on_kept_samples_only():
     torch.manual_seed(3)
     seen = []
@@ -170,7 +274,7 @@ def test_skip_runs_branch_on_kept_samples_only():
 
 
 @pytest.mark.parametrize("mode", DRAWS)
-@pytest.mark.parametrize("form", ["fused", "skip"])
+@pytest.mark.parametrize("form", FORMS[1:])
 def test_bf16_matches_reference(mode, form):
     torch.manual_seed(0)
     branch = mlp_branch().to(torch.bfloat16)

@@ -1,6 +1,16 @@
 """Layers: DropPath and its residual forms, depth schedules, and the pieces blocks are built from."""
 
-from .drop import DRAW_MODES, DropPath, check_drop_prob, drop_path, drop_path_add, drop_path_skip_add, keep_mask
+from .drop import (
+    DRAW_MODES,
+    DropPath,
+    can_overwrite,
+    check_drop_prob,
+    drop_path,
+    drop_path_add,
+    drop_path_skip_add,
+    keep_mask,
+    residual_add,
+)
 from .residual import (
     DROP_PATH_MODES,
     DropPathBlock,

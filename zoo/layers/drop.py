@@ -4,7 +4,8 @@ Three ways to apply a drop path to a residual branch, all drawing the same rando
 for one seed, they keep the same samples and return the same values:
 
 - ``shortcut + drop_path(branch)``: the reference (what timm blocks write);
-- ``drop_path_add(shortcut, branch, ...)``: the same sum in one fused pass (``torch.addcmul``);
+- ``drop_path_add(shortcut, branch, ...)``: the same sum in one fused pass (``torch.addcmul``), and
+  with ``inplace=True`` written into the branch output's memory (what every zoo block does);
 - ``drop_path_skip_add(shortcut, x, branch_fn, ...)``: runs ``branch_fn`` on the kept samples only and
   scatters the result back, so dropped samples cost no branch compute.
 """
@@ -97,16 +98,96 @@ def drop_path_add(
     training: bool = False,
     scale_by_keep: bool = True,
     mode: str = "row",
+    inplace: bool = False,
 ) -> Tensor:
     """``shortcut + drop_path(branch, ...)`` in one pass, for the same random draw.
 
     The reference form reads and writes the branch twice (a mask multiply, then the add); a fused
     ``addcmul`` touches each element once, forward and backward.
+
+    ``inplace=True`` writes the sum into ``branch``'s memory and returns it, which saves allocating
+    (and, on CPU, page-faulting in) a new tensor and one write pass. Pass it only for a branch output
+    nothing else reads, as a block's own branch is; it is ignored (an out-of-place sum is returned)
+    where overwriting would be unsafe or impossible: see :func:`can_overwrite`.
     """
     check_draw_mode(mode)
     if _is_off(drop_prob, training):
-        return shortcut + branch
-    return torch.addcmul(shortcut, branch, _keep_scale(branch, drop_prob, scale_by_keep, mode))
+        return residual_add(shortcut, branch, inplace)
+    return _scaled_add(shortcut, branch, _keep_scale(branch, drop_prob, scale_by_keep, mode), inplace)
+
+
+def residual_add(shortcut: Tensor, branch: Tensor, inplace: bool = False) -> Tensor:
+    """``shortcut + branch``; with ``inplace`` (and :func:`can_overwrite`) written into ``branch``."""
+    if inplace and can_overwrite(branch, shortcut):
+        return branch.add_(shortcut)
+    return shortcut + branch
+
+
+def _scaled_add(shortcut: Tensor, branch: Tensor, scale: Tensor, inplace: bool) -> Tensor:
+    if inplace and can_overwrite(branch, shortcut):
+        return _AddScaledInto.apply(shortcut, branch, scale)
+    return torch.addcmul(shortcut, branch, scale)
+
+
+class _AddScaledInto(torch.autograd.Function):
+    """``branch <- shortcut + scale * branch`` in ``branch``'s memory (``addcmul`` with ``out=branch``).
+
+    Autograd's own ``addcmul`` has no in-place form with this shape of arguments, and ``mul_`` then
+    ``add_`` would be two passes. Backward needs only ``scale``: the shortcut's gradient passes
+    through, the branch's is ``scale * grad``.
+    """
+
+    @staticmethod
+    def forward(ctx, shortcut: Tensor, branch: Tensor, scale: Tensor) -> Tensor:
+        ctx.save_for_backward(scale)
+        ctx.mark_dirty(branch)
+        return torch.addcmul(shortcut, branch, scale, out=branch)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        (scale,) = ctx.saved_tensors
+        grad_shortcut = grad if ctx.needs_input_grad[0] else None
+        grad_branch = grad * scale if ctx.needs_input_grad[1] else None
+        return grad_shortcut, grad_branch, None
+
+
+_SAVES_OUTPUT: dict[tuple[type, int], bool] = {}  # (autograd node type, output number) -> saves it
+
+
+def _saves_output(node: object, output_nr: int) -> bool:
+    """Whether autograd ``node`` keeps its output ``output_nr`` for backward (ReLU, sigmoid, exp,
+    softmax do): overwriting that output would make backward raise. A custom Function may save
+    anything, so it counts as saving."""
+    key = (type(node), output_nr)
+    if key not in _SAVES_OUTPUT:
+        names = set(dir(node))
+        saved = {f"_saved_result{output_nr}"} | ({"_saved_result"} if output_nr == 0 else set())
+        _SAVES_OUTPUT[key] = isinstance(node, torch.autograd.function.BackwardCFunction) or bool(names & saved)
+    return _SAVES_OUTPUT[key]
+
+
+def can_overwrite(branch: Tensor, shortcut: Tensor) -> bool:
+    """Whether ``shortcut + branch`` may be written into ``branch``'s memory.
+
+    It may when ``branch`` is a plain dense tensor of the result's shape and dtype, not a view, not a
+    leaf that requires grad, not sharing memory with ``shortcut``, and not kept by the op that made it
+    for its own backward (ReLU's output is; a conv's, a norm's or a Linear's is not, though a Linear
+    with a bias on 3-D or larger input returns a view). Under torch.compile the answer is no: the
+    compiler fuses the add itself.
+    What this cannot see is a caller who reads ``branch`` afterwards; that is what ``inplace=True``
+    promises does not happen.
+    """
+    if type(branch) is not Tensor or type(shortcut) is not Tensor or torch.compiler.is_compiling():
+        return False  # subclasses (FakeTensor, DTensor, ...) and traced code keep the plain form
+    if branch.shape != shortcut.shape or branch.dtype != shortcut.dtype or branch.device != shortcut.device:
+        return False
+    if branch._is_view() or not (branch.is_contiguous() or branch.is_contiguous(memory_format=torch.channels_last)):
+        return False
+    if branch.untyped_storage().data_ptr() == shortcut.untyped_storage().data_ptr():
+        return False
+    if branch.requires_grad and (branch.grad_fn is None or _saves_output(branch.grad_fn, branch.output_nr)):
+        return False
+    return True
 
 
 def _per_sample_order(x: Tensor) -> tuple[int, ...]:
@@ -157,8 +238,8 @@ class _TakeRows(torch.autograd.Function):
 class _AddRows(torch.autograd.Function):
     """``shortcut`` plus ``alpha * src`` on rows ``idx`` (unique), out of place.
 
-    Built as ``shortcut + alpha * zeros-with-src-rows``, which is cheaper than ``clone`` plus a
-    scatter-add. Backward: the shortcut's gradient passes through; ``src`` gets ``alpha * grad[idx]``.
+    Built as ``shortcut + alpha * zeros-with-src-rows``, written into the zeros tensor (its own), which
+    is cheaper than ``clone`` plus a scatter-add. Backward: the shortcut's gradient passes through; ``src`` gets ``alpha * grad[idx]``.
     """
 
     @staticmethod
@@ -166,7 +247,8 @@ class _AddRows(torch.autograd.Function):
         ctx.save_for_backward(idx)
         ctx.alpha, ctx.dtypes = alpha, (shortcut.dtype, src.dtype)
         dtype = torch.promote_types(shortcut.dtype, src.dtype)  # as addcmul(shortcut, src, scale)
-        return torch.add(shortcut.to(dtype), _put_rows(src.to(dtype), idx, shortcut.shape[0]), alpha=alpha)
+        rows = _put_rows(src.to(dtype), idx, shortcut.shape[0])
+        return torch.add(shortcut.to(dtype), rows, alpha=alpha, out=rows)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, Tensor, None]:
@@ -282,11 +364,11 @@ class DropPath(nn.Module):
             return x
         return x * _keep_scale(x, self.rate, self.scale_by_keep, self.mode)
 
-    def add(self, shortcut: Tensor, branch: Tensor) -> Tensor:
-        """``shortcut + self(branch)``, fused (see :func:`drop_path_add`)."""
+    def add(self, shortcut: Tensor, branch: Tensor, inplace: bool = False) -> Tensor:
+        """``shortcut + self(branch)``, fused; ``inplace`` as in :func:`drop_path_add`."""
         if not (self.training and self.active):
-            return shortcut + branch
-        return torch.addcmul(shortcut, branch, _keep_scale(branch, self.rate, self.scale_by_keep, self.mode))
+            return residual_add(shortcut, branch, inplace)
+        return _scaled_add(shortcut, branch, _keep_scale(branch, self.rate, self.scale_by_keep, self.mode), inplace)
 
     def skip_add(self, shortcut: Tensor, x: Tensor, branch_fn: Callable[[Tensor], Tensor]) -> Tensor:
         """``shortcut + self(branch_fn(x))``, computing the branch for kept samples only."""

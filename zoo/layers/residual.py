@@ -6,7 +6,7 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from .drop import DropPath, check_drop_prob
+from .drop import DropPath, check_drop_prob, residual_add
 
 DROP_PATH_MODES = ("mask", "skip", "auto")
 
@@ -46,7 +46,8 @@ class DropPathBlock(nn.Module):
     Holds ``self.drop_path`` (a DropPath when ``drop_path > 0``, else None) and the residual forms.
     A block calls ``self.residual(shortcut, x, branch_fn)`` for ``shortcut + drop_path(branch_fn(x))``:
 
-    - ``"mask"``: the fused one-pass form (:func:`zoo.layers.drop.drop_path_add`); compiles to one graph.
+    - ``"mask"``: the fused one-pass form (:func:`zoo.layers.drop.drop_path_add`), written into the
+      branch output's memory where that is safe; compiles to one graph.
     - ``"skip"``: ``branch_fn`` runs on the kept samples only
       (:func:`zoo.layers.drop.drop_path_skip_add`): same draw and expectation, but BatchNorm inside the
       branch sees (and tracks running stats of) the kept samples only, a fully dropped branch gets no
@@ -73,11 +74,14 @@ class DropPathBlock(nn.Module):
     ) -> Tensor:
         """``shortcut + drop_path(branch_fn(x))``; ``skip`` overrides the block's form for this residual
         (a block with a cheap and an expensive branch skips only the expensive one)."""
-        if self.drop_path is None:
-            return shortcut + branch_fn(x)
+        # The branch output is the block's own, so the sum may be written into it (inplace=True);
+        # residual_add and DropPath.add fall back to a new tensor where that would not be safe.
+        dp = self.drop_path
+        if dp is None or not (dp.training and dp.active):
+            return residual_add(shortcut, branch_fn(x), inplace=True)
         if self.skip if skip is None else skip:
-            return self.drop_path.skip_add(shortcut, x, branch_fn)
-        return self.drop_path.add(shortcut, branch_fn(x))
+            return dp.skip_add(shortcut, x, branch_fn)
+        return dp.add(shortcut, branch_fn(x), inplace=True)
 
 
 def block_drop_path_rates(model: nn.Module) -> list[float]:
