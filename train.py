@@ -33,6 +33,7 @@ from zoo.engine import finite_state, sched_lr, train_batch, train_step
 from zoo.errors import ConfigError, ZooError
 from zoo.interrupt import StopOnSignal, TrainingInterrupted
 from zoo.layers import set_block_drop_path_rates
+from zoo.malloc import retain_freed_memory
 from zoo.runlog import RunLog, versions
 from zoo.time_schedules import time_factor
 from zoo.validate import validate_config
@@ -50,6 +51,7 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
         cfg = resumed_config(cfg, state, overrides)
         run_dir = Path(state["path"]).parent  # a resumed run continues in its own dir
     validate_config(cfg)
+    malloc = retain_freed_memory() if cfg.get("retain_freed_memory", True) else "glibc defaults"
     ctx = dist.setup(cfg.device)
     if cfg.batch_size < ctx.world:
         raise ConfigError(f"batch_size={cfg.batch_size} is smaller than the {ctx.world} processes sharing each batch")
@@ -97,8 +99,9 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
     total_steps = cfg.epochs * steps_per_epoch
     params = sum(p.numel() for p in net.parameters())
     log.info(
-        "%s: %.2fM params, %d train / %d test images, %d steps/epoch, %s x%d, amp=%s",
+        "%s: %.2fM params, %d train / %d test images, %d steps/epoch, %s x%d, amp=%s, malloc=%s",
         cfg.model.name, params / 1e6, len(train_data), len(test_data), steps_per_epoch, ctx.device, ctx.world, amp,
+        malloc,
     )
     ckpt_path = run.dir / CHECKPOINT_NAME
     saved_any = state is not None

@@ -100,6 +100,7 @@ def make_tree(root: Path, classes=CLASSES) -> Path:
         ("seed=-1", "seed must be an integer >= 0, got -1"),
         ("device=gpu", "device must be one of auto, cpu, cuda, got 'gpu'"),
         ("data.subset=-5", "data.subset must be an integer >= 0, got -5"),
+        ("retain_freed_memory=maybe", "retain_freed_memory must be one of True, False, got 'maybe'"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(override, message):

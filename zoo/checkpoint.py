@@ -128,7 +128,9 @@ def load_model_state(model: torch.nn.Module, state: dict[str, Any]) -> None:
 
 
 # Keys a resumed run may change: where it runs and where the data lies, not what it computes.
-RESUME_FREE_KEYS = ("resume", "device", "amp", "channels_last", "compile", "data.path", "data.cache_dir", "data.root")
+RESUME_FREE_KEYS = (
+    "resume", "device", "amp", "channels_last", "compile", "retain_freed_memory", "data.path", "data.cache_dir", "data.root",
+)
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
