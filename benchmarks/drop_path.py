@@ -14,7 +14,8 @@ with every residual sum out of place, shows what the in-place sum saves in a who
 Part 3 (``--sweep``): one block, skip / mask against the rate: the measurement behind
 ``zoo.layers.residual.AUTO_SKIP_MIN_RATE``.
 
-Variants are interleaved round-robin across repeats and summarised by their median, so machine noise
+Variants are interleaved round-robin across repeats (the order reversed every other repeat); times
+are summarised by their median and ratios by the median of the per-repeat ratios, so machine noise
 hits every variant alike. On CUDA the timings come from CUDA events.
 
     python benchmarks/drop_path.py               # full run
@@ -102,16 +103,28 @@ def time_call(fn: Callable[[], object], device: torch.device, inner: int) -> flo
 def round_robin(
     fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, inner: int, warmup: int = 2
 ) -> dict[str, list[float]]:
-    """Time every ``fn`` once per repeat, in turn, so slow phases of a loaded machine hit all alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
+    """Time every ``fn`` once per repeat, in turn (reversed on odd repeats, so no variant always runs
+    first), so slow phases of a loaded machine hit all alike.
+
+    The ``warmup`` rounds are interleaved too: the heap grows (and page-faults) until it fits every
+    variant's pattern of allocations in turn, which took a few rounds of training steps here; warming
+    each variant on its own left the growth inside the first timed rounds."""
+    for _ in range(warmup):
+        for fn in fns.values():
             fn()
     _sync(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for r in range(repeats):
+        for name, fn in order if r % 2 == 0 else order[::-1]:
             times[name].append(time_call(fn, device, inner))
     return times
+
+
+def paired_ratio(ts: list[float], base: list[float]) -> float:
+    """Median over repeats of ``ts[i] / base[i]``: each pair ran back to back, so a load phase of a
+    shared machine that slows one repeat slows both sides of its ratio."""
+    return statistics.median(t / b for t, b in zip(ts, base))
 
 
 def spread(ts: list[float]) -> str:
@@ -175,9 +188,8 @@ def bench_ops(args, device: torch.device) -> list[tuple[str, str, str, float]]:
         fns = {name: (lambda op=op, b=leaves[name]: step(op, b)) for name, op in ops.items()}
         times = round_robin(fns, device, args.repeats, args.inner)
         base_name = next((n for n in ops if n.startswith("timm")), "zoo mask  x + DropPath(p)(b)")
-        base = statistics.median(times[base_name])
         for name, ts in times.items():
-            ratio = statistics.median(ts) / base
+            ratio = paired_ratio(ts, times[base_name])
             rows.append((name, str(tuple(shape)), base_name, ratio))
             print(f"{name:44s} {str(tuple(shape)):18s} {device.type:6s} {spread(ts):>18s} {ratio:6.2f}x")
     return rows
@@ -232,12 +244,13 @@ def bench_train(
     repeats = args.train_repeats
     print(f"\n## Training step (fwd + bwd + SGD): {name}, drop_path_rate={rate}, schedule={schedule}, "
           f"batch {args.batch_size}, {repeats} interleaved repeats")
-    # two warm-up steps per mode: skip mode meets new batch sizes, whose oneDNN kernels are built once
-    times = round_robin(fns, device, repeats, inner=1, warmup=2)
-    med = {m: statistics.median(ts) for m, ts in times.items()}
+    # warm-up rounds: skip mode meets new batch sizes, whose oneDNN kernels are built once, and the
+    # heap must grow to fit all modes' allocations (mask steps page-faulted 10^5 pages in round 1)
+    times = round_robin(fns, device, repeats, inner=1, warmup=args.train_warmup)
+    ratios = {m: paired_ratio(ts, times["mask"]) for m, ts in times.items()}
     for mode, ts in times.items():
-        print(f"{mode:34s} {spread(ts):>18s} ms   ratio to mask {med[mode] / med['mask']:.3f}x")
-    return med
+        print(f"{mode:34s} {spread(ts):>18s} ms   ratio to mask {ratios[mode]:.3f}x")
+    return ratios
 
 
 # ----------------------------------------------------------------------------- part 3: sweep
@@ -326,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inner", type=int, default=None, help="calls per timed op sample (default 3)")
     ap.add_argument("--train-repeats", type=int, default=None,
                     help="training steps per mode (default 11; quick 3): a 3%% goal needs more than a few")
+    ap.add_argument("--train-warmup", type=int, default=4, help="untimed interleaved rounds of training steps")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                     help="CPU timing clock: wall, or process CPU time for a loaded machine")
@@ -357,9 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         results["fused out of place"] = max(r for n, _, _, r in rows if n.startswith("zoo fused  drop_path_add"))
     if args.only in (None, "train"):
         res = bench_train("resnet110", 0.5, ("mask", "skip"), args, device)
-        results["skip"] = res["skip"] / res["mask"] if res else None
+        results["skip"] = res["skip"] if res else None
         mf = bench_train("metaformer", 0.1, ("mask", "auto"), args, device)
-        results["auto"] = mf["auto"] / mf["mask"] if mf else None
+        results["auto"] = mf["auto"] if mf else None
     if args.sweep or args.only == "sweep":
         bench_sweep(args, device)
 

@@ -239,7 +239,8 @@ class _AddRows(torch.autograd.Function):
     """``shortcut`` plus ``alpha * src`` on rows ``idx`` (unique), out of place.
 
     Built as ``shortcut + alpha * zeros-with-src-rows``, written into the zeros tensor (its own), which
-    is cheaper than ``clone`` plus a scatter-add. Backward: the shortcut's gradient passes through; ``src`` gets ``alpha * grad[idx]``.
+    is cheaper than ``clone`` plus a scatter-add. Backward: the shortcut's gradient passes through;
+    ``src`` gets ``alpha * grad[idx]``.
     """
 
     @staticmethod
