@@ -263,6 +263,28 @@ def test_blocks_write_their_residual_in_place(monkeypatch):
     assert answers and all(answers), answers
 
 
+@pytest.mark.parametrize("rate", [0.0, 0.5])
+def test_forward_hooks_see_the_branch_output_not_the_sum(rate):
+    """A hook that keeps a block's last BatchNorm output (feature extraction) must still hold that
+    output after the block has added its residual: hooked blocks sum out of place."""
+    from zoo.blocks.resnet import BasicBlock
+
+    torch.manual_seed(0)
+    block = BasicBlock(4, 4, 1, drop_path=rate)
+    last_bn = block.conv_bn2[-1]
+    nn.init.ones_(last_bn.weight)  # zero_init_last would make the branch output all zeros
+    block.eval()
+    kept = []
+    handle = last_bn.register_forward_hook(lambda module, args, out: kept.append(out))
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        out = block(x)
+        expected = block.branch(x)
+    handle.remove()
+    torch.testing.assert_close(kept[0], expected)
+    torch.testing.assert_close(out, torch.relu(x + expected))
+
+
 def test_skip_runs_branch_on_kept_samples_only():
     torch.manual_seed(3)
     seen = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import Tensor, nn
 
 from .drop import DropPath, check_drop_prob, residual_add
@@ -74,14 +75,24 @@ class DropPathBlock(nn.Module):
     ) -> Tensor:
         """``shortcut + drop_path(branch_fn(x))``; ``skip`` overrides the block's form for this residual
         (a block with a cheap and an expensive branch skips only the expensive one)."""
-        # The branch output is the block's own, so the sum may be written into it (inplace=True);
-        # residual_add and DropPath.add fall back to a new tensor where that would not be safe.
+        # The branch output is the block's own, so the sum may be written into it; residual_add and
+        # DropPath.add fall back to a new tensor where that would not be safe for autograd.
+        inplace = not self._branch_observed()
         dp = self.drop_path
         if dp is None or not (dp.training and dp.active):
-            return residual_add(shortcut, branch_fn(x), inplace=True)
+            return residual_add(shortcut, branch_fn(x), inplace)
         if self.skip if skip is None else skip:
             return dp.skip_add(shortcut, x, branch_fn)
-        return dp.add(shortcut, branch_fn(x), inplace=True)
+        return dp.add(shortcut, branch_fn(x), inplace)
+
+    def _branch_observed(self) -> bool:
+        """Whether a forward hook may hold the branch output (feature extraction, activation logging):
+        then the sum must not be written into it, or the hook's tensor would silently change."""
+        if torch.compiler.is_compiling():
+            return False  # compiled code never writes in place here (see can_overwrite)
+        if getattr(nn.modules.module, "_global_forward_hooks", None):
+            return True
+        return any(m._forward_hooks for m in self.modules() if m is not self)
 
 
 def block_drop_path_rates(model: nn.Module) -> list[float]:
