@@ -51,7 +51,7 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
         cfg = resumed_config(cfg, state, overrides)
         run_dir = Path(state["path"]).parent  # a resumed run continues in its own dir
     validate_config(cfg)
-    malloc = retain_freed_memory() if cfg.get("retain_freed_memory", True) else "glibc defaults"
+    malloc = retain_freed_memory() if cfg.retain_freed_memory else "glibc defaults"
     ctx = dist.setup(cfg.device)
     if cfg.batch_size < ctx.world:
         raise ConfigError(f"batch_size={cfg.batch_size} is smaller than the {ctx.world} processes sharing each batch")

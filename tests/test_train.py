@@ -19,6 +19,7 @@ import zoo
 from zoo.checkpoint import load_checkpoint, load_model_state, resumed_config, save_checkpoint
 from zoo.engine import LossWatch, Meter, derive_seed, lr_at
 from zoo.errors import CheckpointError, ConfigError, TrainingDiverged
+from zoo.validate import validate_config
 from zoo.interrupt import StopOnSignal, TrainingInterrupted
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,6 +128,18 @@ def test_resume_refuses_overrides_that_change_the_run():
         resumed_config(cfg, state, ["model=resnet8", "epochs=3", "resume=/runs/x"])
     same = resumed_config(cfg, state, ["resume=/runs/x", "device=cpu"])  # only free keys: the saved config wins
     assert same.epochs == 2 and same.device == "cpu" and same.resume == "/runs/x"
+
+
+def test_resume_of_a_run_saved_before_a_key_existed():
+    """A checkpoint from before retain_freed_memory existed resumes with today's default for it."""
+    cfg = compose_train("model=resnet8", "resume=/runs/x", "retain_freed_memory=false")
+    old = OmegaConf.to_container(compose_train("model=resnet8", "epochs=2"))
+    del old["retain_freed_memory"]
+    resumed = resumed_config(cfg, {"config": old, "path": "/runs/x/last.pt"}, ["resume=/runs/x", "retain_freed_memory=false"])
+    validate_config(resumed)
+    assert resumed.epochs == 2 and resumed.retain_freed_memory is False
+    resumed = resumed_config(compose_train("model=resnet8", "resume=/runs/x"), {"config": old, "path": "/runs/x/last.pt"})
+    assert resumed.retain_freed_memory is True
 
 
 # --- training runs (in process) -------------------------------------------------------------------

@@ -145,8 +145,9 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: Sequence[str] = ()) -> DictConfig:
     """The config a resumed run continues with: the checkpoint's own, plus the command line's
     ``RESUME_FREE_KEYS``. Any other override that changes the saved config is a CheckpointError
-    (a different model, epochs or lr would silently make another run)."""
-    saved = OmegaConf.create(state["config"])
+    (a different model, epochs or lr would silently make another run). Keys the project added after
+    the run was saved take today's value: they did not exist, so the run never chose one."""
+    saved = OmegaConf.merge(OmegaConf.to_container(cfg, resolve=True), state["config"])
     keys = [o.lstrip("+~").partition("=")[0] for o in overrides]
     for key in keys:
         if key in RESUME_FREE_KEYS:

@@ -76,8 +76,7 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("amp", "channels_last"):
         _choice(cfg, key, AUTO_FLAGS)
     _choice(cfg, "compile", (True, False))
-    if "retain_freed_memory" in cfg:  # absent from configs saved before it existed
-        _choice(cfg, "retain_freed_memory", (True, False))
+    _choice(cfg, "retain_freed_memory", (True, False))
     _choice(cfg, "optim.name", OPTIMIZERS)
     _choice(cfg, "sched.name", SCHEDULES)
     if _number(cfg, "sched.warmup_epochs") < 0:
