@@ -326,6 +326,51 @@ def test_skip_keeps_channels_last():
     torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("branch", BRANCHES)
+@pytest.mark.parametrize("leaf", [True, False])
+def test_skip_with_identity_shortcut_gives_a_dense_input_gradient(branch, leaf):
+    """With ``shortcut is x`` the kept rows' input gradient goes back as sparse rows that autograd
+    adds to the shortcut's dense gradient: x (a leaf, or a tensor with a hook) must still see one dense
+    gradient equal to the reference's."""
+    make, shape = BRANCHES[branch]
+    for seed in range(3):
+        grads = {}
+        for form in ("reference", "skip"):
+            torch.manual_seed(0)
+            net = make()
+            w = torch.randn(shape).requires_grad_()
+            x = w if leaf else w * 1.5
+            seen = []
+            if not leaf:
+                x.register_hook(lambda g: seen.append(g.layout))
+            dp = DropPath(0.4).train()
+            torch.manual_seed(seed)
+            out = residual(form, x, x, net, dp)
+            (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+            assert w.grad.layout == torch.strided and seen in ([], [torch.strided])
+            grads[form] = (out.detach(), w.grad)
+        torch.testing.assert_close(grads["skip"][0], grads["reference"][0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grads["skip"][1], grads["reference"][1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("row", [(3, 100, 100), (16411,), (2, 5)])  # cut into 2 parts; prime: uncut; short
+def test_skip_scatter_of_long_rows(row):
+    """Rows longer than the add chunk are cut into equal parts before the scatter-add."""
+    torch.manual_seed(0)
+    x = torch.randn((6,) + row, dtype=torch.float64, requires_grad=True)
+    shortcut = torch.randn_like(x)
+    dp = DropPath(0.5).train()
+    outs = []
+    for form in ("reference", "skip"):
+        torch.manual_seed(1)
+        out = residual(form, shortcut, x, lambda t: t.sin(), dp)
+        (g,) = torch.autograd.grad(out.square().sum(), x)
+        outs.append((out, g))
+    torch.testing.assert_close(outs[1], outs[0])
+    assert 0 < int((outs[0][0] != shortcut).flatten(1).any(1).sum()) < 6  # some rows kept, some dropped
+
+
 # ------------------------------------------------------------------------------ blocks and BN
 
 
