@@ -371,6 +371,51 @@ def test_skip_scatter_of_long_rows(row):
     assert 0 < int((outs[0][0] != shortcut).flatten(1).any(1).sum()) < 6  # some rows kept, some dropped
 
 
+
+class PostReluBlock(DropPathBlock):
+    """``relu(x + drop_path(branch(x)))``, as the ResNet blocks write it (``relu=True``)."""
+
+    def __init__(self, drop_path: float, drop_path_mode: str, mode: str = "row"):
+        super().__init__(drop_path, drop_path_mode)
+        self.branch = conv_branch()
+        if self.drop_path is not None:
+            self.drop_path.mode = mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.residual(x, x, self.branch, relu=True)
+
+
+@pytest.mark.parametrize("mode", DRAWS)
+@pytest.mark.parametrize("drop_path_mode", ["mask", "skip"])
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+def test_post_relu_residual_matches_reference(drop_path_mode, mode, p):
+    """The fused ReLU (in place on the block's sum; in skip mode inside the scatter, whose backward
+    hands the shortcut's gradient to the gather's) against ``relu(x + drop_path(branch(x)))``, for a
+    leaf input and for one with a hook, backward run twice on one graph (the link must reset)."""
+    for seed in range(3):
+        results = []
+        for form in ("reference", drop_path_mode):
+            torch.manual_seed(0)
+            block = PostReluBlock(p, "mask" if form == "reference" else form, mode).train()
+            w = torch.randn(16, 4, 5, 5).requires_grad_()
+            x = w * 1.0
+            seen = []
+            x.register_hook(lambda g: seen.append(g.clone()))
+            torch.manual_seed(seed)
+            if form == "reference":
+                dp = block.drop_path
+                out = torch.relu(x + (dp(block.branch(x)) if dp is not None else block.branch(x)))
+            else:
+                out = block(x)
+            loss = (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum()
+            loss.backward(retain_graph=True)
+            loss.backward()
+            grads = [torch.zeros_like(q) if q.grad is None else q.grad for q in block.parameters()]
+            results.append((out.detach(), w.grad, seen[0], *grads))
+        for a, b in zip(results[1], results[0]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------ blocks and BN
 
 

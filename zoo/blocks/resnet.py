@@ -56,7 +56,7 @@ class _ResidualConvBlock(DropPathBlock):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.relu(self.residual(self.shortcut(x), x, self.branch))
+        return self.residual(self.shortcut(x), x, self.branch, relu=True)
 
 
 class BasicBlock(_ResidualConvBlock):

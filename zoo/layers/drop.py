@@ -269,6 +269,22 @@ def _add_rows_(out: Tensor, idx: Tensor, src: Tensor, alpha: float) -> Tensor:
     return out
 
 
+class _GradLink:
+    """Carries the shortcut's gradient from an ``_AddRows`` backward to the ``_TakeRows`` backward
+    of the same ``x``, which adds the kept rows' gradient into it in place and returns the sum.
+
+    Only where ``_AddRows`` made that gradient itself (the fused ReLU's backward), so nothing else
+    holds it; and only where the shortcut is ``x``. That saves the copy that adding sparse rows out
+    of place costs. The block's branch must depend on its input, as every branch here does:
+    ``_TakeRows`` is the node that hands ``x`` the shortcut's share.
+    """
+
+    __slots__ = ("grad",)
+
+    def __init__(self) -> None:
+        self.grad: Tensor | None = None
+
+
 class _TakeRows(torch.autograd.Function):
     """``x[idx]`` for unique sorted ``idx`` (kept samples).
 
@@ -276,51 +292,70 @@ class _TakeRows(torch.autograd.Function):
     ``x`` also gets a dense gradient (the shortcut: ``sparse_grad``), the rows go back as a sparse
     tensor instead, which autograd adds to that dense gradient in one out-of-place pass (a copy plus
     the kept rows) instead of filling zeros, copying the rows in and adding a whole dense tensor.
+    With a ``link`` holding the shortcut's gradient, the rows are added into that one in place.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, idx: Tensor, sparse_grad: bool) -> Tensor:
+    def forward(ctx, x: Tensor, idx: Tensor, sparse_grad: bool, link: _GradLink | None) -> Tensor:
         ctx.save_for_backward(idx)
         # CPU only: dense + sparse rows is the one sparse op this relies on, and it is tested here
         ctx.shape, ctx.sparse_grad = x.shape, sparse_grad and x.layout == torch.strided and x.device.type == "cpu"
+        ctx.link = link
         return _take_rows(x, idx)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
         (idx,) = ctx.saved_tensors
+        if ctx.link is not None and ctx.link.grad is not None:
+            full, ctx.link.grad = ctx.link.grad, None
+            fp, order = _batch_first(full)
+            return _undo(_add_rows_(fp, idx, grad.permute(order).contiguous(), 1.0), order), None, None, None
         if ctx.sparse_grad:
             rows = torch.sparse_coo_tensor(
                 idx.unsqueeze(0), grad, ctx.shape, is_coalesced=True, check_invariants=False
             )
-            return rows, None, None
+            return rows, None, None, None
         gp, order = _batch_first(grad)
         full = gp.new_zeros((ctx.shape[0],) + gp.shape[1:])
-        return _undo(full.index_copy_(0, idx, gp), order), None, None
+        return _undo(full.index_copy_(0, idx, gp), order), None, None, None
 
 
 class _AddRows(torch.autograd.Function):
     """``shortcut`` plus ``alpha * src`` on rows ``idx`` (unique), out of place: a copy of the
-    shortcut with the rows added in (two passes plus the kept rows). Backward: the shortcut's
-    gradient passes through; ``src`` gets ``alpha * grad[idx]``.
+    shortcut with the rows added in (two passes plus the kept rows); with ``relu``, ReLU applied in
+    place on that copy. Backward: the shortcut's gradient passes through (through the ReLU's mask),
+    or goes by ``link`` (see :class:`_GradLink`); ``src`` gets ``alpha * grad[idx]``.
     """
 
     @staticmethod
-    def forward(ctx, shortcut: Tensor, idx: Tensor, src: Tensor, alpha: float) -> Tensor:
-        ctx.save_for_backward(idx)
-        ctx.alpha, ctx.dtypes = alpha, (shortcut.dtype, src.dtype)
+    def forward(
+        ctx, shortcut: Tensor, idx: Tensor, src: Tensor, alpha: float, relu: bool, link: _GradLink | None
+    ) -> Tensor:
+        ctx.alpha, ctx.dtypes, ctx.relu, ctx.link = alpha, (shortcut.dtype, src.dtype), relu, link
         dtype = torch.promote_types(shortcut.dtype, src.dtype)  # as addcmul(shortcut, src, scale)
         out, order = _batch_first(shortcut.to(dtype))
         if out.data_ptr() == shortcut.data_ptr():
             out = out.clone()  # ours to write into: the shortcut itself is left alone
         src_rows = src.to(dtype).permute(order).contiguous()  # in the shortcut's memory order
-        return _undo(_add_rows_(out, idx, src_rows, alpha), order)
+        out = _undo(_add_rows_(out, idx, src_rows, alpha), order)
+        if relu:
+            out.relu_()
+            ctx.save_for_backward(idx, out)
+        else:
+            ctx.save_for_backward(idx)
+        return out
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, Tensor, None]:
-        (idx,) = ctx.saved_tensors
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, Tensor, None, None, None]:
+        idx = ctx.saved_tensors[0]
         shortcut_dtype, src_dtype = ctx.dtypes
+        if ctx.relu:
+            grad = torch.ops.aten.threshold_backward(grad, ctx.saved_tensors[1], 0)  # a new tensor: ours
         grad_src = _take_rows(grad, idx, ctx.alpha).to(src_dtype)
-        return grad.to(shortcut_dtype), None, grad_src, None
+        if ctx.relu and ctx.link is not None and grad.dtype == shortcut_dtype:
+            ctx.link.grad = grad
+            return None, None, grad_src, None, None, None
+        return grad.to(shortcut_dtype), None, grad_src, None, None, None
 
 
 def _host_inv_keep(drop_prob: float | Tensor, scale_by_keep: bool, dtype: torch.dtype) -> float:
@@ -378,24 +413,30 @@ def _skip_add(
     drop_prob: float | Tensor,
     host_scale: Callable[[torch.dtype], float],
     mode: str,
+    relu: bool = False,
 ) -> Tensor:
     # drop_prob draws (the same comparison as the mask forms); host_scale(dtype) is the kept samples'
     # factor as a Python number, rounded to the branch output's dtype as _keep_scale rounds it.
+    # relu: return relu(...) of the sum, fused where the sum is a tensor of our own.
     keep = keep_mask(x, drop_prob, mode)
     if mode == "batch":
         if not bool(keep[0]):
-            return shortcut
+            return torch.relu(shortcut) if relu else shortcut
         branch = branch_fn(x)
-        return torch.add(shortcut, branch, alpha=host_scale(branch.dtype))
+        out = torch.add(shortcut, branch, alpha=host_scale(branch.dtype))
+        return out.relu_() if relu else out
     idx = keep.nonzero().squeeze(1)
     if idx.numel() == 0:
-        return shortcut
+        return torch.relu(shortcut) if relu else shortcut
     if idx.numel() == x.shape[0]:  # nothing dropped: no gather or scatter
         branch = branch_fn(x)
-        return torch.add(shortcut, branch, alpha=host_scale(branch.dtype))
+        out = torch.add(shortcut, branch, alpha=host_scale(branch.dtype))
+        return out.relu_() if relu else out
     # x's gradient may go back as sparse rows only where a dense one (the identity shortcut's) meets it
-    branch = branch_fn(_TakeRows.apply(x, idx, shortcut is x and x.requires_grad))
-    return _AddRows.apply(shortcut, idx, branch, host_scale(branch.dtype))
+    identity = shortcut is x and x.requires_grad
+    link = _GradLink() if identity and relu else None
+    branch = branch_fn(_TakeRows.apply(x, idx, identity, link))
+    return _AddRows.apply(shortcut, idx, branch, host_scale(branch.dtype), relu, link)
 
 
 class DropPath(nn.Module):
@@ -441,12 +482,17 @@ class DropPath(nn.Module):
         scale = _keep_scale(branch, self.rate, self.scale_by_keep, self.mode, self.inv_keep)
         return _scaled_add(shortcut, branch, scale, inplace)
 
-    def skip_add(self, shortcut: Tensor, x: Tensor, branch_fn: Callable[[Tensor], Tensor]) -> Tensor:
-        """``shortcut + self(branch_fn(x))``, computing the branch for kept samples only."""
+    def skip_add(
+        self, shortcut: Tensor, x: Tensor, branch_fn: Callable[[Tensor], Tensor], relu: bool = False
+    ) -> Tensor:
+        """``shortcut + self(branch_fn(x))``, computing the branch for kept samples only; with
+        ``relu``, ``relu`` of that sum, fused into the scatter (``branch_fn`` must depend on its
+        input, see :class:`_GradLink`)."""
         if not (self.training and self.active):
-            return shortcut + branch_fn(x)
+            out = shortcut + branch_fn(x)
+            return out.relu_() if relu else out
         # draw against the buffer (as the mask forms do); scale from the host copy of it (no sync)
-        return _skip_add(shortcut, x, branch_fn, self.rate, self._host_scale, self.mode)
+        return _skip_add(shortcut, x, branch_fn, self.rate, self._host_scale, self.mode, relu)
 
     def _host_scale(self, dtype: torch.dtype) -> float:
         """The kept samples' factor for ``dtype``, worked out once per rate (about 20 us a call):

@@ -71,19 +71,26 @@ class DropPathBlock(nn.Module):
         return self.drop_path.drop_prob if self.drop_path is not None else 0.0
 
     def residual(
-        self, shortcut: Tensor, x: Tensor, branch_fn: Callable[[Tensor], Tensor], skip: bool | None = None
+        self,
+        shortcut: Tensor,
+        x: Tensor,
+        branch_fn: Callable[[Tensor], Tensor],
+        skip: bool | None = None,
+        relu: bool = False,
     ) -> Tensor:
         """``shortcut + drop_path(branch_fn(x))``; ``skip`` overrides the block's form for this residual
-        (a block with a cheap and an expensive branch skips only the expensive one)."""
+        (a block with a cheap and an expensive branch skips only the expensive one). ``relu``: return
+        ``relu`` of the sum (post-activation blocks), applied in place on the sum, which is the block's
+        own tensor; skip mode fuses it into the scatter, whose backward then owns the gradient."""
         # The branch output is the block's own, so the sum may be written into it; residual_add and
         # DropPath.add fall back to a new tensor where that would not be safe for autograd.
         inplace = not self._branch_observed()
         dp = self.drop_path
         if dp is None or not (dp.training and dp.active):
-            return residual_add(shortcut, branch_fn(x), inplace)
+            return _maybe_relu(residual_add(shortcut, branch_fn(x), inplace), shortcut, relu)
         if self.skip if skip is None else skip:
-            return dp.skip_add(shortcut, x, branch_fn)
-        return dp.add(shortcut, branch_fn(x), inplace)
+            return dp.skip_add(shortcut, x, branch_fn, relu)
+        return _maybe_relu(dp.add(shortcut, branch_fn(x), inplace), shortcut, relu)
 
     def _branch_observed(self) -> bool:
         """Whether a forward hook may hold the branch output (feature extraction, activation logging):
@@ -93,6 +100,13 @@ class DropPathBlock(nn.Module):
         if getattr(nn.modules.module, "_global_forward_hooks", None):
             return True
         return any(m._forward_hooks for m in self.modules() if m is not self)
+
+
+def _maybe_relu(out: Tensor, shortcut: Tensor, relu: bool) -> Tensor:
+    if not relu:
+        return out
+    # the sum is a new tensor or the branch output it was written into: the block's, never the input's
+    return out.relu_() if out is not shortcut else torch.relu(out)
 
 
 def block_drop_path_rates(model: nn.Module) -> list[float]:
