@@ -15,11 +15,12 @@ DROP_PATH_MODES = ("mask", "skip", "auto")
 # a few memory passes over the block's activations, so the branch must be expensive (not a pooling or
 # identity mixer: blocks say so with cheap_branch) and the rate high enough. Measured with
 # `python benchmarks/drop_path.py --only sweep --threads 1 --clock process --repeats 12` (2-core AMD
-# EPYC, loaded, batch 128, fwd + bwd), skip / mask time per block:
+# EPYC, shared, batch 128, fwd + bwd; 2026-11-26, after the gather / scatter rework), skip / mask time
+# per block:
 #                      p = 0.02  0.05  0.1   0.15  0.2   0.3   0.5
-#   BasicBlock 16ch 32x32  0.96  0.91  0.91  0.84  0.68  0.55  0.52
-#   BasicBlock 64ch  8x8   1.01  1.01  0.95  0.89  0.84  0.75  0.56
-#   MLP block 64 tok x 64  0.97  0.87  0.70  0.57  0.82  0.67  0.51
+#   BasicBlock 16ch 32x32  1.02  0.97  0.91  0.89  0.84  0.74  0.54
+#   BasicBlock 64ch  8x8   1.00  1.00  0.91  0.91  0.81  0.73  0.56
+#   MLP block 64 tok x 64  1.02  1.02  0.93  0.93  0.84  0.73  0.54
 # Skipping breaks even near 0.05 and pays for every block from 0.1, hence the threshold. The rule is
 # fixed when the block is built, from its built rate (a training-time schedule that lowers the rate
 # later does not switch it back). Measured on CPU: on CUDA every skipping block syncs the device once
