@@ -534,3 +534,21 @@ def test_compile_skip_mode_breaks_graph(fresh_dynamo):
         torch.compile(block, backend="eager", fullgraph=True)(x)
     torch._dynamo.reset()
     compiled_matches_eager(block, x, fullgraph=False)
+
+
+@pytest.mark.parametrize("block", ["post_relu", "mlp"])
+def test_skip_supports_double_backward(block):
+    """A gradient penalty (create_graph=True) through skip mode's sparse input gradient (MLP block,
+    identity shortcut) and its linked in-place one (post-ReLU block) matches mask mode."""
+    make, shape = {"post_relu": (lambda m: PostReluBlock(0.5, m), (16, 4, 5, 5)),
+                   "mlp": (lambda m: MlpBlock(0.5, m), (16, 7, 6))}[block]
+    results = {}
+    for mode in ("mask", "skip"):
+        torch.manual_seed(0)
+        blk = make(mode).train()
+        x = torch.randn(shape, requires_grad=True)
+        torch.manual_seed(3)
+        (gx,) = torch.autograd.grad(blk(x).square().sum(), x, create_graph=True)
+        gx.square().sum().backward()
+        results[mode] = (gx.detach(), x.grad)
+    torch.testing.assert_close(results["skip"], results["mask"], rtol=1e-4, atol=1e-5)
