@@ -552,3 +552,23 @@ def test_skip_supports_double_backward(block):
         gx.square().sum().backward()
         results[mode] = (gx.detach(), x.grad)
     torch.testing.assert_close(results["skip"], results["mask"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("block", ["post_relu", "mlp"])
+def test_skip_backward_in_half_precision(block, dtype):
+    """bf16 / fp16 take skip mode's fallback gather (no embedding_bag) and its sparse or linked input
+    gradient: outputs and input gradients must match mask mode."""
+    make, shape = {"post_relu": (lambda m: PostReluBlock(0.5, m), (16, 4, 5, 5)),
+                   "mlp": (lambda m: MlpBlock(0.5, m), (16, 7, 6))}[block]
+    results = {}
+    for mode in ("mask", "skip"):
+        torch.manual_seed(0)
+        blk = make(mode).train().to(dtype)
+        x = torch.randn(shape, dtype=dtype, requires_grad=True)
+        torch.manual_seed(3)
+        out = blk(x)
+        out.float().square().sum().backward()
+        assert x.grad.dtype == dtype and x.grad.layout == torch.strided
+        results[mode] = (out.detach().float(), x.grad.float())
+    torch.testing.assert_close(results["skip"], results["mask"], rtol=3e-2, atol=3e-2)
