@@ -572,3 +572,25 @@ def test_skip_backward_in_half_precision(block, dtype):
         assert x.grad.dtype == dtype and x.grad.layout == torch.strided
         results[mode] = (out.detach().float(), x.grad.float())
     torch.testing.assert_close(results["skip"], results["mask"], rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5])
+def test_compile_fullgraph_resnet_block_with_fused_relu(fresh_dynamo, rate):
+    """The ResNet block's ReLU, applied in place on its own sum, traces to one graph in mask mode, and
+    its gradients match eager."""
+    from zoo.blocks.resnet import BasicBlock
+
+    torch.manual_seed(0)
+    block = BasicBlock(4, 4, drop_path=rate).train()
+    x = torch.randn(8, 4, 5, 5)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled_matches_eager(block, x, fullgraph=True, backend=counter)
+    assert counter.frame_count == 1
+    compiled = torch.compile(block, backend=counter, fullgraph=True, dynamic=False)
+    grads = []
+    for fn in (block, compiled):
+        xg = x.clone().requires_grad_()
+        torch.manual_seed(3)
+        fn(xg).square().sum().backward()
+        grads.append(xg.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-5)
