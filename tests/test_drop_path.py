@@ -92,6 +92,11 @@ def test_keeps_dtype(dtype):
 def test_rate_stays_float32_when_model_is_cast():
     m = torch.nn.Sequential(DropPath(0.1)).to(torch.bfloat16)
     assert m[0].rate.dtype == torch.float32 and m[0].rate.item() == pytest.approx(0.1)
+    # the inverse keep the mask forms multiply by is set with the rate, and cast back with it
+    inv = (1.0 / (1.0 - torch.tensor(0.1, dtype=torch.float32))).item()
+    assert m[0].inv_keep.dtype == torch.float32 and m[0].inv_keep.item() == inv
+    m[0].drop_prob = 0.3
+    assert m[0].inv_keep.item() == (1.0 / (1.0 - torch.tensor(0.3, dtype=torch.float32))).item()
 
 
 @pytest.mark.parametrize("bad", BAD_RATES)

@@ -348,7 +348,7 @@ def test_skip_with_identity_shortcut_gives_a_dense_input_gradient(branch, leaf):
             torch.manual_seed(seed)
             out = residual(form, x, x, net, dp)
             (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
-            assert w.grad.layout == torch.strided and seen in ([], [torch.strided])
+            assert w.grad.layout == torch.strided and seen == ([] if leaf else [torch.strided])
             grads[form] = (out.detach(), w.grad)
         torch.testing.assert_close(grads["skip"][0], grads["reference"][0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(grads["skip"][1], grads["reference"][1], rtol=1e-5, atol=1e-5)
@@ -390,8 +390,9 @@ class PostReluBlock(DropPathBlock):
 @pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
 def test_post_relu_residual_matches_reference(drop_path_mode, mode, p):
     """The fused ReLU (in place on the block's sum; in skip mode inside the scatter, whose backward
-    hands the shortcut's gradient to the gather's) against ``relu(x + drop_path(branch(x)))``, for a
-    leaf input and for one with a hook, backward run twice on one graph (the link must reset)."""
+    hands the shortcut's gradient to the gather's) against ``relu(x + drop_path(branch(x)))``: the
+    input gradient (as a hook on it sees it, and the leaf below) and the parameter gradients, with
+    backward run twice on one graph (the link is filled again by each)."""
     for seed in range(3):
         results = []
         for form in ("reference", drop_path_mode):
@@ -536,18 +537,28 @@ def test_compile_skip_mode_breaks_graph(fresh_dynamo):
     compiled_matches_eager(block, x, fullgraph=False)
 
 
-@pytest.mark.parametrize("block", ["post_relu", "mlp"])
+# blocks whose skip mode returns the input gradient's kept rows linked (post-ReLU) or sparse (MLP)
+SKIP_GRAD_BLOCKS = {"post_relu": (PostReluBlock, (16, 4, 5, 5)), "mlp": (MlpBlock, (16, 7, 6))}
+GRAD_SEED = 3  # draws 16 samples at p = 0.5 with some kept and some dropped (checked below)
+
+
+def test_grad_seed_keeps_some_samples_and_drops_others():
+    torch.manual_seed(GRAD_SEED)
+    kept = int(DropPath(0.5).train()(torch.ones(16)).ne(0).sum())
+    assert 0 < kept < 16, kept
+
+
+@pytest.mark.parametrize("block", SKIP_GRAD_BLOCKS)
 def test_skip_supports_double_backward(block):
     """A gradient penalty (create_graph=True) through skip mode's sparse input gradient (MLP block,
     identity shortcut) and its linked in-place one (post-ReLU block) matches mask mode."""
-    make, shape = {"post_relu": (lambda m: PostReluBlock(0.5, m), (16, 4, 5, 5)),
-                   "mlp": (lambda m: MlpBlock(0.5, m), (16, 7, 6))}[block]
+    cls, shape = SKIP_GRAD_BLOCKS[block]
     results = {}
     for mode in ("mask", "skip"):
         torch.manual_seed(0)
-        blk = make(mode).train()
+        blk = cls(0.5, mode).train()
         x = torch.randn(shape, requires_grad=True)
-        torch.manual_seed(3)
+        torch.manual_seed(GRAD_SEED)
         (gx,) = torch.autograd.grad(blk(x).square().sum(), x, create_graph=True)
         gx.square().sum().backward()
         results[mode] = (gx.detach(), x.grad)
@@ -555,18 +566,17 @@ def test_skip_supports_double_backward(block):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("block", ["post_relu", "mlp"])
+@pytest.mark.parametrize("block", SKIP_GRAD_BLOCKS)
 def test_skip_backward_in_half_precision(block, dtype):
     """bf16 / fp16 take skip mode's fallback gather (no embedding_bag) and its sparse or linked input
     gradient: outputs and input gradients must match mask mode."""
-    make, shape = {"post_relu": (lambda m: PostReluBlock(0.5, m), (16, 4, 5, 5)),
-                   "mlp": (lambda m: MlpBlock(0.5, m), (16, 7, 6))}[block]
+    cls, shape = SKIP_GRAD_BLOCKS[block]
     results = {}
     for mode in ("mask", "skip"):
         torch.manual_seed(0)
-        blk = make(mode).train().to(dtype)
+        blk = cls(0.5, mode).train().to(dtype)
         x = torch.randn(shape, dtype=dtype, requires_grad=True)
-        torch.manual_seed(3)
+        torch.manual_seed(GRAD_SEED)
         out = blk(x)
         out.float().square().sum().backward()
         assert x.grad.dtype == dtype and x.grad.layout == torch.strided

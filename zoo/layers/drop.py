@@ -204,21 +204,16 @@ def can_overwrite(branch: Tensor, shortcut: Tensor) -> bool:
     return True
 
 
-def _per_sample_order(x: Tensor) -> tuple[int, ...]:
-    """A permutation of ``x``'s dims, batch first, under which ``x`` is contiguous (channels_last
-    4-D tensors are NHWC in memory); identity when none is known (the caller then copies)."""
-    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return (0, 2, 3, 1)
-    return tuple(range(x.ndim))
+_NHWC = (0, 2, 3, 1)
 
 
 def _batch_first(x: Tensor) -> tuple[Tensor, tuple[int, ...] | None]:
-    """``x`` permuted to its per-sample memory order and made contiguous (a no-op for the usual
-    layouts), and the permutation (None for none: skipping the calls saves a few us per block)."""
-    order = _per_sample_order(x)
-    if order == tuple(range(x.ndim)):
-        return x.contiguous(), None
-    return x.permute(order).contiguous(), order
+    """``x`` made contiguous in its per-sample memory order, batch first, and the permutation that
+    got it there: NHWC for a channels_last 4-D tensor, else None (no permute: a no-op copy for the
+    usual layouts, and any other layout is copied to contiguous)."""
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(_NHWC), _NHWC
+    return x.contiguous(), None
 
 
 def _undo(rows: Tensor, order: tuple[int, ...] | None) -> Tensor:
@@ -240,10 +235,9 @@ def _take_rows(x: Tensor, idx: Tensor, alpha: float | None = None) -> Tensor:
     ``F.embedding_bag``, whose per-sample weights scale them in the same pass; it runs in parallel over
     rows and beat both index_select and index_select plus ``mul_`` (0.27 ms against 0.31 and 0.43 for
     115 rows of 16x32x32, fp32, 2 cores). Elsewhere: ``index_select`` on dim 1 of a (1, B, N) view, a
-    plain memcpy loop. Not
-    ``index_select(0, ...)``: it starts one parallel region per row when a row is larger than ATen's
-    grain size, and on a loaded 2-core machine each region can wait a scheduler tick (a
-    (128, 64, 32, 32) gather took 1.5 s instead of 4 ms).
+    plain memcpy loop. Not ``index_select(0, ...)``: it starts one parallel region per row when a row
+    is larger than ATen's grain size, and on a loaded 2-core machine each region can wait a scheduler
+    tick (a (128, 64, 32, 32) gather took 1.5 s instead of 4 ms).
     """
     xp, order = _batch_first(x)
     flat, k = xp.view(x.shape[0], -1), idx.numel()
@@ -367,7 +361,7 @@ class _AddRows(torch.autograd.Function):
         if ctx.relu:
             grad = torch.ops.aten.threshold_backward(grad, ctx.saved_tensors[1], 0)  # a new tensor: ours
         grad_src = _take_rows(grad, idx, ctx.alpha).to(src_dtype)
-        if ctx.relu and ctx.link is not None and grad.dtype == shortcut_dtype:
+        if ctx.link is not None and grad.dtype == shortcut_dtype:  # a link comes only with relu
             ctx.link.grad = grad
             return None, None, grad_src, None, None, None
         return grad.to(shortcut_dtype), None, grad_src, None, None, None
@@ -404,8 +398,8 @@ def drop_path_skip_add(
     - The kept count is data dependent: ``nonzero`` has an output shape known only after the draw,
       so under torch.compile this form breaks the graph (``fullgraph=True`` raises); the mask forms
       compile to one graph.
-    - Device sync. Row mode reads the kept indices back to the host (``nonzero``) and batch mode
-      reads the one draw (``bool``), so on CUDA each block syncs once per step and the host cannot
+    - Device sync. The kept indices are read back to the host (``nonzero``), so on CUDA each block
+      syncs once per step and the host cannot
       queue kernels ahead. That is the price of a smaller batch: it pays where the branch is large
       enough to hide the stall (wide convolutions, MLPs at batch 128+), and costs where the GPU is
       launch bound (small models, CUDA graphs), where mask mode is the better choice. A sync-free
@@ -433,14 +427,7 @@ def _skip_add(
     # drop_prob draws (the same comparison as the mask forms); host_scale(dtype) is the kept samples'
     # factor as a Python number, rounded to the branch output's dtype as _keep_scale rounds it.
     # relu: return relu(...) of the sum, fused where the sum is a tensor of our own.
-    keep = keep_mask(x, drop_prob, mode)
-    if mode == "batch":
-        if not bool(keep[0]):
-            return torch.relu(shortcut) if relu else shortcut
-        branch = branch_fn(x)
-        out = torch.add(shortcut, branch, alpha=host_scale(branch.dtype))
-        return out.relu_() if relu else out
-    idx = keep.nonzero().squeeze(1)
+    idx = keep_mask(x, drop_prob, mode).nonzero().squeeze(1)  # "batch": every sample or none
     if idx.numel() == 0:
         return torch.relu(shortcut) if relu else shortcut
     if idx.numel() == x.shape[0]:  # nothing dropped: no gather or scatter
@@ -467,7 +454,7 @@ class DropPath(nn.Module):
         self.scale_by_keep = scale_by_keep
         self.mode = check_draw_mode(mode)
         self.register_buffer("rate", torch.zeros((), dtype=torch.float32), persistent=False)
-        # 1 / (1 - rate), computed once per rate rather than in three small kernels per call
+        # 1 / (1 - rate), set with the rate rather than worked out in three small kernels per call
         self.register_buffer("inv_keep", torch.ones((), dtype=torch.float32), persistent=False)
         self.drop_prob = drop_prob
 
@@ -479,11 +466,14 @@ class DropPath(nn.Module):
     def drop_prob(self, value: float) -> None:
         value = check_drop_prob(value)
         self._drop_prob = value
-        self._host_scales: dict[tuple[torch.dtype, bool], float] = {}
         self.active = value > 0.0
+        # 1 / (1 - rate) in float32 arithmetic, as _inv_keep works it out on the rate buffer, but on
+        # the host: a schedule sets the rate every step, and this stays one fill per buffer
+        self._inv_keep = _inv_keep(torch.tensor(value, dtype=torch.float32), True).item()
+        self._host_scales: dict[tuple[torch.dtype, bool], float] = {}
         with torch.no_grad():
             self.rate.fill_(value)
-            self.inv_keep.copy_(_inv_keep(self.rate, True))
+            self.inv_keep.fill_(self._inv_keep)
 
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and self.active):
@@ -510,12 +500,12 @@ class DropPath(nn.Module):
         return _skip_add(shortcut, x, branch_fn, self.rate, self._host_scale, self.mode, relu)
 
     def _host_scale(self, dtype: torch.dtype) -> float:
-        """The kept samples' factor for ``dtype``, worked out once per rate (about 20 us a call):
-        from a float32 copy of the rate, so it is rounded exactly as the buffer-rate mask form's."""
+        """The kept samples' factor rounded to ``dtype`` as the mask forms round ``inv_keep``, once per
+        rate and dtype (working it out took about 20 us a call)."""
         key = (dtype, self.scale_by_keep)
         if key not in self._host_scales:
-            host_rate = torch.tensor(self._drop_prob, dtype=torch.float32)  # == self.rate, on the host
-            self._host_scales[key] = _host_inv_keep(host_rate, self.scale_by_keep, dtype)
+            factor = self._inv_keep if self.scale_by_keep else 1.0
+            self._host_scales[key] = torch.tensor(factor, dtype=torch.float32).to(dtype).item()
         return self._host_scales[key]
 
     def _apply(self, fn, recurse=True):
@@ -523,7 +513,7 @@ class DropPath(nn.Module):
         super()._apply(fn, recurse)
         if self.rate.dtype != torch.float32:
             self.rate = torch.full((), self._drop_prob, dtype=torch.float32, device=self.rate.device)
-            self.inv_keep = _inv_keep(self.rate, True)
+            self.inv_keep = torch.full((), self._inv_keep, dtype=torch.float32, device=self.rate.device)
         return self
 
     def extra_repr(self) -> str:

@@ -83,15 +83,17 @@ class DropPathBlock(nn.Module):
         (a block with a cheap and an expensive branch skips only the expensive one). ``relu``: return
         ``relu`` of the sum (post-activation blocks), applied in place on the sum, which is the block's
         own tensor; skip mode fuses it into the scatter, whose backward then owns the gradient."""
+        dp = self.drop_path
+        active = dp is not None and dp.training and dp.active
+        if active and (self.skip if skip is None else skip):
+            return dp.skip_add(shortcut, x, branch_fn, relu)  # sums into a tensor of its own
         # The branch output is the block's own, so the sum may be written into it; residual_add and
         # DropPath.add fall back to a new tensor where that would not be safe for autograd.
         inplace = not self._branch_observed()
-        dp = self.drop_path
-        if dp is None or not (dp.training and dp.active):
-            return _maybe_relu(residual_add(shortcut, branch_fn(x), inplace), shortcut, relu)
-        if self.skip if skip is None else skip:
-            return dp.skip_add(shortcut, x, branch_fn, relu)
-        return _maybe_relu(dp.add(shortcut, branch_fn(x), inplace), shortcut, relu)
+        add = dp.add if dp is not None else residual_add  # DropPath.add is residual_add when inactive
+        out = add(shortcut, branch_fn(x), inplace)
+        # the sum is a new tensor or the branch output it was written into, never the shortcut
+        return out.relu_() if relu else out
 
     def _branch_observed(self) -> bool:
         """Whether a forward hook may hold the branch output (feature extraction, activation logging):
@@ -101,13 +103,6 @@ class DropPathBlock(nn.Module):
         if getattr(nn.modules.module, "_global_forward_hooks", None):
             return True
         return any(m._forward_hooks for m in self.modules() if m is not self)
-
-
-def _maybe_relu(out: Tensor, shortcut: Tensor, relu: bool) -> Tensor:
-    if not relu:
-        return out
-    # the sum is a new tensor or the branch output it was written into: the block's, never the input's
-    return out.relu_() if out is not shortcut else torch.relu(out)
 
 
 def block_drop_path_rates(model: nn.Module) -> list[float]:
