@@ -354,9 +354,12 @@ def test_skip_with_identity_shortcut_gives_a_dense_input_gradient(branch, leaf):
         torch.testing.assert_close(grads["skip"][1], grads["reference"][1], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("row", [(3, 100, 100), (16411,), (2, 5)])  # cut into 2 parts; prime: uncut; short
+# (3, 100, 100): cut into 2 parts; 16411 (prime): uncut; (2, 5): short; (4, 100, 100): over the gather's
+# grain size, so gathered through the (1, B, N) view
+@pytest.mark.parametrize("row", [(3, 100, 100), (16411,), (2, 5), (4, 100, 100)])
 def test_skip_scatter_of_long_rows(row):
-    """Rows longer than the add chunk are cut into equal parts before the scatter-add."""
+    """Rows longer than the add chunk are cut into equal parts before the scatter-add, and rows over
+    ATen's grain size are gathered serially: both give the reference's values and gradients."""
     torch.manual_seed(0)
     x = torch.randn((6,) + row, dtype=torch.float64, requires_grad=True)
     shortcut = torch.randn_like(x)
@@ -568,8 +571,8 @@ def test_skip_supports_double_backward(block):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("block", SKIP_GRAD_BLOCKS)
 def test_skip_backward_in_half_precision(block, dtype):
-    """bf16 / fp16 take skip mode's fallback gather (no embedding_bag) and its sparse or linked input
-    gradient: outputs and input gradients must match mask mode."""
+    """bf16 / fp16 through skip mode's gather and its sparse or linked input gradient: outputs and
+    input gradients must match mask mode."""
     cls, shape = SKIP_GRAD_BLOCKS[block]
     results = {}
     for mode in ("mask", "skip"):

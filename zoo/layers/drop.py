@@ -17,7 +17,6 @@ from numbers import Real
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 DRAW_MODES = ("row", "batch")  # "row": one draw per sample; "batch": one draw for the whole batch
@@ -220,39 +219,36 @@ def _undo(rows: Tensor, order: tuple[int, ...] | None) -> Tensor:
     return rows if order is None else rows.permute(tuple(order.index(d) for d in range(rows.ndim)))
 
 
-# embedding_bag copies (and scales) rows in one parallel pass on CPU: a plain gather for bags of one.
-# It wins for rows up to about 20k elements and loses beyond (fp32, 2 cores, 115 of 128 rows: 0.19
-# against 0.22 ms at 16384, 0.31 against 0.38 at 20480, 1.37 against 1.02 at 32768, 3.1 against 2.3
-# at 65536), where the serial copy of index_select streams better.
-_BAG_DTYPES = (torch.float32, torch.float64)
-_BAG_MAX_ROW = 20480
+# ATen's index_select on dim 0 copies rows shorter than its grain size (32768 elements) in one parallel
+# loop; a longer row gets a parallel region of its own, and on a loaded 2-core machine each region can
+# wait a scheduler tick (a (128, 64, 32, 32) gather took 750 ms instead of 2). Measured on the CIFAR
+# ResNet shapes (fp32, 2 cores, about 94 of 128 rows, caches flushed first, median ms):
+#   rows of   16384: dim 0 0.45, (1, B, N) view 0.55, embedding_bag 0.59
+#              8192: 0.25, 0.31, 0.32;    4096: 0.12, 0.16, 0.32
+# and scaled (x[idx] * alpha): dim 0 then mul_ 0.68 / 0.41 / 0.24 against embedding_bag's per-sample
+# weights 0.83 / 0.49 / 0.31.
+_GRAIN = 32768
 
 
 def _take_rows(x: Tensor, idx: Tensor, alpha: float | None = None) -> Tensor:
     """``x[idx]`` along dim 0 (times ``alpha`` if given), keeping ``x``'s memory format.
 
-    On CPU (float32 / float64, rows up to ``_BAG_MAX_ROW`` elements) the rows are bags of one in
-    ``F.embedding_bag``, whose per-sample weights scale them in the same pass; it runs in parallel over
-    rows and beat both index_select and index_select plus ``mul_`` (0.27 ms against 0.31 and 0.43 for
-    115 rows of 16x32x32, fp32, 2 cores). Elsewhere: ``index_select`` on dim 1 of a (1, B, N) view, a
-    plain memcpy loop. Not ``index_select(0, ...)``: it starts one parallel region per row when a row
-    is larger than ATen's grain size, and on a loaded 2-core machine each region can wait a scheduler
-    tick (a (128, 64, 32, 32) gather took 1.5 s instead of 4 ms).
+    ``index_select(0, ...)`` for rows under ATen's grain size, one parallel loop over the rows; longer
+    rows go through ``index_select`` on dim 1 of a (1, B, N) view, one serial memcpy loop, because
+    dim 0 would start a parallel region per row (see ``_GRAIN``).
     """
     xp, order = _batch_first(x)
     flat, k = xp.view(x.shape[0], -1), idx.numel()
-    if x.device.type == "cpu" and x.dtype in _BAG_DTYPES and flat.shape[1] <= _BAG_MAX_ROW:
-        weights = None if alpha is None else torch.full((k,), alpha, dtype=x.dtype)
-        bags = torch.arange(k, device=idx.device)
-        rows = F.embedding_bag(idx, flat, bags, mode="sum", per_sample_weights=weights)
+    if flat.shape[1] < _GRAIN:
+        rows = flat.index_select(0, idx)
     else:
         rows = flat.unsqueeze(0).index_select(1, idx).squeeze(0)
-        if alpha is not None:
-            rows = rows.mul_(alpha)
+    if alpha is not None:
+        rows = rows.mul_(alpha)
     return _undo(rows.view((k,) + xp.shape[1:]), order)
 
 
-_ADD_CHUNK = 16384  # elements per row add in _add_rows_: under ATen's grain size, so one serial loop
+_ADD_CHUNK = 16384  # elements per row add in _add_rows_: under _GRAIN, so one serial loop
 
 
 def _add_rows_(out: Tensor, idx: Tensor, src: Tensor, alpha: float) -> Tensor:
