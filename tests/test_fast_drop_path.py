@@ -113,6 +113,40 @@ def test_functional_forms_agree_with_float_rate():
             torch.testing.assert_close(out, outs[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", DRAWS)
+def test_float_rate_draws_and_scales_as_the_module_buffer(mode, dtype):
+    """A float rate reaches the ops as a cached 0-dim tensor: the same draw, comparison and factor as
+    DropPath's buffer rate, bit for bit, and the cache answers each rate with its own tensors."""
+    x = torch.rand(64, 3, 4, dtype=dtype) + 1.0  # no zeros: a zero output row means dropped
+    dp = DropPath(0.3, mode=mode).train()
+    dropped_counts = set()
+    for p in (0.3, 0.7, 0.3):
+        dp.drop_prob = p
+        for seed in range(4):
+            torch.manual_seed(seed)
+            functional = drop_path(x, p, training=True, mode=mode)
+            torch.manual_seed(seed)
+            assert torch.equal(functional, dp(x))
+            dropped_counts.add(int((functional == 0).flatten(1).all(1).sum()))
+    # row: several dropped counts; batch: the whole batch kept in some draws and dropped in others
+    assert dropped_counts == {0, 64} if mode == "batch" else len(dropped_counts) > 2
+
+
+@pytest.mark.parametrize("mode", DRAWS)
+def test_compile_fullgraph_functional_float_rate(fresh_dynamo, mode):
+    """Under torch.compile the functional form with a float rate traces to one graph (no cached
+    tensors there) and matches eager."""
+
+    class Functional(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return drop_path_add(x, x.sin(), 0.4, training=True, mode=mode)
+
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled_matches_eager(Functional(), torch.randn(8, 3, 5), fullgraph=True, backend=counter)
+    assert counter.frame_count == 1
+
+
 @pytest.mark.parametrize("form", FORMS[1:])
 def test_expectation_over_draws_is_shortcut_plus_branch(form):
     torch.manual_seed(0)
