@@ -97,6 +97,11 @@ def test_rate_stays_float32_when_model_is_cast():
     assert m[0].inv_keep.dtype == torch.float32 and m[0].inv_keep.item() == inv
     m[0].drop_prob = 0.3
     assert m[0].inv_keep.item() == (1.0 / (1.0 - torch.tensor(0.3, dtype=torch.float32))).item()
+    # the cast's buffers are copies: filling them did not overwrite the rate pair the functional form shares
+    torch.manual_seed(0)
+    keep = torch.rand(64) >= 0.1
+    torch.manual_seed(0)
+    assert torch.equal(drop_path(torch.ones(64), 0.1, training=True), keep.float() * inv)
 
 
 @pytest.mark.parametrize("bad", BAD_RATES)

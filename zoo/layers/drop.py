@@ -52,12 +52,21 @@ def keep_mask(x: Tensor, drop_prob: float | Tensor, mode: str = "row") -> Tensor
     return keep.expand(x.shape[0])
 
 
-def _inv_keep(drop_prob: float | Tensor, scale_by_keep: bool) -> float | Tensor:
-    if not scale_by_keep:
-        return 1.0
-    if isinstance(drop_prob, Tensor):
-        return 1.0 / (1.0 - drop_prob.float()).clamp_min(_EPS)
-    return 1.0 / max(1.0 - drop_prob, _EPS)
+def _inv_keep(drop_prob: Tensor) -> Tensor:
+    """``1 / (1 - drop_prob)`` in float32 arithmetic: the one formula behind every form's factor, so a
+    float rate, a tensor rate and DropPath's buffer scale kept samples by the same float32 number."""
+    return 1.0 / (1.0 - drop_prob.float()).clamp_min(_EPS)
+
+
+def _rate_pair(drop_prob: float) -> tuple[Tensor, Tensor]:
+    """A float rate and its inverse keep as 0-dim float32 CPU tensors (CUDA ops accept them)."""
+    rate = torch.tensor(drop_prob, dtype=torch.float32)
+    return rate, _inv_keep(rate)
+
+
+# Ops take a 0-dim tensor operand in about a third of the time they take to wrap a Python number (1
+# against 2.6 us here), so the functional forms reuse one pair per rate. Never written into.
+_rate_tensors = functools.lru_cache(maxsize=64)(_rate_pair)
 
 
 def _keep_scale(
@@ -68,24 +77,17 @@ def _keep_scale(
     The draw and the comparison are keep_mask's, done in place on the float draw (``ge_`` writes 1.0
     or 0.0), which saves a few small kernels per call: at batch 128 the factor's own ops, not the
     residual's memory passes, were a third of the fused form's fixed cost. ``inv_keep``, when given,
-    is ``_inv_keep(drop_prob, True)`` computed ahead (DropPath keeps it in a buffer)."""
+    is ``_inv_keep(drop_prob)`` computed ahead (DropPath keeps it in a buffer)."""
     ones = (1,) * (x.ndim - 1)
-    if isinstance(drop_prob, float) and not torch.compiler.is_compiling():
-        drop_prob, inv_keep = _rate_tensors(drop_prob)
+    if not isinstance(drop_prob, Tensor):  # compiled code makes the pair in its graph instead
+        drop_prob, inv_keep = (_rate_pair if torch.compiler.is_compiling() else _rate_tensors)(float(drop_prob))
     scale = torch.rand((x.shape[0] if mode == "row" else 1,) + ones, device=x.device, dtype=torch.float32)
     scale.ge_(drop_prob)
     if scale_by_keep:
-        scale.mul_(_inv_keep(drop_prob, True) if inv_keep is None else inv_keep)
+        scale.mul_(_inv_keep(drop_prob) if inv_keep is None else inv_keep)
     if mode != "row":
         scale = scale.expand((x.shape[0],) + ones)
     return scale if x.dtype == torch.float32 else scale.to(x.dtype)
-
-
-@functools.lru_cache(maxsize=64)
-def _rate_tensors(drop_prob: float) -> tuple[Tensor, Tensor]:
-    # a float rate and its inverse keep as 0-dim float32 CPU tensors: an op takes one in about a third
-    # of the time it takes to wrap a Python number (1 against 2.6 us per op here); CUDA ops accept them
-    return torch.tensor(drop_prob, dtype=torch.float32), torch.tensor(_inv_keep(drop_prob, True), dtype=torch.float32)
 
 
 def _is_off(drop_prob: float | Tensor, training: bool) -> bool:
@@ -224,6 +226,11 @@ def _batch_first(x: Tensor) -> tuple[Tensor, tuple[int, ...] | None]:
     return x.contiguous(), None
 
 
+def _in_order(rows: Tensor, order: tuple[int, ...] | None) -> Tensor:
+    """``rows`` contiguous in the per-sample order ``_batch_first`` gave another tensor."""
+    return (rows if order is None else rows.permute(order)).contiguous()
+
+
 def _undo(rows: Tensor, order: tuple[int, ...] | None) -> Tensor:
     return rows if order is None else rows.permute(tuple(order.index(d) for d in range(rows.ndim)))
 
@@ -321,8 +328,7 @@ class _TakeRows(torch.autograd.Function):
         if ctx.link is not None and ctx.link.grad is not None:
             full, ctx.link.grad = ctx.link.grad, None
             fp, order = _batch_first(full)
-            rows = (grad if order is None else grad.permute(order)).contiguous()
-            return _undo(_add_rows_(fp, idx, rows, 1.0), order), None, None, None
+            return _undo(_add_rows_(fp, idx, _in_order(grad, order), 1.0), order), None, None, None
         if ctx.sparse_grad:
             rows = torch.sparse_coo_tensor(
                 idx.unsqueeze(0), grad, ctx.shape, is_coalesced=True, check_invariants=False
@@ -349,9 +355,7 @@ class _AddRows(torch.autograd.Function):
         out, order = _batch_first(shortcut.to(dtype))
         if out.data_ptr() == shortcut.data_ptr():
             out = out.clone()  # ours to write into: the shortcut itself is left alone
-        src_rows = src.to(dtype)
-        src_rows = (src_rows if order is None else src_rows.permute(order)).contiguous()  # shortcut's order
-        out = _undo(_add_rows_(out, idx, src_rows, alpha), order)
+        out = _undo(_add_rows_(out, idx, _in_order(src.to(dtype), order), alpha), order)  # shortcut's order
         if relu:
             out.relu_()
             ctx.save_for_backward(idx, out)
@@ -374,12 +378,19 @@ class _AddRows(torch.autograd.Function):
 
 def _host_inv_keep(drop_prob: float | Tensor, scale_by_keep: bool, dtype: torch.dtype) -> float:
     """The kept samples' factor as a Python number, rounded as the mask forms round it (float32,
-    then ``dtype``). A float rate is computed on the host, so no device sync is needed for it."""
+    then ``dtype``). A float rate needs no device sync; a tensor one is read back."""
+    if not scale_by_keep:
+        return 1.0
     if isinstance(drop_prob, Tensor):
-        drop_prob = drop_prob.detach().float().cpu()
-    # the same arithmetic as _keep_scale: float32 one times the inverse, then rounded to dtype
-    scale = torch.ones((), dtype=torch.float32) * _inv_keep(drop_prob, scale_by_keep)
-    return scale.to(dtype).item()
+        drop_prob = drop_prob.item()  # a float32 value, exactly
+    scale_of = _host_scale.__wrapped__ if torch.compiler.is_compiling() else _host_scale
+    return scale_of(float(drop_prob), dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _host_scale(drop_prob: float, dtype: torch.dtype) -> float:
+    # once per rate and dtype: working it out took about 20 us a call, and skip mode asks every block
+    return _rate_pair(drop_prob)[1].to(dtype).item()
 
 
 def drop_path_skip_add(
@@ -416,7 +427,7 @@ def drop_path_skip_add(
     check_draw_mode(mode)
     if _is_off(drop_prob, training):
         return shortcut + branch_fn(x)
-    scale = lambda dtype: _host_inv_keep(drop_prob, scale_by_keep, dtype)  # noqa: E731
+    scale = functools.partial(_host_inv_keep, drop_prob, scale_by_keep)
     return _skip_add(shortcut, x, branch_fn, drop_prob, scale, mode)
 
 
@@ -472,13 +483,11 @@ class DropPath(nn.Module):
         value = check_drop_prob(value)
         self._drop_prob = value
         self.active = value > 0.0
-        # 1 / (1 - rate) in float32 arithmetic, as _inv_keep works it out on the rate buffer, but on
-        # the host: a schedule sets the rate every step, and this stays one fill per buffer
-        self._inv_keep = _inv_keep(torch.tensor(value, dtype=torch.float32), True).item()
-        self._host_scales: dict[tuple[torch.dtype, bool], float] = {}
+        # a schedule sets the rate every step: one fill per buffer, from the host pair of this rate
+        rate, inv_keep = _rate_tensors(value)
         with torch.no_grad():
-            self.rate.fill_(value)
-            self.inv_keep.fill_(self._inv_keep)
+            self.rate.fill_(rate)
+            self.inv_keep.fill_(inv_keep)
 
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and self.active):
@@ -501,24 +510,17 @@ class DropPath(nn.Module):
         if not (self.training and self.active):
             out = shortcut + branch_fn(x)
             return out.relu_() if relu else out
-        # draw against the buffer (as the mask forms do); scale from the host copy of it (no sync)
-        return _skip_add(shortcut, x, branch_fn, self.rate, self._host_scale, self.mode, relu)
-
-    def _host_scale(self, dtype: torch.dtype) -> float:
-        """The kept samples' factor rounded to ``dtype`` as the mask forms round ``inv_keep``, once per
-        rate and dtype (working it out took about 20 us a call)."""
-        key = (dtype, self.scale_by_keep)
-        if key not in self._host_scales:
-            factor = self._inv_keep if self.scale_by_keep else 1.0
-            self._host_scales[key] = torch.tensor(factor, dtype=torch.float32).to(dtype).item()
-        return self._host_scales[key]
+        # draw against the buffer (as the mask forms do); scale from the host value of the rate (no sync)
+        scale = functools.partial(_host_inv_keep, self._drop_prob, self.scale_by_keep)
+        return _skip_add(shortcut, x, branch_fn, self.rate, scale, self.mode, relu)
 
     def _apply(self, fn, recurse=True):
         # model.half() / .to(bfloat16) would round the rate (0.1 -> 0.1001 in bf16): keep it float32.
         super()._apply(fn, recurse)
         if self.rate.dtype != torch.float32:
-            self.rate = torch.full((), self._drop_prob, dtype=torch.float32, device=self.rate.device)
-            self.inv_keep = torch.full((), self._inv_keep, dtype=torch.float32, device=self.rate.device)
+            rate, inv_keep = _rate_tensors(self._drop_prob)  # copies: the cached pair is never written
+            self.rate = rate.to(self.rate.device, copy=True)
+            self.inv_keep = inv_keep.to(self.rate.device, copy=True)
         return self
 
     def extra_repr(self) -> str:
