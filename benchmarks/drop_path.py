@@ -14,7 +14,7 @@ with every residual sum out of place, shows what the in-place sum saves in a who
 Part 3 (``--sweep``): one block, skip / mask against the rate: the measurement behind
 ``zoo.layers.residual.AUTO_SKIP_MIN_RATE``.
 
-Variants are interleaved round-robin across repeats (the order reversed every other repeat); times
+Variants are interleaved across repeats (a new seeded random order each repeat); times
 are summarised by their median and ratios by the median of the per-repeat ratios, so machine noise
 hits every variant alike. On CUDA the timings come from CUDA events.
 
@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -101,29 +102,42 @@ def time_call(fn: Callable[[], object], device: torch.device, inner: int) -> flo
 
 
 def round_robin(
-    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, inner: int, warmup: int = 2
+    fns: dict[str, Callable[[], object]],
+    device: torch.device,
+    repeats: int,
+    inner: int,
+    warmup: int = 2,
+    seed: int = 0,
 ) -> dict[str, list[float]]:
-    """Time every ``fn`` once per repeat, in turn (reversed on odd repeats, so no variant always runs
-    first), so slow phases of a loaded machine hit all alike.
+    """Time every ``fn`` once per repeat, in a new random order each repeat (seeded), so slow phases
+    of a loaded machine hit all alike and no variant always follows the same one.
+
+    The order matters at sizes near the cache: a variant that runs right after one reading the same
+    inputs finds them in cache. With the order reversed every other repeat instead, the in-place form
+    at (128, 320, 8, 8) always followed either the out-of-place form (same x and grad: hot) or skip
+    (which churns the cache), and timm always followed a form reading its inputs: in-place / timm
+    measured 0.60x on the even repeats and 0.70x on the odd ones, with a per-repeat SD of 0.11 to
+    0.13; shuffled, the same pair gave 0.66x with an SD of 0.07 (60 to 80 repeats each, 2026-11-26).
 
     The ``warmup`` rounds are interleaved too: the heap grows (and page-faults) until it fits every
     variant's pattern of allocations in turn, which took a few rounds of training steps here; warming
     each variant on its own left the growth inside the first timed rounds."""
+    rng = random.Random(seed)
+    order = list(fns.items())
     for _ in range(warmup):
-        for fn in fns.values():
+        for _, fn in rng.sample(order, len(order)):
             fn()
     _sync(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    order = list(fns.items())
-    for r in range(repeats):
-        for name, fn in order if r % 2 == 0 else order[::-1]:
+    for _ in range(repeats):
+        for name, fn in rng.sample(order, len(order)):
             times[name].append(time_call(fn, device, inner))
     return times
 
 
 def paired_ratio(ts: list[float], base: list[float]) -> float:
-    """Median over repeats of ``ts[i] / base[i]``: each pair ran back to back, so a load phase of a
-    shared machine that slows one repeat slows both sides of its ratio."""
+    """Median over repeats of ``ts[i] / base[i]``: each pair ran in the same repeat, so a load phase of
+    a shared machine that slows one repeat slows both sides of its ratio."""
     return statistics.median(t / b for t, b in zip(ts, base))
 
 
@@ -335,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--quick", action="store_true", help="few repeats, for development")
-    ap.add_argument("--repeats", type=int, default=None, help="op table repeats (default 21; quick 4)")
+    # the in-place / timm ratio at (128, 320, 8, 8) varies with an SD of about 0.07 from repeat to
+    # repeat (shuffled order); the median of 41 then moves by about 0.013 from run to run
+    ap.add_argument("--repeats", type=int, default=None, help="op table repeats (default 41; quick 4)")
     ap.add_argument("--inner", type=int, default=None, help="calls per timed op sample (default 3)")
     # one resnet110 step's skip / mask ratio varies with an SD of 0.057 from pair to pair here (40
     # pairs); the median of 11 pairs then moves by about 0.016 from run to run, of 21 by about 0.010
@@ -352,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--malloc", choices=("retain", "glibc"), default="retain",
                     help="retain: keep freed memory in the process, as train.py does (default); glibc: defaults")
     args = ap.parse_args(argv)
-    args.repeats = args.repeats or (4 if args.quick else 21)
+    args.repeats = args.repeats or (4 if args.quick else 41)
     args.inner = args.inner or (2 if args.quick else 3)
     args.train_repeats = args.train_repeats or (3 if args.quick else 21)
     if args.threads:

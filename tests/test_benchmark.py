@@ -23,12 +23,19 @@ def test_branch_output_takes_the_in_place_path_and_passes_gradients():
     assert torch.equal(gb, torch.full_like(b, 2.0))
 
 
-def test_round_robin_alternates_order_and_warms_up_interleaved():
+def test_round_robin_shuffles_each_repeat_and_warms_up_interleaved():
     calls = []
-    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    times = bench.round_robin(fns, torch.device("cpu"), repeats=2, inner=1, warmup=2)
-    assert calls == list("abcabc" + "abc" + "cba")
-    assert {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2, "c": 2}
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
+    times = bench.round_robin(fns, torch.device("cpu"), repeats=30, inner=2, warmup=2, seed=1)
+    rounds = [calls[i : i + 4] for i in range(0, 8, 4)] + [calls[i : i + 8 : 2] for i in range(8, len(calls), 8)]
+    assert len(calls) == 4 * 2 + 4 * 30 * 2 and all(sorted(r) == list("abcd") for r in rounds)
+    assert all(calls[i] == calls[i + 1] for i in range(8, len(calls), 2))  # inner calls back to back
+    assert len({"".join(r) for r in rounds}) > 5  # the order changes from repeat to repeat
+    assert {k: len(v) for k, v in times.items()} == {name: 30 for name in "abcd"}
+    # the same seed gives the same orders, so a run can be repeated as it was
+    again = []
+    bench.round_robin({n: (lambda n=n: again.append(n)) for n in "abcd"}, torch.device("cpu"), 30, 2, 2, seed=1)
+    assert again == calls
 
 
 def test_paired_ratio_is_the_median_of_per_repeat_ratios():
