@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # lets tests import train.py
@@ -22,6 +23,15 @@ def find_cifar10_archive() -> Path | None:
     path = Path(env) if env else REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
     # absolute: subprocess tests run train.py from a temporary directory
     return path.resolve() if path.exists() else None
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> str:
+    """Runs a test on the CPU, and again on CUDA where a GPU is present (skipped, saying so, elsewhere)."""
+    return request.param
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +51,7 @@ def cifar10_archive() -> Path:
 @pytest.fixture(scope="session")
 def cifar10_cache(cifar10_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache dir holding the decoded archive (decoded once per session; ZOO_TEST_CACHE_DIR reuses one across sessions)."""
-    from zoo.data import load_image_folder
+    from zoo.train.data import load_image_folder
 
     cache = Path(os.environ.get("ZOO_TEST_CACHE_DIR") or tmp_path_factory.mktemp("zoo-cache"))
     load_image_folder(cifar10_archive, cache)

@@ -5,22 +5,26 @@ import importlib.util
 import torch
 
 from conftest import REPO
-from zoo.layers import can_overwrite
 
 spec = importlib.util.spec_from_file_location("drop_path_bench", REPO / "benchmarks" / "drop_path.py")
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 
 
-def test_branch_output_takes_the_in_place_path_and_passes_gradients():
-    """The op table's branch must be one the in-place form may overwrite (as a block's is), or its
-    in-place row would silently time the out-of-place fallback."""
-    x = torch.randn(4, 3, requires_grad=True)
-    b = torch.randn(4, 3, requires_grad=True)
-    branch = bench.branch_output(b)
-    assert can_overwrite(branch, x) and branch.data_ptr() == b.data_ptr()
-    (gb,) = torch.autograd.grad((branch * 2).sum(), b)
-    assert torch.equal(gb, torch.full_like(b, 2.0))
+def test_every_op_variant_is_a_residual_with_a_drop_path():
+    """Each row of the op table computes shortcut + branch with whole samples dropped (or none, for the
+    floor), so the table compares like with like."""
+    torch.manual_seed(0)
+    x, b = torch.randn(64, 3, 4), torch.rand(64, 3, 4) + 1.0
+    for name, op in bench.op_variants(0.5, torch.device("cpu")).items():
+        added = op(x, b) - x  # per sample: 0 (dropped) or the branch times one factor
+        factors = (added / b).flatten(1)
+        assert torch.allclose(factors, factors[:, :1], atol=1e-5), name
+        kept = factors[:, 0] != 0
+        if name.startswith("x + b"):
+            assert kept.all()
+        else:
+            assert 0 < kept.sum() < 64, name
 
 
 def test_round_robin_shuffles_each_repeat_and_warms_up_interleaved():

@@ -10,9 +10,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import zoo
-from zoo.engine import build_model
-from zoo.errors import ConfigError
-from zoo.validate import validate_config
+from zoo.train.config import build_model, validate_config
+from zoo.train.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MODEL_FILES = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))

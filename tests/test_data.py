@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from zoo import data as zdata
-from zoo.augment import augment_params, crop_flip, normalize
-from zoo.data import CLASSES, balanced_subset, load_cifar10, load_image_folder
-from zoo.errors import ConfigError, DataError
+from zoo.train import data as zdata
+from zoo.train.batches import augment_params, crop_flip, normalize
+from zoo.train.data import CLASSES, balanced_subset, load_cifar10, load_image_folder
+from zoo.train.errors import ConfigError, DataError
 
 PER_CLASS = {"train": 3, "test": 2}
 

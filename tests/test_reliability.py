@@ -20,12 +20,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-import train
-from zoo.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from zoo.data import CLASSES
-from zoo.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
-from zoo.launch import check_overrides, hydra_argv
-from zoo.validate import validate_config
+from zoo.train import loop
+from zoo.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from zoo.train.cli import check_overrides, hydra_argv
+from zoo.train.config import validate_config
+from zoo.train.data import CLASSES
+from zoo.train.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -100,7 +100,7 @@ def make_tree(root: Path, classes=CLASSES) -> Path:
         ("seed=-1", "seed must be an integer >= 0, got -1"),
         ("device=gpu", "device must be one of auto, cpu, cuda, got 'gpu'"),
         ("data.subset=-5", "data.subset must be an integer >= 0, got -5"),
-        ("retain_freed_memory=maybe", "retain_freed_memory must be one of True, False, got 'maybe'"),
+        ("drop_path_skip_draw=exact", "drop_path_skip_draw must be one of auto, bernoulli, fixed, got 'exact'"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(override, message):
@@ -120,6 +120,7 @@ def test_bad_values_name_the_key_and_what_is_allowed(override, message):
         ("model=resnet8,resnt20", "model=resnt20: there is no"),  # a sweep is checked name by name
         ("drop_path_rat=0.1", "unknown key 'drop_path_rat'; did you mean drop_path_rate"),
         ("data.subst=100", "unknown key 'data.subst'; did you mean data.subset"),
+        ("retain_freed_memory=false", "retain_freed_memory was removed: zoo no longer changes malloc's settings"),
     ],
 )
 def test_mistyped_config_groups_and_keys_list_close_matches(override, message):
@@ -174,7 +175,7 @@ def test_cli_data_mistakes_name_the_path(tmp_path):
 
 
 def test_data_problems_in_an_archive_name_the_member(tmp_path):
-    from zoo.data import load_image_folder
+    from zoo.train.data import load_image_folder
 
     tree = make_tree(tmp_path / "cifar")
     (tree / "test" / "dog" / "0000.png").write_bytes(b"")
@@ -194,7 +195,7 @@ def test_data_problems_in_an_archive_name_the_member(tmp_path):
 def finished_run(tmp_path_factory, cifar10_archive, cifar10_cache) -> Path:
     """A finished 2-epoch tiny run (read-only for the tests that use it)."""
     run_dir = tmp_path_factory.mktemp("finished")
-    train.train(compose_train(*tiny(cifar10_archive, cifar10_cache)), run_dir)
+    loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache)), run_dir)
     return run_dir
 
 
@@ -219,20 +220,20 @@ def test_resume_from_a_corrupt_checkpoint_is_one_line(tmp_path, finished_run, da
     bad = {"truncated": blob[: len(blob) // 2], "garbage": b"not a checkpoint at all\n" * 10, "empty": b""}[damage]
     (tmp_path / CHECKPOINT_NAME).write_bytes(bad)
     with pytest.raises(CheckpointError, match="is not a readable checkpoint") as info:
-        train.train(compose_train("model=resnet8", f"resume={tmp_path}"), tmp_path, overrides=(f"resume={tmp_path}",))
+        loop.train(compose_train("model=resnet8", f"resume={tmp_path}"), tmp_path, overrides=(f"resume={tmp_path}",))
     assert "\n" not in str(info.value) and len(str(info.value)) < 400
 
 
 def test_resume_with_another_model_is_refused(tmp_path, finished_run):
     resume = f"resume={finished_run}"
     with pytest.raises(CheckpointError, match=r"changes model.name='resnet20' \(saved 'resnet8'\)"):
-        train.train(compose_train("model=resnet20", resume), tmp_path, overrides=("model=resnet20", resume))
+        loop.train(compose_train("model=resnet20", resume), tmp_path, overrides=("model=resnet20", resume))
     # A file that claims to be resnet8 but holds another model's weights.
     state = load_checkpoint(finished_run)
     state["model"] = {k: v for k, v in list(state["model"].items())[:-2]}  # lost the classifier
     save_checkpoint(state, tmp_path / "odd" / CHECKPOINT_NAME)
     with pytest.raises(CheckpointError, match="does not fit model resnet8") as info:
-        train.train(compose_train("model=resnet8", f"resume={tmp_path / 'odd'}"), tmp_path,
+        loop.train(compose_train("model=resnet8", f"resume={tmp_path / 'odd'}"), tmp_path,
                     overrides=(f"resume={tmp_path / 'odd'}",))
     assert "\n" not in str(info.value)
 
@@ -252,7 +253,7 @@ def test_cli_corrupt_checkpoint_is_one_line(tmp_path):
 def poison(monkeypatch, at_call: int, weights: bool = False) -> list[int]:
     """Make train_step's ``at_call``-th call (1-based) return a NaN loss, or leave NaN weights behind it."""
     calls: list[int] = []
-    real = train.train_step
+    real = loop.train_step
 
     def step(model, optimizer, *args):
         loss, correct = real(model, optimizer, *args)
@@ -264,14 +265,14 @@ def poison(monkeypatch, at_call: int, weights: bool = False) -> list[int]:
                 loss = torch.tensor(math.nan)
         return loss, correct
 
-    monkeypatch.setattr(train, "train_step", step)
+    monkeypatch.setattr(loop, "train_step", step)
     return calls
 
 
 def test_nan_loss_stops_within_one_step_naming_the_last_checkpoint(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
     calls = poison(monkeypatch, at_call=4 + 2)  # 4 steps per epoch: epoch 2, step 1 (0-based)
     with pytest.raises(TrainingDiverged) as info:
-        train.train(compose_train(*tiny(cifar10_archive, cifar10_cache)), tmp_path)
+        loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache)), tmp_path)
     assert str(info.value).startswith(
         f"the training loss became nan at epoch 2 step 1; last good checkpoint: {tmp_path / CHECKPOINT_NAME}"
     )
@@ -283,7 +284,7 @@ def test_nan_loss_stops_within_one_step_naming_the_last_checkpoint(tmp_path, mon
 def test_non_finite_weights_never_replace_the_last_checkpoint(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
     poison(monkeypatch, at_call=8, weights=True)  # the last step of epoch 2: its loss was still finite
     with pytest.raises(TrainingDiverged, match=f"weights became non-finite after epoch 2; last good checkpoint: {tmp_path}"):
-        train.train(compose_train(*tiny(cifar10_archive, cifar10_cache)), tmp_path)
+        loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache)), tmp_path)
     assert load_checkpoint(tmp_path)["epoch"] == 1
 
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from zoo.report import ReportCallback, main, paired_difference, render_markdown, t_quantile, write_report
-from zoo.sweep import ReportError, baseline_of, load_sweep
+from zoo.train.report import ReportCallback, main, paired_difference, render_markdown, t_quantile, write_report
+from zoo.train.sweep import ReportError, baseline_of, load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 T_975_DF2 = 4.302652729749464  # Student t 0.975 quantile, 2 degrees of freedom (from tables)
@@ -178,12 +178,14 @@ def test_missing_path_and_empty_dir(tmp_path, capsys):
 
 
 def test_cli_exit_code(tmp_path, sweep_dir):
-    bad = subprocess.run([sys.executable, "-m", "zoo.report", str(tmp_path / "missing")], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "zoo.train.report", str(tmp_path / "missing")], capture_output=True, text=True)
     assert bad.returncode != 0
     assert bad.stderr.strip().count("\n") == 0 and "missing" in bad.stderr and "Traceback" not in bad.stderr
-    good = subprocess.run([sys.executable, "-m", "zoo.report", str(sweep_dir), "--no-plot"], capture_output=True, text=True)
+    good = subprocess.run([sys.executable, "-m", "zoo.train.report", str(sweep_dir), "--no-plot"], capture_output=True, text=True)
     assert good.returncode == 0, good.stderr
     assert (sweep_dir / "comparison.md").is_file() and not (sweep_dir / "comparison.png").exists()
+    old_name = subprocess.run([sys.executable, "-m", "zoo.report", str(sweep_dir), "--no-plot"], capture_output=True, text=True)
+    assert old_name.returncode == 0 and "comparison.md" in old_name.stdout, old_name.stderr
 
 
 def test_callback_writes_report(sweep_dir, tmp_path, caplog):
@@ -225,7 +227,7 @@ def test_callback_runs_at_the_end_of_a_real_multirun(tmp_path):
     (tmp_path / "app.py").write_text(APP)
     # Microseconds in the sweep dir: the callback must see the dir the jobs were written to.
     cfg = {"drop_path_rate": 0.0, "seed": 0,
-           "hydra": {"callbacks": {"report": {"_target_": "zoo.report.ReportCallback"}},
+           "hydra": {"callbacks": {"report": {"_target_": "zoo.train.report.ReportCallback"}},
                      "sweep": {"dir": str(tmp_path / "multirun" / "${now:%H-%M-%S-%f}")}}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     done = subprocess.run([sys.executable, "app.py", "-m", "drop_path_rate=0,0.1", "seed=0,1"],
@@ -278,7 +280,7 @@ def test_micro_sweep_through_train_py(tmp_path):
            "drop_path_rate=0,0.1", "seed=0,1", "device=cpu", f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (sweep / "comparison.md").is_file(), "no comparison.md: is zoo.report.ReportCallback under hydra.callbacks?"
+    assert (sweep / "comparison.md").is_file(), "no comparison.md: is zoo.train.report.ReportCallback under hydra.callbacks?"
     md = (sweep / "comparison.md").read_text()
     assert (sweep / "comparison.png").stat().st_size > 0
     rows = [line for line in md.splitlines() if line.startswith("| `")]

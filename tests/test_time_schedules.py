@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from zoo.layers import DropPath, DropPathBlock, block_drop_path_rates, set_block_drop_path_rates
-from zoo.time_schedules import EARLY_MODES, TIME_SCHEDULES, time_factor
+import zoo
+from zoo.layers import EARLY_MODES, TIME_SCHEDULES, DropPath, DropPathBlock, block_drop_path_rates, set_drop_path_factor, time_factor
 
 CUTOFF = 4.0
 EPOCHS = range(8)
@@ -116,7 +116,7 @@ def test_rate_change_does_not_recompile():
     graphs = backend.graphs
     assert graphs >= 1
     for step, factor in enumerate([0.9, 0.5, 0.25, 0.01, 0.7]):  # what a time schedule does each step
-        set_block_drop_path_rates(model, [0.1 * factor, 0.2 * factor])
+        set_drop_path_factor(model, factor)
         model.drop.drop_prob = 0.3 * factor
         compiled(x)
         assert block_drop_path_rates(model) == pytest.approx([0.1 * factor, 0.2 * factor])
@@ -124,10 +124,28 @@ def test_rate_change_does_not_recompile():
 
     # The compiled graph reads the new rate rather than a constant baked in at the first call:
     # at rate 1 every branch and the outer DropPath drop everything.
-    set_block_drop_path_rates(model, [1.0, 1.0])
+    for block in model.blocks:
+        block.drop_path.drop_prob = 1.0
     model.drop.drop_prob = 1.0
     assert torch.equal(compiled(x), torch.zeros_like(x))
-    set_block_drop_path_rates(model, [1.0, 1.0])
     model.drop.drop_prob = 1e-7  # keeps (almost) surely, scale 1 / (1 - 1e-7)
     assert torch.allclose(compiled(x), x, atol=1e-5)
     assert backend.graphs == graphs
+
+
+def test_the_model_owns_its_factor():
+    """set_drop_path_factor scales the rates the model was built with (not the ones installed now),
+    so factors do not compound and 1.0 restores the built rates; a bad factor is refused."""
+    model = zoo.create_model("resnet8", drop_path_rate=0.3)
+    built = model.drop_path_rates()
+    assert built == pytest.approx([0.0, 0.15, 0.3])
+    model.set_drop_path_factor(0.5)
+    model.set_drop_path_factor(0.5)
+    assert model.drop_path_rates() == pytest.approx([0.0, 0.075, 0.15]) and model.drop_path_factor == 0.5
+    model.set_drop_path_factor(0.0)
+    assert model.drop_path_rates() == [0.0, 0.0, 0.0]
+    model.set_drop_path_factor(1.0)
+    assert model.drop_path_rates() == pytest.approx(built)
+    with pytest.raises(ValueError, match=r"drop_path_factor must be in \[0, 1\], got 1.5"):
+        model.set_drop_path_factor(1.5)
+    assert model.drop_path_rates() == pytest.approx(built)

@@ -14,13 +14,15 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import train
 import zoo
-from zoo.checkpoint import load_checkpoint, load_model_state, resumed_config, save_checkpoint
-from zoo.engine import LossWatch, Meter, derive_seed, lr_at
-from zoo.errors import CheckpointError, ConfigError, TrainingDiverged
-from zoo.validate import validate_config
-from zoo.interrupt import StopOnSignal, TrainingInterrupted
+from zoo.train import loop
+from zoo.train.batches import derive_seed
+from zoo.train.checkpoint import load_checkpoint, load_model_state, resumed_config, save_checkpoint
+from zoo.train.config import validate_config
+from zoo.train.errors import CheckpointError, ConfigError, TrainingDiverged
+from zoo.train.interrupt import StopOnSignal, TrainingInterrupted
+from zoo.train.optim import lr_at
+from zoo.train.step import LossWatch, Meter
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING = ("epoch_seconds", "images_per_second")
@@ -130,16 +132,19 @@ def test_resume_refuses_overrides_that_change_the_run():
     assert same.epochs == 2 and same.device == "cpu" and same.resume == "/runs/x"
 
 
-def test_resume_of_a_run_saved_before_a_key_existed():
-    """A checkpoint from before retain_freed_memory existed resumes with today's default for it."""
-    cfg = compose_train("model=resnet8", "resume=/runs/x", "retain_freed_memory=false")
+def test_resume_of_a_run_saved_before_a_key_existed_or_after_one_was_removed():
+    """A checkpoint from before drop_path_skip_draw existed resumes with today's default for it (or the
+    command line's value); a key saved by an older version that no longer exists is dropped."""
     old = OmegaConf.to_container(compose_train("model=resnet8", "epochs=2"))
-    del old["retain_freed_memory"]
-    resumed = resumed_config(cfg, {"config": old, "path": "/runs/x/last.pt"}, ["resume=/runs/x", "retain_freed_memory=false"])
+    del old["drop_path_skip_draw"]
+    old["retain_freed_memory"] = True
+    state = {"config": old, "path": "/runs/x/last.pt"}
+    resumed = resumed_config(compose_train("model=resnet8", "resume=/runs/x"), state)
     validate_config(resumed)
-    assert resumed.epochs == 2 and resumed.retain_freed_memory is False
-    resumed = resumed_config(compose_train("model=resnet8", "resume=/runs/x"), {"config": old, "path": "/runs/x/last.pt"})
-    assert resumed.retain_freed_memory is True
+    assert resumed.epochs == 2 and resumed.drop_path_skip_draw == "auto" and "retain_freed_memory" not in resumed
+    cfg = compose_train("model=resnet8", "resume=/runs/x", "drop_path_skip_draw=fixed")
+    resumed = resumed_config(cfg, state, ["resume=/runs/x", "drop_path_skip_draw=fixed"])
+    assert resumed.drop_path_skip_draw == "fixed"
 
 
 # --- training runs (in process) -------------------------------------------------------------------
@@ -165,18 +170,18 @@ class StopAfter(StopOnSignal):
 def test_resume_mid_epoch_ends_like_an_uninterrupted_run(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
     # ramp: the drop path rate changes every step, so the resumed run must restore it too.
     overrides = small(cifar10_archive, cifar10_cache, "drop_path_time_schedule=ramp", "drop_path_time_cutoff=2")
-    full = train.train(compose_train(*overrides), tmp_path / "full")
+    full = loop.train(compose_train(*overrides), tmp_path / "full")
     expected = rows(tmp_path / "full")
     assert [r["drop_path_rate"] for r in expected] == pytest.approx([0.1 * 0.75 / 2, 0.1 * 1.75 / 2])
 
     StopAfter.n = 6  # epoch 2, after its first step
-    monkeypatch.setattr(train, "StopOnSignal", StopAfter)
+    monkeypatch.setattr(loop, "StopOnSignal", StopAfter)
     with pytest.raises(TrainingInterrupted, match="at epoch 2 step 1") as info:
-        train.train(compose_train(*overrides), tmp_path / "cut")
+        loop.train(compose_train(*overrides), tmp_path / "cut")
     assert info.value.exit_code == 143
     assert load_checkpoint(tmp_path / "cut")["step"] == 1
     monkeypatch.undo()
-    resumed = train.train(compose_train(*overrides, f"resume={tmp_path / 'cut'}"), tmp_path / "ignored",
+    resumed = loop.train(compose_train(*overrides, f"resume={tmp_path / 'cut'}"), tmp_path / "ignored",
                           overrides=(f"resume={tmp_path / 'cut'}",))
     assert without_timing(rows(tmp_path / "cut")) == without_timing(expected)
     assert resumed["final_test_acc"] == full["final_test_acc"]
@@ -187,10 +192,10 @@ def test_resume_mid_epoch_ends_like_an_uninterrupted_run(tmp_path, monkeypatch, 
 
 def test_a_run_dir_holding_a_run_is_not_overwritten(tmp_path, cifar10_archive, cifar10_cache):
     cfg = compose_train(*small(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64", "data.test_subset=10"))
-    train.train(cfg, tmp_path)
+    loop.train(cfg, tmp_path)
     before = (tmp_path / "last.pt").read_bytes()
     with pytest.raises(ConfigError, match="already holds a run; continue it with resume="):
-        train.train(cfg, tmp_path)
+        loop.train(cfg, tmp_path)
     assert (tmp_path / "last.pt").read_bytes() == before
 
 
@@ -239,3 +244,17 @@ def test_two_process_torchrun(tmp_path, cifar10_archive, cifar10_cache):
     (row,) = rows(run_dir)
     assert 0.0 <= row["test_acc"] <= 1.0 and row["images_per_second"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # rank 1 wrote nothing
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_a_sweep_in_parallel(tmp_path, cifar10_archive, cifar10_cache):
+    """hydra/launcher=joblib pickles the task into worker processes (it could not while the loop
+    lived in train.py's __main__); two seeds run at once and the report is written."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    out = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "experiment=cpu_smoke", "data=cifar10_folder",
+                  f"data.path={cifar10_archive}", f"data.cache_dir={cifar10_cache}", "data.subset=200",
+                  "data.test_subset=100", "seed=0,1", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for job in ("0", "1"):
+        assert json.loads((tmp_path / job / "summary.json").read_text())["model"] == "resnet8"
+    assert (tmp_path / "comparison.md").is_file()

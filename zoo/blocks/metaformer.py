@@ -36,6 +36,7 @@ class MetaFormerBlock(DropPathBlock):
         res_scale_init_value: ResScale on both shortcuts with this init; None: off.
         num_tokens: H * W of the input maps; needed by the "random" mixer only.
         norm_eps: LayerNorm epsilon.
+        drop_path_skip_draw: how skip mode picks the kept samples: "auto", "bernoulli" or "fixed".
     """
 
     def __init__(
@@ -50,8 +51,9 @@ class MetaFormerBlock(DropPathBlock):
         res_scale_init_value: float | None = None,
         num_tokens: int | None = None,
         norm_eps: float = 1e-6,
+        drop_path_skip_draw: str = "auto",
     ):
-        super().__init__(drop_path, drop_path_mode)  # the MLP branch is never cheap
+        super().__init__(drop_path, drop_path_mode, drop_path_skip_draw=drop_path_skip_draw)  # the MLP is never cheap
         self.norm1 = LayerNorm(dim, eps=norm_eps)
         self.token_mixer = create_token_mixer(token_mixer, dim, num_tokens)
         self.layer_scale1 = make_scale(LayerScale, dim, layer_scale_init_value)
@@ -62,7 +64,7 @@ class MetaFormerBlock(DropPathBlock):
         self.res_scale2 = make_scale(ResScale, dim, res_scale_init_value)
         # "auto" may pick skip for the MLP but not for a mixer too cheap to repay the gather and scatter.
         cheap_mixer = bool(getattr(self.token_mixer, "cheap", False))
-        self.mixer_skip = resolve_skip(drop_path_mode, self.drop_path_rate, cheap_branch=cheap_mixer)
+        self.mixer_skip = resolve_skip(drop_path_mode, self.base_drop_path, cheap_branch=cheap_mixer)
 
     def mixer_branch(self, x: Tensor) -> Tensor:
         return self.layer_scale1(self.token_mixer(self.norm1(x)))

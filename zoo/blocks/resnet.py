@@ -56,7 +56,7 @@ class _ResidualConvBlock(DropPathBlock):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.residual(self.shortcut(x), x, self.branch, relu=True)
+        return torch.relu(self.residual(self.shortcut(x), x, self.branch))
 
 
 class BasicBlock(_ResidualConvBlock):
@@ -69,6 +69,7 @@ class BasicBlock(_ResidualConvBlock):
         drop_path: this block's drop path rate.
         drop_path_mode: "mask", "skip" (branch on kept samples only) or "auto".
         shortcut: "A" (zero-pad, the CIFAR ResNets') or "B" (1x1 conv) where the shape changes.
+        drop_path_skip_draw: how skip mode picks the kept samples: "auto", "bernoulli" or "fixed".
     """
 
     expansion = 1
@@ -81,8 +82,9 @@ class BasicBlock(_ResidualConvBlock):
         drop_path: float = 0.0,
         drop_path_mode: str = "mask",
         shortcut: str = "A",
+        drop_path_skip_draw: str = "auto",
     ):
-        super().__init__(drop_path, drop_path_mode)
+        super().__init__(drop_path, drop_path_mode, drop_path_skip_draw=drop_path_skip_draw)
         self.conv_bn1 = conv_bn(in_chs, out_chs, 3, stride)
         self.conv_bn2 = conv_bn(out_chs, out_chs, 3)
         self.shortcut = make_shortcut(in_chs, out_chs, stride, shortcut)
@@ -97,7 +99,7 @@ class Bottleneck(_ResidualConvBlock):
     Args:
         in_chs: input channels.
         width: the inner width; the block outputs ``width * 4`` channels.
-        stride, drop_path, drop_path_mode, shortcut: as in :class:`BasicBlock`.
+        stride, drop_path, drop_path_mode, shortcut, drop_path_skip_draw: as in :class:`BasicBlock`.
     """
 
     expansion = 4
@@ -110,8 +112,9 @@ class Bottleneck(_ResidualConvBlock):
         drop_path: float = 0.0,
         drop_path_mode: str = "mask",
         shortcut: str = "B",
+        drop_path_skip_draw: str = "auto",
     ):
-        super().__init__(drop_path, drop_path_mode)
+        super().__init__(drop_path, drop_path_mode, drop_path_skip_draw=drop_path_skip_draw)
         out_chs = width * self.expansion
         self.conv_bn1 = conv_bn(in_chs, width, 1)
         self.conv_bn2 = conv_bn(width, width, 3, stride)

@@ -1,25 +1,34 @@
-"""Layers: DropPath and its residual forms, depth schedules, and the pieces blocks are built from."""
+"""Layers: DropPath and its residual forms, drop path schedules, and the pieces blocks are built from."""
 
 from .drop import (
     DRAW_MODES,
+    SKIP_DRAWS,
     DropPath,
-    can_overwrite,
     check_drop_prob,
+    check_skip_draw,
     drop_path,
     drop_path_add,
     drop_path_skip_add,
     keep_mask,
-    residual_add,
 )
 from .residual import (
     DROP_PATH_MODES,
     DropPathBlock,
     block_drop_path_rates,
     check_drop_path_mode,
+    drop_path_blocks,
     resolve_skip,
-    set_block_drop_path_rates,
+    set_drop_path_factor,
 )
-from .schedules import DEPTH_SCHEDULES, check_depth_schedule, drop_path_rates
+from .schedules import (
+    DEPTH_SCHEDULES,
+    EARLY_MODES,
+    TIME_SCHEDULES,
+    check_depth_schedule,
+    check_time_schedule,
+    drop_path_rates,
+    time_factor,
+)
 from .mlp import ACT_LAYERS, Mlp, StarReLU, create_act_layer
 from .norm import LayerNorm, LayerNorm2d
 from .scale import LayerScale, ResScale, Scale, make_scale

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..layers import block_drop_path_rates
+from ..layers import block_drop_path_rates, set_drop_path_factor
 
 
 class ZooModel(nn.Module):
@@ -16,6 +16,7 @@ class ZooModel(nn.Module):
     """
 
     depths: tuple[int, ...]
+    drop_path_factor: float = 1.0  # set by set_drop_path_factor
     num_classes: int
     num_features: int
     head: nn.Module
@@ -39,3 +40,12 @@ class ZooModel(nn.Module):
     def drop_path_rates(self) -> list[float]:
         """The per-block drop path rates installed now, in forward order (a flat list)."""
         return block_drop_path_rates(self)
+
+    def set_drop_path_factor(self, factor: float) -> None:
+        """Install ``factor`` (in [0, 1]) times every block's built rate: what a training-time
+        schedule (:func:`zoo.layers.time_factor`) sets as training goes. The built rates are kept, so
+        ``set_drop_path_factor(1.0)`` restores them. Under torch.compile a new factor is a buffer
+        write, not a recompile (except for skip mode's fixed draw, whose kept count changes)."""
+        if factor != self.drop_path_factor:  # a schedule asks every step; the blocks change when it moves
+            set_drop_path_factor(self, factor)
+            self.drop_path_factor = factor

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .._registry import register_model
 from ..blocks.metaformer import MetaFormerBlock
-from ..layers import LayerNorm, check_drop_path_mode, drop_path_rates
+from ..layers import LayerNorm, check_drop_path_mode, check_skip_draw, drop_path_rates
 from ..layers.mixers import TokenMixer, check_token_mixer
 from ..layers.mlp import check_act_layer
 from ._base import ZooModel
@@ -92,6 +92,7 @@ class MetaFormerStage(nn.Module):
         drop_path_mode: str = "mask",
         layer_scale_init_value: float | None = None,
         res_scale_init_value: float | None = None,
+        drop_path_skip_draw: str = "auto",
     ):
         super().__init__()
         self.downsample = Downsample(in_dim, dim) if downsample else nn.Identity()
@@ -100,6 +101,7 @@ class MetaFormerStage(nn.Module):
                 MetaFormerBlock(
                     dim, token_mixer, mlp_ratio, mlp_act, rate, drop_path_mode,
                     layer_scale_init_value, res_scale_init_value, num_tokens,
+                    drop_path_skip_draw=drop_path_skip_draw,
                 )
                 for rate in drop_path_rates
             )
@@ -129,6 +131,8 @@ class MetaFormer(ZooModel):
         drop_path_mode: "mask", "skip" (branches run on kept samples only) or "auto".
         layer_scale_init_values: LayerScale init per stage; None turns it off.
         res_scale_init_values: ResScale init per stage; None turns it off (the paper: stages 3-4).
+        drop_path_skip_draw: how skip mode picks the kept samples: "auto", "bernoulli" or "fixed"
+            (see :func:`zoo.layers.drop_path_skip_add`).
     """
 
     def __init__(
@@ -147,6 +151,7 @@ class MetaFormer(ZooModel):
         drop_path_mode: str = "mask",
         layer_scale_init_values: float | None | Sequence[float | None] = None,
         res_scale_init_values: float | None | Sequence[float | None] = (None, None, 1.0, 1.0),
+        drop_path_skip_draw: str = "auto",
     ):
         super().__init__()
         # Check and broadcast everything first, so a bad argument fails before anything is built.
@@ -164,6 +169,7 @@ class MetaFormer(ZooModel):
         res_scales = per_stage(res_scale_init_values, n, "res_scale_init_values")
         check_act_layer(mlp_act, "mlp_act")
         check_drop_path_mode(drop_path_mode)
+        check_skip_draw(drop_path_skip_draw)
         if isinstance(stem_stride, bool) or not isinstance(stem_stride, int) or stem_stride < 1:
             raise ValueError(f"stem_stride must be a positive int, got {stem_stride!r}")
         if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
@@ -179,7 +185,7 @@ class MetaFormer(ZooModel):
             *(
                 MetaFormerStage(
                     dims[max(i - 1, 0)], dims[i], rates[i], token_mixers[i], i > 0, sizes[i] ** 2,
-                    mlp_ratios[i], mlp_act, drop_path_mode, layer_scales[i], res_scales[i],
+                    mlp_ratios[i], mlp_act, drop_path_mode, layer_scales[i], res_scales[i], drop_path_skip_draw,
                 )
                 for i in range(n)
             )

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .._registry import register_model
 from ..blocks.resnet import BasicBlock, Bottleneck
-from ..layers import drop_path_rates
+from ..layers import check_drop_path_mode, check_skip_draw, drop_path_rates
 from ._base import ZooModel
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -33,10 +33,13 @@ class ResNetStage(nn.Sequential):
         drop_path_rates: Sequence[float],
         drop_path_mode: str = "mask",
         shortcut: str = "A",
+        drop_path_skip_draw: str = "auto",
     ):
         blocks = []
         for i, rate in enumerate(drop_path_rates):
-            blocks.append(block(in_chs, width, stride if i == 0 else 1, rate, drop_path_mode, shortcut))
+            blocks.append(
+                block(in_chs, width, stride if i == 0 else 1, rate, drop_path_mode, shortcut, drop_path_skip_draw)
+            )
             in_chs = width * block.expansion
         super().__init__(*blocks)
 
@@ -57,6 +60,8 @@ class ResNetCifar(ZooModel):
         zero_init_last: start every branch's last BatchNorm at gamma = 0, so each block starts as
             its shortcut (timm's default). Without it resnet1202 at initialisation overflows in
             eval mode; set False for the exact initialisation of He et al.
+        drop_path_skip_draw: how skip mode picks the kept samples: "auto", "bernoulli" or "fixed"
+            (see :func:`zoo.layers.drop_path_skip_add`).
     """
 
     def __init__(
@@ -71,8 +76,11 @@ class ResNetCifar(ZooModel):
         drop_path_mode: str = "mask",
         shortcut: str = "A",
         zero_init_last: bool = True,
+        drop_path_skip_draw: str = "auto",
     ):
         super().__init__()
+        check_drop_path_mode(drop_path_mode)
+        check_skip_draw(drop_path_skip_draw)
         if block not in BLOCKS:
             raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {block!r}")
         if len(depths) != len(widths):
@@ -86,7 +94,9 @@ class ResNetCifar(ZooModel):
         stages, in_chs = [], widths[0]
         for i, (width, stage_rates) in enumerate(zip(widths, rates)):
             stride = 1 if i == 0 else 2
-            stages.append(ResNetStage(block_cls, in_chs, width, stride, stage_rates, drop_path_mode, shortcut))
+            stages.append(
+                ResNetStage(block_cls, in_chs, width, stride, stage_rates, drop_path_mode, shortcut, drop_path_skip_draw)
+            )
             in_chs = width * block_cls.expansion
         self.stages = nn.Sequential(*stages)
         self.num_features = in_chs

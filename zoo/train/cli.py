@@ -1,20 +1,73 @@
-"""Command-line adjustments train.py makes before Hydra parses its arguments."""
+"""The command line of train.py: the checks and adjustments made before Hydra parses its arguments,
+and the Hydra task itself (:func:`run`), which lives here so that a launcher plugin can pickle it."""
 
 from __future__ import annotations
 
 import difflib
 import os
 import re
+import signal
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError
+from .errors import ConfigError, ZooError
 
 # Config groups a user picks with ``group=<file name>`` (configs/<group>/<name>.yaml).
 CONFIG_GROUPS = ("model", "data", "optim", "sched", "experiment")
 _SIMPLE = re.compile(r"[A-Za-z0-9_./-]+")
+# Keys that existed once, and what to do instead.
+REMOVED_KEYS = {
+    "retain_freed_memory": "zoo no longer changes malloc's settings; set MALLOC_MMAP_THRESHOLD_ and "
+    "MALLOC_TRIM_THRESHOLD_ in the environment for the same effect",
+}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The Hydra task: train in this job's output dir and print one closing line. A user's mistake
+    (:class:`ZooError`) is one line on stderr and exit 2; a signal stops at a step boundary, saved,
+    with exit 128 + the signal number."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from . import distributed as dist
+    from .interrupt import TrainingInterrupted
+    from .loop import train
+
+    hc = HydraConfig.get()
+    try:
+        s = train(cfg, hc.runtime.output_dir, tuple(hc.overrides.task))
+    except ZooError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except TrainingInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before the loop's handler is set, or a second Ctrl-C inside it
+        print("interrupted: stopped at once by Ctrl-C; the last checkpoint saved (if any) is intact", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    finally:
+        dist.cleanup()
+    if int(os.environ.get("RANK", "0")) == 0:
+        world = f" x{s['world_size']}" if s["world_size"] > 1 else ""
+        print(
+            f"done: {s['model']} test_acc={s['final_test_acc']:.4f} best={s['best_test_acc']:.4f} "
+            f"epochs={s['epochs']} in {s['wall_seconds_last_invocation']:.1f}s ({s['device']}{world})"
+        )
+    return s
+
+
+def prepare_argv(argv: list[str], config_dir: str | os.PathLike) -> list[str]:
+    """``argv`` checked (:func:`check_overrides`: a mistake exits 2 with one line) and adjusted for
+    Hydra (:func:`hydra_argv`)."""
+    try:
+        check_overrides(argv, config_dir)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return hydra_argv(argv)
 
 
 def _quote(value: str) -> str:
@@ -108,6 +161,8 @@ def check_overrides(argv: list[str], config_dir: str | os.PathLike) -> None:
             continue
         top, inner = known = known or _known_keys(config_dir)
         head, _, rest = key.partition(".")
+        if head in REMOVED_KEYS:
+            raise ConfigError(f"{head} was removed: {REMOVED_KEYS[head]}")
         if head not in top and head not in CONFIG_GROUPS:
             raise ConfigError(f"unknown key {key!r}{_hint(head, top)} (to add a new key: +{arg})")
         if head in CONFIG_GROUPS and head != "experiment" and rest:

@@ -18,7 +18,7 @@ METRIC_KEYS = (
 def versions() -> dict[str, str | None]:
     import torchvision
 
-    from . import __version__
+    from .. import __version__
 
     return {
         "python": platform.python_version(),

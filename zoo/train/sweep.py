@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from .config import flatten
 from .errors import ZooError
 
 SEED_KEY = "seed"
@@ -139,16 +140,6 @@ def override_pairs(overrides: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"name": "x"}}`` -> ``{"model.name": "x"}``."""
-    if isinstance(node, dict) and node:
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: node} if prefix else {}
-
-
 def _load_yaml(path: Path) -> Any:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
 
@@ -201,7 +192,7 @@ def load_run(path: Path, root: Path) -> Run:
     hydra_dir = path / ".hydra"
     overrides = _load_yaml(hydra_dir / "overrides.yaml") if (hydra_dir / "overrides.yaml").is_file() else None
     config_file = hydra_dir / "config.yaml" if (hydra_dir / "config.yaml").is_file() else path / "config.yaml"
-    config = _flatten(_load_yaml(config_file)) if config_file.is_file() else {}
+    config = flatten(_load_yaml(config_file)) if config_file.is_file() else {}
     metrics, bad = _read_metrics(path / "metrics.jsonl")
     summary_file = path / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .config import flatten
 from .errors import CheckpointError
 
 CHECKPOINT_NAME = "last.pt"
@@ -128,34 +129,28 @@ def load_model_state(model: torch.nn.Module, state: dict[str, Any]) -> None:
 
 
 # Keys a resumed run may change: where it runs and where the data lies, not what it computes.
-RESUME_FREE_KEYS = (
-    "resume", "device", "amp", "channels_last", "compile", "retain_freed_memory", "data.path", "data.cache_dir", "data.root",
-)
+RESUME_FREE_KEYS = ("resume", "device", "amp", "channels_last", "compile", "data.path", "data.cache_dir", "data.root")
+# Keys older versions saved that no longer exist: a resumed run drops them.
+REMOVED_KEYS = ("retain_freed_memory",)
 
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: node}
 
 
 def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: Sequence[str] = ()) -> DictConfig:
     """The config a resumed run continues with: the checkpoint's own, plus the command line's
     ``RESUME_FREE_KEYS``. Any other override that changes the saved config is a CheckpointError
     (a different model, epochs or lr would silently make another run). Keys the project added after
-    the run was saved take today's value: they did not exist, so the run never chose one."""
-    saved = OmegaConf.merge(OmegaConf.to_container(cfg, resolve=True), state["config"])
+    the run was saved take today's value: they did not exist, so the run never chose one; keys it
+    saved that were removed since (``REMOVED_KEYS``) are dropped."""
+    old = {k: v for k, v in state["config"].items() if k not in REMOVED_KEYS}
+    saved = OmegaConf.merge(OmegaConf.to_container(cfg, resolve=True), old)
     keys = [o.lstrip("+~").partition("=")[0] for o in overrides]
     for key in keys:
         if key in RESUME_FREE_KEYS:
             OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
     checked = [k for k in keys if k not in RESUME_FREE_KEYS]
     if checked:
-        now = _flatten(OmegaConf.to_container(cfg, resolve=True))
-        then = _flatten(OmegaConf.to_container(saved, resolve=True))
+        now = flatten(OmegaConf.to_container(cfg, resolve=True))
+        then = flatten(OmegaConf.to_container(saved, resolve=True))
         # An experiment may set any key, so it is checked against the whole config; other overrides
         # only against the keys they name (``model=x`` names every model.* key).
         everything = "experiment" in checked

@@ -1,19 +1,48 @@
-"""Batched CIFAR augmentation and normalization on the training device (no per-image Python).
+"""Batches on the training device: the epoch's order, batched crops and flips, normalisation.
 
-The random numbers come from a CPU ``torch.Generator`` the caller seeds per step, so a batch's
-augmentation depends only on (seed, epoch, step): a resumed run, or a run on another device or
-number of ranks, draws exactly the same crops and flips.
+Every random number here comes from a CPU ``torch.Generator`` seeded from (seed, what, epoch, step),
+so a batch depends only on where it sits in training: a resumed run, or a run on another device or
+number of ranks, draws exactly the same images, crops and flips.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import MEAN, STD
+from .data import MEAN, STD, Split
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any tuple of values: the same parts always give the same seed."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def generator(*parts: object) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> tuple[Tensor, int]:
+    """This epoch's permutation of ``n`` images and its number of full batches (at least one)."""
+    perm = torch.randperm(n, generator=generator(seed, "perm", epoch))
+    return perm, max(1, n // batch_size)
+
+
+def train_batch(
+    data: Split, perm: Tensor, step: int, batch_size: int, seed: int, epoch: int, rank: int, world: int, channels_last: bool
+) -> tuple[Tensor, Tensor]:
+    """This rank's share of global batch ``step``: indices and augmentation drawn for the whole batch, so
+    one process or N processes see the same images and the same crops."""
+    idx = perm[step * batch_size : (step + 1) * batch_size]
+    params = augment_params(len(idx), generator(seed, "aug", epoch, step))
+    idx, params = idx[rank::world].to(data.images.device), params[:, rank::world].to(data.images.device)
+    images = crop_flip(data.images[idx], params)
+    return normalize(images, channels_last), data.labels[idx]
 
 
 def augment_params(n: int, generator: torch.Generator, pad: int = 4) -> Tensor:

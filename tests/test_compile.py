@@ -1,0 +1,138 @@
+"""torch.compile: every model in every drop path mode compiles (to one graph where the mode promises
+it), forward and backward, and a rate change does not recompile the mask forms.
+
+Most of these trace with the ``aot_eager`` backend: it runs Dynamo and AOT autograd (where graph
+breaks, data-dependent shapes and autograd tracing fail) without the minutes Inductor's C++ code
+generation takes on a 2-core CPU. The ``slow`` tests compile with Inductor itself.
+"""
+
+import pytest
+import torch
+import torch._dynamo.testing
+from torch import Tensor, nn
+
+import zoo
+from zoo.layers import DropPath, drop_path_add, drop_path_skip_add
+from zoo.models import ResNetCifar
+
+MODES = ("mask", "skip", "auto")
+
+
+def tiny_models() -> dict[str, callable]:
+    models = {name: (lambda name=name, **kw: zoo.create_model(name, **kw)) for name in zoo.list_models("*_tiny")}
+    models["resnet8"] = lambda **kw: zoo.create_model("resnet8", **kw)
+    models["bottleneck"] = lambda **kw: ResNetCifar(depths=(1, 1, 1), widths=(4, 8, 16), block="bottleneck", **kw)
+    return models
+
+
+TINY = tiny_models()
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def forward_backward(model: nn.Module, x: Tensor, seed: int) -> tuple[Tensor, list[Tensor]]:
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    out = model(x)
+    out.square().mean().backward()
+    return out.detach(), [p.grad for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_every_model_compiles_to_one_graph_in_every_mode(name, mode):
+    """Under compile, skip and auto use the fixed draw (static shapes, no sync): one graph, forward and
+    backward. For mask and skip with the fixed draw the compiled model matches eager for the same seed."""
+    torch.manual_seed(0)
+    model = TINY[name](drop_path_rate=0.5, drop_path_mode=mode, drop_path_skip_draw="fixed").train()
+    x = torch.randn(8, 3, 32, 32)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, fullgraph=True, dynamic=False)
+    for seed in (0, 1):
+        out, grads = forward_backward(compiled, x, seed)
+        ref, ref_grads = forward_backward(model, x, seed)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-4)
+    assert counter.frame_count == 1
+
+
+def test_bernoulli_skip_compiles_with_a_graph_break():
+    """The Bernoulli draw's kept count is data dependent: fullgraph=True refuses it, and with graph
+    breaks allowed it compiles and matches eager for the same seed."""
+    torch.manual_seed(0)
+    model = zoo.create_model("resnet8", drop_path_rate=0.5, drop_path_mode="skip", drop_path_skip_draw="bernoulli")
+    x = torch.randn(8, 3, 32, 32)
+    with pytest.raises(Exception, match="(?i)data.dependent|nonzero"):
+        torch.compile(model, backend="aot_eager", fullgraph=True)(x)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager")
+    out, _ = forward_backward(compiled, x, 3)
+    ref, _ = forward_backward(model, x, 3)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("form", ["mask", "fused", "skip"])
+def test_functional_forms_with_a_float_rate_trace_to_one_graph(form):
+    class Functional(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            if form == "mask":
+                return x + zoo.layers.drop_path(x.sin(), 0.4, training=True)
+            if form == "fused":
+                return drop_path_add(x, x.sin(), 0.4, training=True)
+            return drop_path_skip_add(x, x, torch.sin, 0.4, training=True)
+
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(Functional(), backend=counter, fullgraph=True)
+    x = torch.randn(8, 3, 5)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        out = compiled(x)
+        torch.manual_seed(seed)
+        ref = Functional()(x) if form != "skip" else drop_path_skip_add(x, x, torch.sin, 0.4, training=True, draw="fixed")
+        torch.testing.assert_close(out, ref)
+    assert counter.frame_count == 1
+
+
+def test_a_new_rate_in_the_fixed_draw_is_a_new_graph_but_a_new_mask_rate_is_not():
+    """What the DropPath docstring promises: the mask reads its rate from a buffer; the fixed draw's
+    kept count is a shape, so a rate that changes it compiles again."""
+    dp = DropPath(0.5, skip_draw="fixed").train()
+    x = torch.randn(8, 3)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
+    mask = torch.compile(lambda t: dp.add(t, t.sin()), backend=counter, fullgraph=True)
+    for p in (0.5, 0.3, 0.2):
+        dp.drop_prob = p
+        mask(x)
+    assert counter.frame_count == 1
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
+    skip = torch.compile(lambda t: dp.skip_add(t, t, torch.sin), backend=counter, fullgraph=True)
+    for p in (0.5, 0.5, 0.25):
+        dp.drop_prob = p
+        skip(x)
+    assert counter.frame_count == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, mode", [("resnet8", "skip"), ("convformer_tiny", "auto")])
+def test_inductor_compiles_training_steps(name, mode):
+    """The real compiler, forward and backward, fullgraph: a few training steps lower the loss."""
+    torch.manual_seed(0)
+    model = zoo.create_model(name, drop_path_rate=0.3, drop_path_mode=mode).train()
+    compiled = torch.compile(model, fullgraph=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    losses = []
+    for _ in range(6):
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(compiled(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]

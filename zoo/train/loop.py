@@ -1,0 +1,290 @@
+"""The training loop: set up (or resume) a run, then for each epoch ``train_one_epoch``, ``evaluate``,
+log and checkpoint.
+
+The whole uint8 dataset sits on the device; every random number of a step (batch order, crops and
+flips, drop path draws) is a function of (seed, epoch, step), so a run resumed from any step boundary
+ends exactly where an uninterrupted one does (same device, same seed).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm import tqdm
+
+from ..layers import time_factor
+from ..models import ZooModel
+from . import distributed as dist
+from .batches import derive_seed, epoch_batches, train_batch
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model_state, resumed_config, save_checkpoint, training_state
+from .config import build_model, validate_config
+from .data import Split, load_cifar10
+from .errors import ConfigError
+from .interrupt import StopOnSignal, TrainingInterrupted
+from .optim import build_optimizer, sched_lr
+from .runlog import RunLog, versions
+from .step import LossWatch, Meter, diverged, evaluate, finite_state, train_step
+
+log = logging.getLogger("train")
+EVAL_BATCH = 1000
+
+
+@dataclass
+class TrainState:
+    """What a run carries from set-up to its summary; built by :func:`setup`."""
+
+    cfg: DictConfig
+    ctx: dist.Context
+    run: RunLog
+    net: ZooModel  # the model itself: its weights are saved, its drop path factor set
+    model: nn.Module  # what a step calls: net, or its DDP and / or compiled wrapper
+    eval_model: nn.Module  # not the DDP wrapper: ranks may run different numbers of eval batches
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    train_data: Split
+    test_data: Split
+    data_source: str
+    amp: bool
+    channels_last: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    start_step: int = 0
+    meter: Meter = field(default_factory=Meter)  # the sums of the epoch under way when resumed mid-epoch
+    saved_any: bool = False
+    lr: float = 0.0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.train_data) // self.cfg.batch_size)
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.run.dir / CHECKPOINT_NAME
+
+
+def train(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run (or resume) the training ``cfg`` describes, writing into ``run_dir``; returns the summary."""
+    wall_start = time.perf_counter()
+    s = setup(cfg, run_dir, overrides)
+    with StopOnSignal() as stop:
+        for epoch in range(s.start_epoch, s.cfg.epochs):
+            meter = train_one_epoch(s, epoch, stop)
+            eval_start = time.perf_counter()
+            test_sums = evaluate(s.eval_model, s.test_data, EVAL_BATCH, s.amp, s.channels_last, s.ctx.rank, s.ctx.world)
+            row = epoch_row(s, epoch, meter, dist.all_sum(test_sums), time.perf_counter() - eval_start)
+            s.history.append(row)
+            save(s, epoch + 1, 0, Meter())
+            s.run.metrics(row)
+            log.info(epoch_line(row, s.cfg.epochs))
+    summary = make_summary(s, time.perf_counter() - wall_start)
+    s.run.summary(summary)
+    return summary
+
+
+def setup(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ()) -> TrainState:
+    """Check the config, join the processes, load the data and build the model and optimizer; with
+    ``cfg.resume``, continue that run in its own dir from its checkpoint."""
+    saved = None
+    if cfg.resume:
+        saved = load_checkpoint(cfg.resume)
+        cfg = resumed_config(cfg, saved, overrides)
+        run_dir = Path(saved["path"]).parent
+    validate_config(cfg)
+    ctx = dist.setup(cfg.device)
+    if cfg.batch_size < ctx.world:
+        raise ConfigError(f"batch_size={cfg.batch_size} is smaller than the {ctx.world} processes sharing each batch")
+    run = RunLog(run_dir, ctx.is_main)
+    if saved is None and (run.dir / CHECKPOINT_NAME).exists() and ctx.is_main:
+        raise ConfigError(f"{run.dir} already holds a run; continue it with resume={run.dir} or pick another hydra.run.dir")
+    amp, channels_last = device_settings(cfg, ctx.device)
+    train_data, test_data, source = load_data(cfg, ctx)
+    torch.manual_seed(cfg.seed)  # initialization
+    net = build_model(cfg).to(ctx.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    optimizer = build_optimizer(cfg, net)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    model, eval_model = wrap(net, cfg.compile, ctx.world)
+    s = TrainState(cfg, ctx, run, net, model, eval_model, optimizer, criterion, train_data, test_data, source, amp,
+                   channels_last)
+    if saved is not None:
+        restore(s, saved)
+    run.config(cfg)
+    run.restart_metrics(s.history)
+    log.info(
+        "%s: %.2fM params, %d train / %d test images, %d steps/epoch, %s x%d, amp=%s, channels_last=%s",
+        cfg.model.name, sum(p.numel() for p in net.parameters()) / 1e6, len(train_data), len(test_data),
+        s.steps_per_epoch, ctx.device, ctx.world, amp, channels_last,
+    )
+    return s
+
+
+def device_settings(cfg: DictConfig, device: torch.device) -> tuple[bool, bool]:
+    """(bf16 autocast, channels_last) for this device: ``auto`` means on CUDA only."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
+    amp = cuda if cfg.amp == "auto" else bool(cfg.amp)
+    channels_last = cuda if cfg.channels_last == "auto" else bool(cfg.channels_last)
+    return amp, channels_last
+
+
+def load_data(cfg: DictConfig, ctx: dist.Context) -> tuple[Split, Split, str]:
+    """Both splits on the training device. Rank 0 decodes (and caches) first, so N processes do not
+    decode the same archive at once."""
+    if not ctx.is_main:
+        dist.barrier()
+    data = load_cifar10(cfg.data)
+    if ctx.is_main:
+        dist.barrier()
+    return data.train.to(ctx.device), data.test.to(ctx.device), data.source
+
+
+def wrap(net: nn.Module, compile: bool, world: int) -> tuple[nn.Module, nn.Module]:
+    """What a training step and an evaluation call: DistributedDataParallel across processes, and
+    torch.compile when asked."""
+    model = nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    eval_model: nn.Module = net
+    if compile:
+        model = torch.compile(model)
+        eval_model = torch.compile(net) if world > 1 else model
+    return model, eval_model
+
+
+def restore(s: TrainState, saved: dict[str, Any]) -> None:
+    """Put a checkpoint's weights, optimizer state, history and position into a freshly set-up run."""
+    load_model_state(s.net, saved)
+    s.optimizer.load_state_dict(saved["optimizer"])
+    s.history, s.start_epoch, s.start_step = saved["history"], saved["epoch"], saved["step"]
+    if s.ctx.is_main:  # the saved sums are over all ranks already
+        s.meter = Meter(**saved["meter"])
+    s.saved_any = True
+    torch.set_rng_state(saved["rng"]["torch"])  # (each step reseeds from (seed, epoch, step) anyway)
+    log.info("resuming %s at epoch %d step %d", saved["path"], s.start_epoch + 1, s.start_step)
+
+
+def train_one_epoch(s: TrainState, epoch: int, stop: StopOnSignal) -> Meter:
+    """The steps of ``epoch`` (from the resumed step, in the epoch a run resumes in); stops at a step
+    boundary, saved, when a signal arrived. Returns the epoch's running sums on this rank."""
+    cfg, ctx, steps = s.cfg, s.ctx, s.steps_per_epoch
+    resumed = epoch == s.start_epoch
+    first, meter = (s.start_step, s.meter) if resumed else (0, Meter())
+    perm, _ = epoch_batches(len(s.train_data), cfg.batch_size, cfg.seed, epoch)
+    watch = LossWatch(meter, epoch, s.ckpt_path if s.saved_any else None)
+    bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if ctx.is_main else True,
+               leave=False, dynamic_ncols=True)
+    start = time.perf_counter()
+    for step in range(first, steps):
+        if dist.any_rank(stop.requested, ctx.device):
+            watch.flush()
+            bar.close()
+            meter.seconds += time.perf_counter() - start
+            save(s, epoch, step, meter)
+            raise interrupted(s, stop, epoch, step)
+        global_step = epoch * steps + step
+        s.net.set_drop_path_factor(time_factor(cfg.drop_path_time_schedule, global_step / steps,
+                                               cfg.drop_path_time_cutoff, cfg.drop_path_time_early_mode))
+        torch.manual_seed(derive_seed(cfg.seed, "drop", epoch, step, ctx.rank))  # the drop path draws
+        x, y = train_batch(s.train_data, perm, step, cfg.batch_size, cfg.seed, epoch, ctx.rank, ctx.world, s.channels_last)
+        s.lr = sched_lr(cfg, global_step, cfg.epochs * steps, steps)
+        loss, correct = train_step(s.model, s.optimizer, s.criterion, x, y, s.lr, s.amp)
+        watch.push(loss, correct, len(y), step)  # checks the previous step's loss, without a sync now
+        bar.update()
+        if step % 20 == 0 or step == steps - 1:
+            per_step = (time.perf_counter() - start) / (step + 1 - first)
+            bar.set_postfix(loss=f"{watch.last_loss:.3f}", acc=f"{watch.accuracy:.3f}", img_s=f"{cfg.batch_size / per_step:.0f}",
+                            run_eta=_hms((cfg.epochs * steps - global_step - 1) * per_step), refresh=False)
+    watch.flush()
+    bar.close()
+    meter.seconds += time.perf_counter() - start
+    return meter
+
+
+def save(s: TrainState, epoch: int, step: int, meter: Meter) -> None:
+    """Save last.pt at a step boundary (rank 0), with the epoch's running sums over all ranks.
+    Non-finite weights (a blow-up in the step after the last checked loss) never replace a good last.pt."""
+    if not finite_state(s.net):
+        where = f"after epoch {epoch}" if step == 0 else f"at epoch {epoch + 1} step {step}"
+        raise diverged(f"the weights became non-finite {where}", s.ckpt_path if s.saved_any else None)
+    sums = dist.all_sum(meter.sums(s.ctx.device))
+    if s.ctx.is_main:
+        summed = Meter(*sums.tolist(), seconds=meter.seconds)
+        config = OmegaConf.to_container(s.cfg, resolve=True)
+        save_checkpoint(training_state(s.net, s.optimizer, config, epoch, step, s.steps_per_epoch, summed, s.history),
+                        s.ckpt_path)
+    dist.barrier()
+    s.saved_any = True
+
+
+def interrupted(s: TrainState, stop: StopOnSignal, epoch: int, step: int) -> TrainingInterrupted:
+    signum = stop.signum or signal.SIGTERM  # None: another rank was signalled
+    return TrainingInterrupted(
+        f"{signal.Signals(signum).name} at epoch {epoch + 1} step {step}; saved {s.ckpt_path}; "
+        f"continue with: python train.py resume={s.run.dir}",
+        signum,
+    )
+
+
+def epoch_row(s: TrainState, epoch: int, meter: Meter, test_sums: torch.Tensor, eval_seconds: float) -> dict[str, Any]:
+    """The metrics.jsonl line of a finished epoch, summed over ranks."""
+    train_sums = dist.all_sum(meter.sums(s.ctx.device)).tolist()
+    test = test_sums.tolist()
+    return {
+        "epoch": epoch + 1,
+        "train_loss": train_sums[0] / train_sums[2],
+        "train_acc": train_sums[1] / train_sums[2],
+        "test_loss": test[0] / test[2],
+        "test_acc": test[1] / test[2],
+        "lr": s.lr,
+        "drop_path_rate": max(s.net.drop_path_rates(), default=0.0),
+        "epoch_seconds": meter.seconds + eval_seconds,
+        "images_per_second": train_sums[2] / max(meter.seconds, 1e-9),
+    }
+
+
+def make_summary(s: TrainState, wall_seconds: float) -> dict[str, Any]:
+    cfg, history = s.cfg, s.history
+    cuda = s.ctx.device.type == "cuda"
+    return {
+        "model": cfg.model.name,
+        "final_test_acc": history[-1]["test_acc"],
+        "best_test_acc": max(r["test_acc"] for r in history),
+        "params": sum(p.numel() for p in s.net.parameters()),
+        "total_seconds": sum(r["epoch_seconds"] for r in history),
+        "wall_seconds_last_invocation": wall_seconds,
+        "device": s.ctx.device.type,
+        "device_name": torch.cuda.get_device_name(s.ctx.device) if cuda else "cpu",
+        "world_size": s.ctx.world,
+        "versions": versions(),
+        "drop_path_rate": cfg.drop_path_rate,
+        "drop_path_schedule": cfg.drop_path_schedule,
+        "drop_path_mode": cfg.drop_path_mode,
+        "drop_path_time_schedule": cfg.drop_path_time_schedule,
+        "seed": cfg.seed,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "images_per_second": history[-1]["images_per_second"],
+        "data": s.data_source,
+        "train_images": len(s.train_data),
+        "test_images": len(s.test_data),
+    }
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
+    return (
+        f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}  "
+        f"test_loss {row['test_loss']:.4f}  test_acc {row['test_acc']:.4f}  lr {row['lr']:.4g}  "
+        f"drop_path {row['drop_path_rate']:.3f}  {row['epoch_seconds']:.1f}s  {row['images_per_second']:.0f} img/s"
+    )

@@ -1,0 +1,134 @@
+"""One training step, one evaluation pass, and the checks around them: a loss watched one step late
+(no sync), running sums a checkpoint can carry, the error for a run that diverged."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .batches import normalize
+from .data import Split
+from .errors import TrainingDiverged
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    lr: float,
+    amp: bool,
+) -> tuple[Tensor, Tensor]:
+    """One SGD/AdamW step at learning rate ``lr``; returns the loss and the number correct (device tensors, no sync)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast(x.device, amp):
+        logits = model(x)
+        loss = criterion(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), (logits.argmax(1) == y).sum()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Split, batch_size: int, amp: bool, channels_last: bool, rank: int = 0, world: int = 1) -> Tensor:
+    """Sums over this rank's share of ``data``: a float64 tensor (loss sum, correct, count). Plain cross entropy."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=data.images.device)
+    idx_all = torch.arange(rank, len(data), world, device=data.images.device)
+    for start in range(0, len(idx_all), batch_size):
+        idx = idx_all[start : start + batch_size]
+        x, y = normalize(data.images[idx], channels_last), data.labels[idx]
+        with autocast(x.device, amp):
+            logits = model(x).float()
+        sums[0] += nn.functional.cross_entropy(logits, y, reduction="sum")
+        sums[1] += (logits.argmax(1) == y).sum()
+        sums[2] += len(idx)
+    model.train(was_training)
+    return sums
+
+
+@dataclass
+class Meter:
+    """Running sums of one epoch on this rank; plain floats so a checkpoint can carry them."""
+
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    count: float = 0.0
+    seconds: float = 0.0
+
+    def state_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def sums(self, device: torch.device) -> Tensor:
+        """(loss sum, correct, count) as a float64 tensor, for summing over ranks without rounding."""
+        return torch.tensor([self.loss_sum, self.correct, self.count], dtype=torch.float64, device=device)
+
+
+class LossWatch:
+    """Adds each step's loss to a :class:`Meter` one step late: reading the loss of the step before
+    the one just queued checks it for NaN/inf every step without stalling the device pipeline.
+
+    Args:
+        meter: the epoch's running sums.
+        epoch: 0-based epoch, for the error message.
+        last_checkpoint: the checkpoint a diverged run can go back to (None: none saved yet).
+    """
+
+    def __init__(self, meter: Meter, epoch: int, last_checkpoint: object | None):
+        self.meter, self.epoch, self.last_checkpoint = meter, epoch, last_checkpoint
+        self.pending: tuple[Tensor, Tensor, int, int] | None = None
+        self.last_loss = math.nan
+
+    @property
+    def accuracy(self) -> float:
+        return self.meter.correct / max(1.0, self.meter.count)
+
+    def push(self, loss: Tensor, correct: Tensor, n: int, step: int) -> None:
+        previous, self.pending = self.pending, (loss, correct, n, step)
+        if previous is not None:
+            self._take(*previous)
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            self._take(*self.pending)
+            self.pending = None
+
+    def _take(self, loss: Tensor, correct: Tensor, n: int, step: int) -> None:
+        value = loss.item()
+        if not math.isfinite(value):
+            raise diverged(f"the training loss became {value} at epoch {self.epoch + 1} step {step}", self.last_checkpoint)
+        self.meter.loss_sum += value * n
+        self.meter.correct += float(correct.item())
+        self.meter.count += n
+        self.last_loss = value
+
+
+def diverged(what: str, last_checkpoint: object | None) -> TrainingDiverged:
+    """The error for a run that went non-finite: what happened where, and the checkpoint it can go back to."""
+    if last_checkpoint is None:
+        return TrainingDiverged(f"{what}; last good checkpoint: none (no epoch had finished); lower lr or change the recipe")
+    return TrainingDiverged(
+        f"{what}; last good checkpoint: {last_checkpoint} (resuming it repeats the same steps: "
+        "start a new run with a lower lr or another recipe)"
+    )
+
+
+@torch.no_grad()
+def finite_state(model: nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer is finite (one device sync)."""
+    sums = [t.float().sum() for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    return not sums or bool(torch.isfinite(torch.stack(sums)).all())
