@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from zoo.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoi
 from zoo.train.cli import check_overrides, hydra_argv
 from zoo.train.config import validate_config
 from zoo.train.data import CLASSES
-from zoo.train.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from zoo.train.errors import CheckpointError, CompileFailed, ConfigError, DataError, TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -156,6 +157,7 @@ def test_cli_config_mistakes_are_one_line(tmp_path):
     }
     for i, (override, line) in enumerate(cases.items()):
         assert one_error_line(run_cli(override, f"hydra.run.dir={tmp_path / str(i)}")).startswith(line), override
+        assert not (tmp_path / str(i)).exists(), "a run refused before it starts leaves nothing behind"
 
 
 def test_cli_data_mistakes_name_the_path(tmp_path):
@@ -171,7 +173,22 @@ def test_cli_data_mistakes_name_the_path(tmp_path):
     for i, (path, text) in enumerate(cases.items()):
         out = run_cli("experiment=cpu_smoke", "data=cifar10_folder", f"data.path={path}",
                       f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / str(i)}")
-        assert text in one_error_line(out), path
+        line = one_error_line(out)
+        assert text in line, path
+        if i == 0:  # found before Hydra starts: no run dir
+            assert not (tmp_path / "0").exists()
+        else:  # found while the run reads its data: its train.log ends with the same line
+            assert (tmp_path / str(i) / "train.log").read_text().strip().endswith(line)
+
+
+def test_a_run_without_a_network_leaves_no_data_dir(tmp_path):
+    """data=cifar10 downloads; when that fails the empty data dir it made is removed again. A proxy on
+    a closed local port makes the download fail at once whether or not the machine has a network."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+    out = subprocess.run([sys.executable, str(REPO / "train.py"), "model=resnet8", f"hydra.run.dir={tmp_path / 'run'}"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert "could not download CIFAR-10 into data.root='./data'" in one_error_line(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_data_problems_in_an_archive_name_the_member(tmp_path):
@@ -270,11 +287,11 @@ def poison(monkeypatch, at_call: int, weights: bool = False) -> list[int]:
 
 
 def test_nan_loss_stops_within_one_step_naming_the_last_checkpoint(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
-    calls = poison(monkeypatch, at_call=4 + 2)  # 4 steps per epoch: epoch 2, step 1 (0-based)
+    calls = poison(monkeypatch, at_call=4 + 2)  # 4 steps per epoch: epoch 2, its second step
     with pytest.raises(TrainingDiverged) as info:
         loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache)), tmp_path)
     assert str(info.value).startswith(
-        f"the training loss became nan at epoch 2 step 1; last good checkpoint: {tmp_path / CHECKPOINT_NAME}"
+        f"the training loss became nan at epoch 2 step 2; last good checkpoint: {tmp_path / CHECKPOINT_NAME}"
     )
     assert len(calls) <= 4 + 2 + 1  # at most one more step ran
     assert load_checkpoint(tmp_path)["epoch"] == 1  # the epoch-1 checkpoint is still there and whole
@@ -344,7 +361,7 @@ def test_signal_after_first_epoch_then_resume_matches(tmp_path, signum, uninterr
         proc.kill()
     assert proc.returncode == 128 + signum, err[-2000:]
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f"interrupted: {signal.Signals(signum).name} at epoch ")
+    assert re.match(rf"interrupted: {signal.Signals(signum).name} (in epoch [23] after step \d+ of 12|after epoch [12]); ", last), last
     assert last.endswith(f"saved {run_dir / CHECKPOINT_NAME}; continue with: python train.py resume={run_dir}")
     state = load_checkpoint(run_dir)
     assert (state["epoch"], state["step"]) >= (1, 0) and state["epoch"] < 3
@@ -379,3 +396,208 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path, uninterrupte
     assert load_checkpoint(run_dir)["epoch"] == 1  # the epoch-1 file, whole
     assert len(metrics(run_dir)) == 1
     resume_and_compare(run_dir, uninterrupted)
+
+
+# --- the second round (issue 17): full disks, stale temporaries, signals before the loop, compile
+# failures, runs sharing a dir ----------------------------------------------------------------------
+
+
+def small_disk(path: Path, size: str):
+    """A tmpfs of ``size`` mounted at ``path`` (root only); None where mounting is not allowed."""
+    path.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                           capture_output=True).returncode != 0:
+        return None
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size, kept", [("400k", "no earlier last.pt exists"), ("1000k", "the previous last.pt is intact")])
+def test_a_full_disk_during_a_save_is_one_line(tmp_path, size, kept, cifar10_archive, cifar10_cache):
+    """A real file system that fills up: 400 KB holds no checkpoint (633 KB); 1000 KB holds the first
+    but not a second beside it. One line, exit 2, no partial file, the previous checkpoint whole."""
+    disk = small_disk(tmp_path / "disk", size)
+    if disk is None:
+        pytest.skip("cannot mount a tmpfs here (not root, or no mount permission); the simulated test covers the code path")
+    try:
+        out = run_cli("experiment=cpu_smoke", "epochs=2", "data=cifar10_folder", f"data.path={cifar10_archive}",
+                      f"data.cache_dir={cifar10_cache}", f"hydra.run.dir={disk / 'run'}")
+        line = one_error_line(out)
+        assert line.startswith(f"error: no space left on the device writing {disk / 'run' / CHECKPOINT_NAME} (")
+        assert line.endswith(f"; {kept}; free some space and run again")
+        assert not list((disk / "run").glob(".*.tmp"))
+        if "intact" in kept:
+            assert load_checkpoint(disk / "run")["epoch"] == 1
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_full_disk_is_one_error_where_no_tmpfs_can_be_mounted(tmp_path, monkeypatch, finished_run):
+    """The same code path without a mount: the temporary file's write fails with ENOSPC half way."""
+    import errno
+    import io
+
+    from zoo.train import atomic
+
+    state = load_checkpoint(finished_run)
+    path = save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
+
+    class HalfFull(io.FileIO):
+        def write(self, data):
+            super().write(bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic, "open", lambda p, mode: HalfFull(p, "w"), raising=False)
+    with pytest.raises(atomic.DiskFull) as info:
+        save_checkpoint({**state, "epoch": 99}, path)
+    message = str(info.value)
+    assert message.startswith(f"no space left on the device writing {path} (") and "\n" not in message
+    assert message.endswith("; the previous last.pt is intact; free some space and run again")
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]
+    assert load_checkpoint(path)["epoch"] == state["epoch"]
+
+
+def test_stale_temporaries_are_removed_and_never_read(tmp_path, finished_run):
+    """What a killed save leaves (our naming: host and pid) is removed at the next start, unless its
+    process is alive; a temporary of an older zoo (no pid) only when it is old."""
+    import socket
+
+    from zoo.train.atomic import remove_stale_temporaries
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    names = {
+        "dead": f".last.pt.{host}.{dead.pid}.tmp",
+        "alive": f".last.pt.{host}.{os.getpid()}.tmp",
+        "other host": f".last.pt.elsewhere.example.{dead.pid}.tmp",
+        "old, no owner": ".last.pt.k3j2h1.tmp",
+        "new, no owner": ".last.pt.a8b7c6.tmp",
+        "not ours": ".notes.tmp",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"half a checkpoint")
+    os.utime(tmp_path / names["old, no owner"], (time.time() - 7200,) * 2)
+    removed = remove_stale_temporaries(tmp_path / CHECKPOINT_NAME)
+    assert sorted(p.name for p in removed) == sorted([names["dead"], names["old, no owner"]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [names["alive"], names["other host"], names["new, no owner"], names["not ours"]])
+
+
+def test_a_run_removes_the_temporary_its_killed_predecessor_left(tmp_path, cifar10_archive, cifar10_cache):
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".last.pt.{socket.gethostname()}.{dead.pid}.tmp"
+    stale.write_bytes(b"x" * 1000)
+    loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64")), tmp_path)
+    assert not stale.exists() and load_checkpoint(tmp_path)["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_sigterm_while_decoding_says_what_stopped_and_that_nothing_was_lost(tmp_path, cifar10_archive):
+    """Decoding the archive (uncached) takes seconds: a SIGTERM then stops at once, exit 143, one line."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "experiment=cpu_smoke", "data=cifar10_folder",
+                             f"data.path={cifar10_archive}", f"data.cache_dir={tmp_path / 'cache'}",
+                             f"hydra.run.dir={tmp_path / 'run'}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        log = tmp_path / "run" / "train.log"
+        while not (log.exists() and "decoding" in log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it decoded"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1] == (
+        "interrupted: SIGTERM while loading the data set; nothing was lost (no checkpoint was due yet; "
+        "a data cache is written whole or not at all)"
+    )
+    assert not list((tmp_path / "cache").glob("*")), "no cache file, whole or partial"
+
+
+def test_a_compile_failure_is_one_line_naming_model_and_mode(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
+    import torch._dynamo
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("the compiler met something it cannot handle\nand said so on many lines")
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=broken_backend))
+    torch._dynamo.reset()
+    try:
+        with pytest.raises(CompileFailed) as info:
+            loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "compile=true", "drop_path_mode=skip")), tmp_path)
+    finally:
+        torch._dynamo.reset()
+    message = str(info.value)
+    assert message.startswith("torch.compile failed on resnet8 with drop_path_mode=skip (") and "\n" not in message
+    assert message.endswith("; compile=false runs it without compiling")
+
+
+@pytest.mark.slow
+def test_the_interrupt_message_starts_on_its_own_line_after_the_progress_bar(tmp_path, cifar10_archive, cifar10_cache):
+    """On a terminal tqdm draws a bar on stderr; the bar is closed (its line cleared) before the message."""
+    import pty
+    import select
+
+    run_dir = tmp_path / "run"
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *cli_args(cifar10_archive, cifar10_cache, run_dir)],
+                            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 300
+        signalled = False
+        while True:
+            ready, _, _ = select.select([master], [], [], 0.05)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            if not signalled and b"epoch 2/3" in seen and (run_dir / "metrics.jsonl").exists():
+                proc.send_signal(signal.SIGTERM)
+                signalled = True
+            assert time.monotonic() < deadline
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        os.close(master)
+    text = seen.decode(errors="replace")
+    assert proc.returncode == 143 and signalled, text[-2000:]
+    before = text[: text.index("interrupted: SIGTERM")]
+    assert before.endswith(("\r", "\n")), repr(before[-200:])
+
+
+def test_two_runs_never_share_a_run_dir(tmp_path, cifar10_archive, cifar10_cache):
+    """A run dir held by another process (a run still going, or its resume) is refused, naming the
+    process; once it is free the run goes ahead."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "f.write('process 4242 on testhost'); f.flush(); print('locked', flush=True); time.sleep(60)",
+         str(tmp_path / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        cfg = compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64"))
+        with pytest.raises(ConfigError) as info:
+            loop.train(cfg, tmp_path)
+        assert str(info.value) == (f"{tmp_path} is in use by process 4242 on testhost (another run, or this run still "
+                                   "going); wait for it to end, or give this run another hydra.run.dir")
+        assert not (tmp_path / CHECKPOINT_NAME).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    loop.train(cfg, tmp_path)
+    assert load_checkpoint(tmp_path)["epoch"] == 1

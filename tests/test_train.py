@@ -74,9 +74,9 @@ def test_derived_seeds_are_stable_and_distinct():
 def test_non_finite_loss_names_epoch_step_and_checkpoint():
     watch = LossWatch(Meter(), epoch=2, last_checkpoint="/runs/x/last.pt")
     watch.push(torch.tensor(1.5), torch.tensor(3), 8, step=6)
-    watch.push(torch.tensor(math.nan), torch.tensor(0), 8, step=7)  # checks step 6: fine
+    watch.push(torch.tensor(math.nan), torch.tensor(0), 8, step=7)  # checks step index 6: fine
     assert watch.meter.count == 8 and watch.meter.loss_sum == pytest.approx(12.0)
-    with pytest.raises(TrainingDiverged, match=r"nan at epoch 3 step 7; last good checkpoint: /runs/x/last.pt"):
+    with pytest.raises(TrainingDiverged, match=r"nan at epoch 3 step 8; last good checkpoint: /runs/x/last.pt"):
         watch.flush()
 
 
@@ -176,7 +176,7 @@ def test_resume_mid_epoch_ends_like_an_uninterrupted_run(tmp_path, monkeypatch, 
 
     StopAfter.n = 6  # epoch 2, after its first step
     monkeypatch.setattr(loop, "StopOnSignal", StopAfter)
-    with pytest.raises(TrainingInterrupted, match="at epoch 2 step 1") as info:
+    with pytest.raises(TrainingInterrupted, match="in epoch 2 after step 1 of 4; saved ") as info:
         loop.train(compose_train(*overrides), tmp_path / "cut")
     assert info.value.exit_code == 143
     assert load_checkpoint(tmp_path / "cut")["step"] == 1

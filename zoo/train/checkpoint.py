@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
@@ -19,26 +18,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .atomic import save_atomic
 from .config import flatten
 from .errors import CheckpointError
 
 CHECKPOINT_NAME = "last.pt"
 REQUIRED_KEYS = ("model", "optimizer", "epoch", "step", "global_step", "config", "model_name", "history")
-
-
-def save_atomic(obj: object, path: Path) -> None:
-    """torch.save into a temporary file next to ``path``, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:

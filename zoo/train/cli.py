@@ -4,13 +4,15 @@ and the Hydra task itself (:func:`run`), which lives here so that a launcher plu
 from __future__ import annotations
 
 import difflib
+import itertools
+import logging
 import os
 import re
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -40,14 +42,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         s = train(cfg, hc.runtime.output_dir, tuple(hc.overrides.task))
     except ZooError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _exit(f"error: {e}", 2)
     except TrainingInterrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:  # Ctrl-C before the loop's handler is set, or a second Ctrl-C inside it
-        print("interrupted: stopped at once by Ctrl-C; the last checkpoint saved (if any) is intact", file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)
+        _exit(f"interrupted: {e}", e.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C inside the loop
+        _exit("interrupted: stopped at once by a second Ctrl-C; the last checkpoint saved (if any) is intact",
+              128 + signal.SIGINT)
     finally:
         dist.cleanup()
     if int(os.environ.get("RANK", "0")) == 0:
@@ -59,15 +59,86 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return s
 
 
+def _exit(line: str, code: int) -> NoReturn:
+    """Print the run's last line on stderr, and into its log file (train.log) too, then exit."""
+    print(line, file=sys.stderr)
+    record = logging.LogRecord("train", logging.ERROR, __file__, 0, line, None, None)
+    for handler in logging.getLogger().handlers:  # the file handlers only: the console has the line
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    sys.exit(code)
+
+
 def prepare_argv(argv: list[str], config_dir: str | os.PathLike) -> list[str]:
-    """``argv`` checked (:func:`check_overrides`: a mistake exits 2 with one line) and adjusted for
-    Hydra (:func:`hydra_argv`)."""
+    """``argv`` checked before Hydra creates a run dir (:func:`check_overrides`, :func:`check_jobs`:
+    a mistake exits 2 with one line and leaves nothing behind) and adjusted for Hydra (:func:`hydra_argv`)."""
     try:
         check_overrides(argv, config_dir)
-    except ConfigError as e:
+        check_jobs(argv, config_dir)
+    except ZooError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     return hydra_argv(argv)
+
+
+MAX_CHECKED_JOBS = 256  # a bigger sweep is checked job by job as it runs
+
+
+def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
+    """Compose the config of every job the command line asks for and validate it, so that a bad value
+    is refused before Hydra creates a run or sweep dir. A resumed run is checked against its
+    checkpoint when it starts; what cannot be worked out here (glob sweeps, Hydra's own errors) is left
+    to Hydra and to the run."""
+    from hydra import compose, initialize_config_dir
+
+    from .checkpoint import resolve_checkpoint
+    from .config import validate_config
+    from .data import source_path
+
+    args = [a for a in argv[1:] if a not in ("-m", "--multirun")]
+    if any(a.startswith("-") for a in args):  # --help, --cfg, --config-dir, ...: Hydra's business
+        return
+    resume = [a.partition("=")[2] for a in args if a.startswith("resume=")]
+    if resume and resume[-1].strip("'\"") not in ("", "null", "None"):
+        resolve_checkpoint(resume[-1].strip("'\""))  # one line for a mistyped path, before any dir exists
+        return
+    jobs = _expand(args)
+    if jobs is None or len(jobs) > MAX_CHECKED_JOBS:
+        return
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+        for job in jobs:
+            try:
+                cfg = compose("train", overrides=job)
+            except Exception:  # Hydra will say what is wrong, in its own words
+                return
+            validate_config(cfg)
+            if cfg.data.name == "cifar10_folder":
+                source_path(cfg.data.path)
+
+
+def _expand(args: list[str]) -> list[list[str]] | None:
+    """The override lists of the jobs a basic sweep of ``args`` runs (one job without a sweep); None
+    where that needs more than the command line (a glob sweep) or Hydra cannot parse it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception:
+        return None
+    choices = []
+    for o in parsed:
+        if o.is_hydra_override():
+            continue
+        if o.is_sweep_override():
+            if not o.is_discrete_sweep():
+                return None
+            try:
+                choices.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
+            except Exception:
+                return None
+        else:
+            choices.append([o.input_line])
+    return [list(job) for job in itertools.product(*choices)]
 
 
 def _quote(value: str) -> str:

@@ -12,6 +12,7 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import save_atomic
+from .atomic import DiskFull, remove_stale_temporaries, save_atomic
 from .errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -93,14 +94,18 @@ def load_cifar10(data_cfg) -> Cifar10:
 
 
 def load_torchvision(root: str) -> Cifar10:
-    """torchvision's CIFAR-10 in ``root``, downloaded there when missing."""
+    """torchvision's CIFAR-10 in ``root``, downloaded there when missing. A download that fails removes
+    the ``root`` it created, so a run without a network leaves no empty data dir behind."""
     from torchvision.datasets import CIFAR10
 
+    created = not Path(root).exists()
     splits = []
     for train in (True, False):
         try:
             ds = CIFAR10(root, train=train, download=True)
         except Exception as e:  # no network, a proxy, a full disk: the message below says what to do
+            if created:
+                shutil.rmtree(root, ignore_errors=True)
             raise DataError(
                 f"could not download CIFAR-10 into data.root={root!r} ({type(e).__name__}: {e}). Without a network, "
                 "use a local copy: data=cifar10_folder data.path=<image-folder dir or .tar.gz> "
@@ -116,15 +121,9 @@ def load_image_folder(path: str | os.PathLike | None, cache_dir: str | os.PathLi
     The tree may sit one folder down (``cifar10-jpeg/train/...``). Decoded tensors are cached in
     ``cache_dir`` (default ``$ZOO_CACHE_DIR`` or ``~/.cache/zoo``).
     """
-    if path is None or str(path) in ("", "None", "null"):
-        raise DataError(
-            "data.path is not set: pass data.path=<image-folder dir or .tar.gz of one> "
-            "or set the environment variable ZOO_CIFAR10"
-        )
-    src = Path(path).expanduser().resolve()
-    if not src.exists():
-        raise DataError(f"data.path={str(path)!r}: no such file or directory ({src})")
+    src = source_path(path)
     cache = cache_file(src, cache_dir)
+    remove_stale_temporaries(cache)  # a save killed mid-write; never read
     if cache.exists():
         try:
             blob = torch.load(cache, weights_only=True)
@@ -133,11 +132,25 @@ def load_image_folder(path: str | os.PathLike | None, cache_dir: str | os.PathLi
             log.warning("ignoring unreadable cache %s (%s); decoding %s again", cache, e, src)
     log.info("decoding %s once; cached as %s", src, cache)
     splits = decode_image_folder(src)
-    save_atomic(
-        {"train_x": splits[0].images, "train_y": splits[0].labels, "test_x": splits[1].images, "test_y": splits[1].labels},
-        cache,
-    )
+    blob = {"train_x": splits[0].images, "train_y": splits[0].labels, "test_x": splits[1].images, "test_y": splits[1].labels}
+    try:
+        save_atomic(blob, cache)
+    except DiskFull as e:  # the cache only saves time: train without it
+        log.warning("not caching the decoded data set: %s", e)
     return Cifar10(splits[0], splits[1], str(src))
+
+
+def source_path(path: str | os.PathLike | None) -> Path:
+    """``data.path`` as an absolute path that exists; a DataError that says what to pass otherwise."""
+    if path is None or str(path) in ("", "None", "null"):
+        raise DataError(
+            "data.path is not set: pass data.path=<image-folder dir or .tar.gz of one> "
+            "or set the environment variable ZOO_CIFAR10"
+        )
+    src = Path(path).expanduser().resolve()
+    if not src.exists():
+        raise DataError(f"data.path={str(path)!r}: no such file or directory ({src})")
+    return src
 
 
 def cache_file(src: Path, cache_dir: str | os.PathLike | None) -> Path:

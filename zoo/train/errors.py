@@ -19,3 +19,7 @@ class CheckpointError(ZooError):
 
 class TrainingDiverged(ZooError):
     """The loss became non-finite; the message names the epoch, the step and the last checkpoint."""
+
+
+class CompileFailed(ZooError):
+    """torch.compile could not compile the model; the message names the model and mode, and compile=false."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -24,17 +25,19 @@ from ..layers import time_factor
 from ..models import ZooModel
 from . import distributed as dist
 from .batches import derive_seed, epoch_batches, train_batch
+from .atomic import remove_stale_temporaries
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model_state, resumed_config, save_checkpoint, training_state
 from .config import build_model, validate_config
 from .data import Split, load_cifar10
-from .errors import ConfigError
-from .interrupt import StopOnSignal, TrainingInterrupted
+from .errors import CompileFailed, ConfigError
+from .interrupt import StopAtOnce, StopOnSignal, TrainingInterrupted
 from .optim import build_optimizer, sched_lr
 from .runlog import RunLog, versions
 from .step import LossWatch, Meter, diverged, evaluate, finite_state, train_step
 
 log = logging.getLogger("train")
 EVAL_BATCH = 1000
+T = TypeVar("T")
 
 
 @dataclass
@@ -60,6 +63,7 @@ class TrainState:
     meter: Meter = field(default_factory=Meter)  # the sums of the epoch under way when resumed mid-epoch
     saved_any: bool = False
     lr: float = 0.0
+    compiled: set[Callable[..., Any]] = field(default_factory=set)  # compiled calls that ran once
 
     @property
     def steps_per_epoch(self) -> int:
@@ -74,18 +78,22 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
     """Run (or resume) the training ``cfg`` describes, writing into ``run_dir``; returns the summary."""
     wall_start = time.perf_counter()
     s = setup(cfg, run_dir, overrides)
-    with StopOnSignal() as stop:
-        for epoch in range(s.start_epoch, s.cfg.epochs):
-            meter = train_one_epoch(s, epoch, stop)
-            eval_start = time.perf_counter()
-            test_sums = evaluate(s.eval_model, s.test_data, EVAL_BATCH, s.amp, s.channels_last, s.ctx.rank, s.ctx.world)
-            row = epoch_row(s, epoch, meter, dist.all_sum(test_sums), time.perf_counter() - eval_start)
-            s.history.append(row)
-            save(s, epoch + 1, 0, Meter())
-            s.run.metrics(row)
-            log.info(epoch_line(row, s.cfg.epochs))
-    summary = make_summary(s, time.perf_counter() - wall_start)
-    s.run.summary(summary)
+    try:
+        with StopOnSignal() as stop:
+            for epoch in range(s.start_epoch, s.cfg.epochs):
+                meter = train_one_epoch(s, epoch, stop)
+                eval_start = time.perf_counter()
+                test_sums = first_compiled_call(s, evaluate, s.eval_model, s.test_data, EVAL_BATCH, s.amp,
+                                                s.channels_last, s.ctx.rank, s.ctx.world)
+                row = epoch_row(s, epoch, meter, dist.all_sum(test_sums), time.perf_counter() - eval_start)
+                s.history.append(row)
+                save(s, epoch + 1, 0, Meter())
+                s.run.metrics(row)
+                log.info(epoch_line(row, s.cfg.epochs))
+        summary = make_summary(s, time.perf_counter() - wall_start)
+        s.run.summary(summary)
+    finally:
+        s.run.close()
     return summary
 
 
@@ -94,7 +102,8 @@ def setup(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
     ``cfg.resume``, continue that run in its own dir from its checkpoint."""
     saved = None
     if cfg.resume:
-        saved = load_checkpoint(cfg.resume)
+        with StopAtOnce("reading the checkpoint", "nothing was written yet"):
+            saved = load_checkpoint(cfg.resume)
         cfg = resumed_config(cfg, saved, overrides)
         run_dir = Path(saved["path"]).parent
     validate_config(cfg)
@@ -102,10 +111,14 @@ def setup(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
     if cfg.batch_size < ctx.world:
         raise ConfigError(f"batch_size={cfg.batch_size} is smaller than the {ctx.world} processes sharing each batch")
     run = RunLog(run_dir, ctx.is_main)
+    if ctx.is_main:
+        remove_stale_temporaries(run.dir / CHECKPOINT_NAME)  # left by a save killed mid-write; never read
     if saved is None and (run.dir / CHECKPOINT_NAME).exists() and ctx.is_main:
         raise ConfigError(f"{run.dir} already holds a run; continue it with resume={run.dir} or pick another hydra.run.dir")
     amp, channels_last = device_settings(cfg, ctx.device)
-    train_data, test_data, source = load_data(cfg, ctx)
+    kept = f"{run.dir / CHECKPOINT_NAME} is as it was" if saved else "no checkpoint was due yet"
+    with StopAtOnce("loading the data set", f"nothing was lost ({kept}; a data cache is written whole or not at all)"):
+        train_data, test_data, source = load_data(cfg, ctx)
     torch.manual_seed(cfg.seed)  # initialization
     net = build_model(cfg).to(ctx.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     optimizer = build_optimizer(cfg, net)
@@ -181,38 +194,65 @@ def train_one_epoch(s: TrainState, epoch: int, stop: StopOnSignal) -> Meter:
     bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if ctx.is_main else True,
                leave=False, dynamic_ncols=True)
     start = time.perf_counter()
-    for step in range(first, steps):
-        if dist.any_rank(stop.requested, ctx.device):
-            watch.flush()
-            bar.close()
-            meter.seconds += time.perf_counter() - start
-            save(s, epoch, step, meter)
-            raise interrupted(s, stop, epoch, step)
-        global_step = epoch * steps + step
-        s.net.set_drop_path_factor(time_factor(cfg.drop_path_time_schedule, global_step / steps,
-                                               cfg.drop_path_time_cutoff, cfg.drop_path_time_early_mode))
-        torch.manual_seed(derive_seed(cfg.seed, "drop", epoch, step, ctx.rank))  # the drop path draws
-        x, y = train_batch(s.train_data, perm, step, cfg.batch_size, cfg.seed, epoch, ctx.rank, ctx.world, s.channels_last)
-        s.lr = sched_lr(cfg, global_step, cfg.epochs * steps, steps)
-        loss, correct = train_step(s.model, s.optimizer, s.criterion, x, y, s.lr, s.amp)
-        watch.push(loss, correct, len(y), step)  # checks the previous step's loss, without a sync now
-        bar.update()
-        if step % 20 == 0 or step == steps - 1:
-            per_step = (time.perf_counter() - start) / (step + 1 - first)
-            bar.set_postfix(loss=f"{watch.last_loss:.3f}", acc=f"{watch.accuracy:.3f}", img_s=f"{cfg.batch_size / per_step:.0f}",
-                            run_eta=_hms((cfg.epochs * steps - global_step - 1) * per_step), refresh=False)
-    watch.flush()
-    bar.close()
+    with bar:  # closed (its line cleared) before any message about how the epoch ended
+        for step in range(first, steps):
+            if dist.any_rank(stop.requested, ctx.device):
+                watch.flush()
+                meter.seconds += time.perf_counter() - start
+                bar.close()
+                save(s, epoch, step, meter)
+                raise interrupted(s, stop, epoch, step)
+            global_step = epoch * steps + step
+            s.net.set_drop_path_factor(time_factor(cfg.drop_path_time_schedule, global_step / steps,
+                                                   cfg.drop_path_time_cutoff, cfg.drop_path_time_early_mode))
+            torch.manual_seed(derive_seed(cfg.seed, "drop", epoch, step, ctx.rank))  # the drop path draws
+            x, y = train_batch(s.train_data, perm, step, cfg.batch_size, cfg.seed, epoch, ctx.rank, ctx.world,
+                               s.channels_last)
+            s.lr = sched_lr(cfg, global_step, cfg.epochs * steps, steps)
+            loss, correct = first_compiled_call(s, train_step, s.model, s.optimizer, s.criterion, x, y, s.lr, s.amp)
+            watch.push(loss, correct, len(y), step)  # checks the previous step's loss, without a sync now
+            bar.update()
+            if step % 20 == 0 or step == steps - 1:
+                per_step = (time.perf_counter() - start) / (step + 1 - first)
+                bar.set_postfix(loss=f"{watch.last_loss:.3f}", acc=f"{watch.accuracy:.3f}",
+                                img_s=f"{cfg.batch_size / per_step:.0f}",
+                                run_eta=_hms((cfg.epochs * steps - global_step - 1) * per_step), refresh=False)
+        watch.flush()
     meter.seconds += time.perf_counter() - start
     return meter
 
 
+def first_compiled_call(s: TrainState, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``; the first training step and the first evaluation of a compiled model are where
+    torch.compile compiles, so an error there becomes one line that names the model and the mode."""
+    if not s.cfg.compile or fn in s.compiled:
+        return fn(*args)
+    try:
+        out = fn(*args)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as e:
+        first = " ".join(str(e).split())[:300]
+        raise CompileFailed(
+            f"torch.compile failed on {s.cfg.model.name} with drop_path_mode={s.cfg.drop_path_mode} "
+            f"({type(e).__name__}: {first}); compile=false runs it without compiling"
+        ) from None
+    s.compiled.add(fn)
+    return out
+
+
+def where(epoch: int, steps_done: int, steps: int) -> str:
+    """A step boundary in words, 1-based as epochs are: "after epoch 2", "in epoch 3 after step 5 of 12"."""
+    return f"after epoch {epoch}" if steps_done == 0 else f"in epoch {epoch + 1} after step {steps_done} of {steps}"
+
+
 def save(s: TrainState, epoch: int, step: int, meter: Meter) -> None:
-    """Save last.pt at a step boundary (rank 0), with the epoch's running sums over all ranks.
-    Non-finite weights (a blow-up in the step after the last checked loss) never replace a good last.pt."""
+    """Save last.pt at a step boundary (rank 0): ``epoch`` epochs and ``step`` steps of the next done,
+    with the epoch's running sums over all ranks. Non-finite weights (a blow-up in the step after the
+    last checked loss) never replace a good last.pt."""
     if not finite_state(s.net):
-        where = f"after epoch {epoch}" if step == 0 else f"at epoch {epoch + 1} step {step}"
-        raise diverged(f"the weights became non-finite {where}", s.ckpt_path if s.saved_any else None)
+        where_now = where(epoch, step, s.steps_per_epoch)
+        raise diverged(f"the weights became non-finite {where_now}", s.ckpt_path if s.saved_any else None)
     sums = dist.all_sum(meter.sums(s.ctx.device))
     if s.ctx.is_main:
         summed = Meter(*sums.tolist(), seconds=meter.seconds)
@@ -226,7 +266,7 @@ def save(s: TrainState, epoch: int, step: int, meter: Meter) -> None:
 def interrupted(s: TrainState, stop: StopOnSignal, epoch: int, step: int) -> TrainingInterrupted:
     signum = stop.signum or signal.SIGTERM  # None: another rank was signalled
     return TrainingInterrupted(
-        f"{signal.Signals(signum).name} at epoch {epoch + 1} step {step}; saved {s.ckpt_path}; "
+        f"{signal.Signals(signum).name} {where(epoch, step, s.steps_per_epoch)}; saved {s.ckpt_path}; "
         f"continue with: python train.py resume={s.run.dir}",
         signum,
     )

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import socket
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from .errors import ConfigError
+
+LOCK_NAME = ".lock"
+_LOCKS: dict[Path, IO[str]] = {}  # run dirs this process holds: taking one again is no conflict
 
 METRIC_KEYS = (
     "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "drop_path_rate", "epoch_seconds", "images_per_second",
@@ -29,14 +36,54 @@ def versions() -> dict[str, str | None]:
     }
 
 
+def lock_run_dir(run_dir: Path) -> None:
+    """Hold an exclusive lock on ``run_dir`` (a ``.lock`` file in it) until :func:`unlock_run_dir` or
+    the process ends, so two runs, or a resume of a run still going, never write there at once. No-op
+    where ``fcntl`` does not exist (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    key = run_dir.resolve()
+    if key in _LOCKS:
+        return
+    f = open(key / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise ConfigError(
+            f"{run_dir} is in use by {holder} (another run, or this run still going); wait for it to end, "
+            "or give this run another hydra.run.dir"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    _LOCKS[key] = f
+
+
+def unlock_run_dir(run_dir: Path) -> None:
+    f = _LOCKS.pop(run_dir.resolve(), None)
+    if f is not None:
+        f.close()
+
+
 class RunLog:
-    """Writes one run's files; every method is a no-op on ranks other than 0."""
+    """Writes one run's files, holding the run dir's lock; every method is a no-op on ranks other than 0."""
 
     def __init__(self, run_dir: str | Path, enabled: bool = True):
         self.dir = Path(run_dir)
         self.enabled = enabled
         if enabled:
             self.dir.mkdir(parents=True, exist_ok=True)
+            lock_run_dir(self.dir)
+
+    def close(self) -> None:
+        if self.enabled:
+            unlock_run_dir(self.dir)
 
     def config(self, cfg: DictConfig) -> None:
         if self.enabled:

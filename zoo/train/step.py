@@ -110,7 +110,8 @@ class LossWatch:
     def _take(self, loss: Tensor, correct: Tensor, n: int, step: int) -> None:
         value = loss.item()
         if not math.isfinite(value):
-            raise diverged(f"the training loss became {value} at epoch {self.epoch + 1} step {step}", self.last_checkpoint)
+            where = f"at epoch {self.epoch + 1} step {step + 1}"  # 1-based, as epochs are
+            raise diverged(f"the training loss became {value} {where}", self.last_checkpoint)
         self.meter.loss_sum += value * n
         self.meter.correct += float(correct.item())
         self.meter.count += n
