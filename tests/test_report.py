@@ -1,5 +1,6 @@
-"""The comparison report: exact numbers from hand-made metrics files, unfinished sweeps, errors, the
-Hydra callback, and (slow) a real 2 x 2 micro sweep through train.py."""
+"""The comparison report: exact numbers from hand-made metrics files (final and per-epoch paired
+differences, train accuracy and its gap, intervals with few seeds), the plot's panels, unfinished
+sweeps, errors, the Hydra callback, and (slow) a real 2 x 2 micro sweep through train.py."""
 
 import json
 import math
@@ -13,37 +14,44 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from zoo.train.report import ReportCallback, main, paired_difference, render_markdown, t_quantile, write_report
+from zoo.train.paired import Paired
+from zoo.train.report import (ReportCallback, main, paired_by_epoch, paired_difference, plot, render_markdown, t_quantile,
+                              write_report)
+from zoo.train.report_plot import TITLE_ACC, TITLE_DIFF, TITLE_LOSS, paired_curve
 from zoo.train.sweep import ReportError, baseline_of, load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
-T_975_DF2 = 4.302652729749464  # Student t 0.975 quantile, 2 degrees of freedom (from tables)
+T_975_DF1 = 12.70620474  # Student t 0.975 quantiles, 1 and 2 degrees of freedom (from tables)
+T_975_DF2 = 4.302652729749464
 
 # Hand-made sweep: drop_path_rate 0 vs 0.1, seeds 0, 1, 2, three epochs each.
 FINAL = {0.0: [0.80, 0.82, 0.84], 0.1: [0.83, 0.84, 0.88]}
 BEST = {0.0: [0.81, 0.83, 0.85], 0.1: [0.84, 0.85, 0.89]}
 EPOCH_SECONDS = {0.0: [10.0, 2.0, 4.0], 0.1: [12.0, 3.0, 5.0]}  # first epoch = warm-up, left out
 IMAGES_PER_SECOND = {0.0: [100.0, 1000.0, 2000.0], 0.1: [100.0, 900.0, 1100.0]}
+TRAIN_GAP = {0.0: 0.10, 0.1: 0.04}  # train acc = test acc + this + 0.01 * seed, every epoch
 SUMMARY_EXTRA = {"params": 1234, "total_seconds": 20.0, "device": "cuda", "device_name": "Test GPU", "world_size": 1,
                  "versions": {"torch": "2.14.1", "zoo": "0.1.0"}, "model": "resnet8", "epochs": 3}
 
 
-def write_job(job: Path, rate: float, seed: int, finished: bool = True, epochs_done: int = 3) -> None:
+def write_job(job: Path, rate: float, seed: int, finished: bool = True, epochs_done: int = 3,
+              accs: list[float] | None = None) -> None:
+    """A job dir; its test accuracy per epoch is ``accs``, by default rising to FINAL at epoch 3."""
     (job / ".hydra").mkdir(parents=True)
     overrides = [f"drop_path_rate={rate:g}", f"seed={seed}", "experiment=compare"]
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     config = {"model": {"name": "resnet8"}, "drop_path_rate": rate, "seed": seed, "epochs": 3}
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-    final = FINAL[rate][seed]
+    best = BEST[rate][seed] if accs is None else max(accs)
+    accs = accs or [FINAL[rate][seed] - 0.1 * (2 - e) for e in range(epochs_done)]
     rows = []
-    for e in range(epochs_done):
-        acc = final - 0.1 * (2 - e)  # rises to the final accuracy at the last epoch
-        rows.append({"epoch": e + 1, "train_loss": 2.0 - 0.5 * e + seed * 0.01, "train_acc": acc - 0.05,
+    for e, acc in enumerate(accs):
+        rows.append({"epoch": e + 1, "train_loss": 2.0 - 0.5 * e + seed * 0.01, "train_acc": acc + TRAIN_GAP[rate] + 0.01 * seed,
                      "test_loss": 1.0, "test_acc": acc, "lr": 0.1, "drop_path_rate": rate,
                      "epoch_seconds": EPOCH_SECONDS[rate][e], "images_per_second": IMAGES_PER_SECOND[rate][e]})
     (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if finished:
-        summary = dict(SUMMARY_EXTRA, final_test_acc=final, best_test_acc=BEST[rate][seed],
+        summary = dict(SUMMARY_EXTRA, final_test_acc=accs[-1], best_test_acc=best,
                        drop_path_rate=rate, seed=seed)
         (job / "summary.json").write_text(json.dumps(summary))
 
@@ -82,10 +90,15 @@ def test_exact_numbers(sweep_dir):
     assert paired.interval() == pytest.approx((0.03 - half, 0.03 + half), abs=1e-12)
 
     md = render_markdown(sweep)
-    # 0 : final 80, 82, 84 -> 82.00 +- 2.00; best 81, 83, 85 -> 83.00; epoch s (2 + 4) / 2; images/s (1000 + 2000) / 2
-    assert "| `drop_path_rate=0` | 0 | 3 | 82.00 ± 2.00 | 83.00 | 3.00 | 1,500 | baseline |  |  |" in md
-    # 0.1: final 83, 84, 88 -> 85.00 +- sqrt((4 + 1 + 9) / 2) = 2.65; diff +3.00, 3 -+ 2.48 -> +0.52 to +5.48
-    assert "| `drop_path_rate=0.1` | 0.1 | 3 | 85.00 ± 2.65 | 86.00 | 4.00 | 1,000 | +3.00 | +0.52 to +5.48 | 0, 1, 2 |" in md
+    # 0 : final 80, 82, 84 -> 82.00 +- 2.00; best 81, 83, 85 -> 83.00; train 90, 93, 96 -> 93.00, gaps 10, 11, 12
+    # -> +11.00; epoch s (2 + 4) / 2; images/s (1000 + 2000) / 2
+    assert "| `drop_path_rate=0` | 0 | 3 | 82.00 ± 2.00 | 83.00 | 93.00 | +11.00 | 3.00 | 1,500 | baseline |  |  |" in md
+    # 0.1: final 83, 84, 88 -> 85.00 +- sqrt((4 + 1 + 9) / 2) = 2.65; train 87, 89, 94 -> 90.00, gaps 4, 5, 6 -> +5.00;
+    # diff +3.00, 3 -+ 2.48 -> +0.52 to +5.48
+    assert ("| `drop_path_rate=0.1` | 0.1 | 3 | 85.00 ± 2.65 | 86.00 | 90.00 | +5.00 | 4.00 | 1,000 | +3.00 | +0.52 to +5.48 "
+            "| 0, 1, 2 |") in md
+    assert "| final train acc % | train − test (pp) |" in md
+    assert "Final train acc is the last epoch's running accuracy" in md
     assert "Shared by every job: `experiment=compare`" in md
     assert "- device: cuda (Test GPU)" in md
     assert "- versions: torch 2.14.1, zoo 0.1.0" in md
@@ -95,11 +108,95 @@ def test_exact_numbers(sweep_dir):
 
 def test_t_quantile_matches_tables():
     # Published values to 10 significant digits (any statistics table; scipy.stats.t.ppf agrees).
-    for df, value in [(1, 12.70620474), (2, T_975_DF2), (4, 2.776445105), (10, 2.228138852), (30, 2.042272456)]:
+    for df, value in [(1, T_975_DF1), (2, T_975_DF2), (3, 3.182446305), (4, 2.776445105), (10, 2.228138852),
+                      (30, 2.042272456)]:
         assert t_quantile(0.975, df) == pytest.approx(value, rel=1e-9)
     assert t_quantile(0.95, 3) == pytest.approx(2.353363435, rel=1e-9)
     with pytest.raises(ValueError):
         t_quantile(0.3, 2)
+
+
+# Per-epoch test accuracy, seeds 0, 1, 2; seed 2 of rate 0.1 stopped after two epochs (no pair at epoch 3).
+EPOCH_ACCS = {0.0: [[0.50, 0.60, 0.70], [0.52, 0.61, 0.72], [0.48, 0.62, 0.74]],
+              0.1: [[0.45, 0.62, 0.74], [0.49, 0.61, 0.75], [0.44, 0.66]]}
+
+
+@pytest.fixture
+def epoch_sweep(tmp_path):
+    sweep = tmp_path / "epochs"
+    for num, (rate, seed) in enumerate((rate, seed) for rate in (0.0, 0.1) for seed in (0, 1, 2)):
+        accs = EPOCH_ACCS[rate][seed]
+        write_job(sweep / str(num), rate, seed, finished=len(accs) == 3, accs=accs)
+    return sweep
+
+
+def test_paired_difference_per_epoch(epoch_sweep):
+    sweep = load_sweep(epoch_sweep)
+    base, sd = sweep.configurations
+    pairs = paired_by_epoch(sd, base)
+    assert list(pairs) == [1.0, 2.0, 3.0]
+    assert [p.seeds for p in pairs.values()] == [[0, 1, 2], [0, 1, 2], [0, 1]]
+    assert pairs[1.0].diffs == pytest.approx([-0.05, -0.03, -0.04], abs=1e-12)
+    assert pairs[2.0].diffs == pytest.approx([0.02, 0.00, 0.04], abs=1e-12)
+    assert pairs[3.0].diffs == pytest.approx([0.04, 0.03], abs=1e-12)
+    (xs, mean, lo, hi), ns = paired_curve(pairs)
+    assert xs == [1.0, 2.0, 3.0] and ns == [3, 3, 2]
+    assert mean == pytest.approx([-0.04, 0.02, 0.035], abs=1e-12)
+    # sd 0.01, 0.02 over three pairs (t 4.303); epoch 3: sd 0.01/sqrt(2), two pairs (t 12.71): half 12.71 * 0.005
+    halves = [T_975_DF2 * 0.01 / math.sqrt(3), T_975_DF2 * 0.02 / math.sqrt(3), T_975_DF1 * 0.005]
+    assert lo == pytest.approx([m - h for m, h in zip(mean, halves)], abs=1e-9)
+    assert hi == pytest.approx([m + h for m, h in zip(mean, halves)], abs=1e-9)
+    # The last epoch's pairs are the finished runs' final pairs.
+    assert paired_difference(sd, base).diffs == pytest.approx(pairs[3.0].diffs, abs=1e-12)
+
+
+def test_plot_panels(epoch_sweep, tmp_path):
+    fig = plot(load_sweep(epoch_sweep), tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 0
+    ax_acc, ax_loss, ax_diff = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == [TITLE_ACC, TITLE_LOSS, TITLE_DIFF]
+    # Train accuracy dashed beside test accuracy: test + TRAIN_GAP + 0.01 * seed, averaged over the seeds that
+    # reached each epoch (rate 0.1 epoch 3: seeds 0 and 1 only).
+    dashed = [line for line in ax_acc.get_lines() if line.get_linestyle() == "--"]
+    assert [line.get_label() for line in dashed] == ["_train drop_path_rate=0", "_train drop_path_rate=0.1"]
+    assert list(dashed[0].get_ydata()) == pytest.approx([61.0, 72.0, 83.0])
+    assert list(dashed[1].get_ydata()) == pytest.approx([51.0, 68.0, 79.0])
+    assert len([line for line in ax_acc.get_lines() if line.get_linestyle() == "-"]) == 2
+    # The paired panel: one curve (the baseline has none) in percentage points, n marked where it changes,
+    # and the zero line.
+    (curve,) = [line for line in ax_diff.get_lines() if not line.get_label().startswith("_")]
+    assert curve.get_label() == "drop_path_rate=0.1 (n=2-3 pairs)"
+    assert list(curve.get_xdata()) == [1.0, 2.0, 3.0]
+    assert list(curve.get_ydata()) == pytest.approx([-4.0, 2.0, 3.5])
+    assert [t.get_text() for t in ax_diff.texts] == ["n=3", "n=2"]
+    assert any(list(line.get_ydata()) == [0.0, 0.0] for line in ax_diff.get_lines())
+
+
+def test_plot_without_pairs(sweep_dir):
+    for num in ("0", "1", "2"):  # no baseline left
+        shutil.rmtree(sweep_dir / num)
+    ax_diff = plot(load_sweep(sweep_dir)).axes[2]
+    assert [t.get_text() for t in ax_diff.texts] == ["no seed pairs with a drop_path_rate=0 baseline"]
+
+
+def test_interval_with_few_pairs(tmp_path, sweep_dir):
+    # n = 2, differences 3 and 2 pp: mean 2.5, sd 0.5 * sqrt(2), half 12.71 * sd / sqrt(2) = 6.35; the t interval,
+    # with its multiplier said.
+    for num in ("2", "5"):
+        shutil.rmtree(sweep_dir / num)
+    md = render_markdown(load_sweep(sweep_dir))
+    assert "| +2.50 | -3.85 to +8.85 (n = 2: t = 12.71) | 0, 1 |" in md
+    # Equal differences (-1 pp twice; in floats 0.79 - 0.80 != 0.81 - 0.82): no zero-width interval.
+    equal = tmp_path / "equal"
+    for num, (rate, seed, final) in enumerate([(0.0, 0, 0.80), (0.0, 1, 0.82), (0.1, 0, 0.79), (0.1, 1, 0.81)]):
+        write_job(equal / str(num), rate, seed, accs=[final - 0.1, final])
+    md = render_markdown(load_sweep(equal))
+    assert "| -1.00 | none: n = 2, all differences equal (spread unmeasured) | 0, 1 |" in md
+    assert "-1.00 to -1.00" not in md
+    assert Paired([0, 1, 2], [0.03] * 3).interval() is None
+    assert Paired([0, 1, 2], [0.03] * 3).no_interval() == "none: n = 3, all differences equal (spread unmeasured)"
+    assert Paired([0], [0.03]).no_interval() == "n/a (1 pair)"
+    assert Paired([0, 1], [0.03, 0.02]).no_interval() is None
 
 
 def test_unfinished_sweep(sweep_dir):
@@ -116,7 +213,8 @@ def test_unfinished_sweep(sweep_dir):
     md = paths[0].read_text()
     # 0.1 now: seed 0 finished (83), seed 1 unfinished; epoch seconds from every epoch but each run's
     # first: (3 + 5) / 2 (seed 1 has only its first, left out)
-    assert "| `drop_path_rate=0.1` | 0.1 | 1 (+1 unfinished) | 83.00 (1 run) | 84.00 (1 run) | 4.00 | 1,000 | +3.00 | n/a (1 pair) | 0 |" in md
+    assert ("| `drop_path_rate=0.1` | 0.1 | 1 (+1 unfinished) | 83.00 (1 run) | 84.00 (1 run) | 87.00 (1 run) | +4.00 | 4.00 "
+            "| 1,000 | +3.00 | n/a (1 pair) | 0 |") in md
     assert "## Unfinished runs" in md
     assert "| `4` | `drop_path_rate=0.1 seed=1` | 1 of 3 | 64.00 |" in md
     assert "- not started: `drop_path_rate=0.1 seed=2`" in md
@@ -130,7 +228,7 @@ def test_configuration_without_baseline(sweep_dir):
     for num in ("0", "1", "2"):
         shutil.rmtree(sweep_dir / num)
     md = render_markdown(load_sweep(sweep_dir))
-    assert "| 85.00 ± 2.65 | 86.00 | 4.00 | 1,000 | no baseline |" in md
+    assert "| 85.00 ± 2.65 | 86.00 | 90.00 | +5.00 | 4.00 | 1,000 | no baseline |" in md
     assert "- `drop_path_rate=0.1`: no drop_path_rate=0 configuration with the same other overrides" in md
     assert md.count("- not started:") == 3
     (sweep_dir / "multirun.yaml").unlink()  # a lone configuration, nothing to tell it from: full label
@@ -235,7 +333,9 @@ def test_callback_runs_at_the_end_of_a_real_multirun(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     (sweep,) = (tmp_path / "multirun").iterdir()
     md = (sweep / "comparison.md").read_text()
-    assert "| `drop_path_rate=0.1` | 0.1 | 2 | 60.50 ± 0.71 | 60.50 | 1.00 | 10 | +10.00 | +10.00 to +10.00 | 0, 1 |" in md
+    # Both differences are 0.1 (up to float rounding): no zero-width "+10.00 to +10.00"; no train_acc written.
+    assert ("| `drop_path_rate=0.1` | 0.1 | 2 | 60.50 ± 0.71 | 60.50 | n/a | n/a | 1.00 | 10 | +10.00 "
+            "| none: n = 2, all differences equal (spread unmeasured) | 0, 1 |") in md
     assert "python app.py -m drop_path_rate=0,0.1 seed=0,1" in md
     assert (sweep / "comparison.png").stat().st_size > 0
 

@@ -1,5 +1,6 @@
-"""The comparison report of a sweep: comparison.md (a table per configuration, paired differences
-against drop_path_rate=0 with 95% intervals) and comparison.png (test accuracy and train loss per epoch).
+"""The comparison report of a sweep: comparison.md (a table per configuration: final test and train
+accuracy and their gap, paired differences against drop_path_rate=0 with 95% intervals) and
+comparison.png (test and train accuracy, train loss, and the paired difference per epoch).
 
     python -m zoo.train.report multirun/2026-11-26/10-00-00
 
@@ -11,90 +12,29 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import shlex
 import statistics
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from .paired import CONFIDENCE, Paired, paired_by_epoch, paired_difference, t_quantile, unpaired_seeds
+from .report_plot import plot
 from .sweep import Configuration, ReportError, Run, Sweep, baseline_of, load_sweep
+
+__all__ = ["ReportCallback", "main", "paired_by_epoch", "paired_difference", "plot", "render_markdown",
+           "t_quantile", "write_report"]
 
 REPORT_MD = "comparison.md"
 REPORT_PNG = "comparison.png"
-CONFIDENCE = 0.95
 
 log = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------- statistics
-
-def _t_two_sided_cdf(t: float, df: int) -> float:
-    """P(|T| <= t) for Student's t with an integer ``df`` (Abramowitz & Stegun 26.7.3-4, exact)."""
-    theta = math.atan(t / math.sqrt(df))
-    c2 = math.cos(theta) ** 2
-    if df % 2 == 1:  # (2/pi) [theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...)], (df - 1)/2 terms
-        term, total = 1.0, 0.0
-        for j in range((df - 1) // 2):
-            total += term
-            term *= (2 * j + 2) / (2 * j + 3) * c2
-        return 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
-    term, total = 1.0, 0.0  # sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...), df/2 terms
-    for j in range(df // 2):
-        total += term
-        term *= (2 * j + 1) / (2 * j + 2) * c2
-    return math.sin(theta) * total
-
-
-def t_quantile(p: float, df: int) -> float:
-    """The ``p`` quantile (p > 0.5) of Student's t with ``df`` degrees of freedom, by bisection."""
-    if not 0.5 < p < 1 or df < 1:
-        raise ValueError(f"t_quantile needs 0.5 < p < 1 and df >= 1, got p={p}, df={df}")
-    target, lo, hi = 2 * p - 1, 0.0, 1.0
-    while _t_two_sided_cdf(hi, df) < target:
-        hi *= 2
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _t_two_sided_cdf(mid, df) < target else (lo, mid)
-    return (lo + hi) / 2
-
-
-@dataclass
-class Paired:
-    """Final test accuracy of a configuration minus its baseline's, seed by seed (fractions)."""
-
-    seeds: list[Any]
-    diffs: list[float]
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.diffs)
-
-    def interval(self, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
-        """mean +- t(1 - a/2, n - 1) * sd / sqrt(n); None with fewer than two pairs."""
-        n = len(self.diffs)
-        if n < 2:
-            return None
-        half = t_quantile(0.5 + confidence / 2, n - 1) * statistics.stdev(self.diffs) / math.sqrt(n)
-        return self.mean - half, self.mean + half
-
-
-def _final_by_seed(config: Configuration) -> dict[Any, float]:
-    by_seed: dict[Any, list[float]] = {}
-    for run in config.finished:
-        by_seed.setdefault(run.seed, []).append(run.final_acc)
-    return {seed: statistics.fmean(v) for seed, v in by_seed.items()}  # repeated seeds: their mean
-
-
-def paired_difference(config: Configuration, baseline: Configuration) -> Paired:
-    mine, base = _final_by_seed(config), _final_by_seed(baseline)
-    seeds = sorted((s for s in mine if s in base), key=str)
-    return Paired(seeds, [mine[s] - base[s] for s in seeds])
-
+# ---------------------------------------------------------------- numbers
 
 def mean_metric(config: Configuration, key: str) -> float | None:
     """Mean of a per-epoch metric over every epoch of the configuration's runs but each run's first
@@ -102,6 +42,13 @@ def mean_metric(config: Configuration, key: str) -> float | None:
     columns = [[float(row[key]) for row in run.metrics if row.get(key) is not None] for run in config.runs]
     vals = [v for col in columns for v in col[1:]] or [v for col in columns for v in col]
     return statistics.fmean(vals) if vals else None
+
+
+def final_train_acc(run: Run) -> float | None:
+    """The last epoch's train accuracy: the running accuracy of that epoch's training steps
+    (augmented images, drop path active), not an evaluation of the final weights."""
+    value = run.metrics[-1].get("train_acc") if run.metrics else None
+    return None if value is None else float(value)
 
 
 # ---------------------------------------------------------------- markdown
@@ -128,29 +75,44 @@ def _num(x: float | None, fmt: str) -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
+def _interval_cell(paired: Paired) -> str:
+    interval = paired.interval()
+    if interval is None:
+        return paired.no_interval() or "n/a"
+    text = f"{_pp(interval[0])} to {_pp(interval[1])}"
+    if paired.n == 2:  # t(1) = 12.71, the largest: said, so the width reads as "two seeds"
+        text += f" (n = 2: t = {t_quantile(0.5 + CONFIDENCE / 2, 1):.2f})"
+    return text
+
+
+def _paired_cells(config: Configuration, sweep: Sweep) -> list[str]:
+    """Δ final vs rate 0, its interval, and the seeds paired."""
+    if config.is_baseline:
+        return ["baseline", "", ""]
+    baseline = baseline_of(config, sweep)
+    if baseline is None:
+        return ["no baseline", "", ""]
+    paired = paired_difference(config, baseline)
+    if not paired.diffs:
+        return ["no finished pairs", "", ""]
+    return [_pp(paired.mean), _interval_cell(paired), ", ".join(str(s) for s in paired.seeds)]
+
+
 def _row(config: Configuration, sweep: Sweep) -> list[str]:
     done = config.finished
     runs = f"{len(done)}" + (f" (+{len(config.runs) - len(done)} unfinished)" if len(done) < len(config.runs) else "")
-    cells = [
+    train = [(acc, r.final_acc) for r in done if (acc := final_train_acc(r)) is not None]
+    return [
         f"`{config.label}`",
         "?" if config.rate is None else f"{config.rate:g}",
         runs,
         _acc_cell([r.final_acc for r in done], True),
         _acc_cell([r.best_acc for r in done], False),
+        _acc_cell([acc for acc, _ in train], False),
+        _pp(statistics.fmean(acc - test for acc, test in train)) if train else "n/a",
         _num(mean_metric(config, "epoch_seconds"), ".2f"),
         _num(mean_metric(config, "images_per_second"), ",.0f"),
-    ]
-    if config.is_baseline:
-        return cells + ["baseline", "", ""]
-    baseline = baseline_of(config, sweep)
-    if baseline is None:
-        return cells + ["no baseline", "", ""]
-    paired = paired_difference(config, baseline)
-    if not paired.diffs:
-        return cells + ["no finished pairs", "", ""]
-    interval = paired.interval()
-    ci = "n/a (1 pair)" if interval is None else f"{_pp(interval[0])} to {_pp(interval[1])}"
-    return cells + [_pp(paired.mean), ci, ", ".join(str(s) for s in paired.seeds)]
+    ] + _paired_cells(config, sweep)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -173,9 +135,9 @@ def _missing(sweep: Sweep) -> list[str]:
             if baseline is None:
                 out.append(f"- `{config.label}`: no drop_path_rate=0 configuration with the same other overrides")
             else:
-                unpaired = set(_final_by_seed(config)) ^ set(_final_by_seed(baseline))
+                unpaired = unpaired_seeds(config, baseline)
                 if unpaired:
-                    seeds = ", ".join(str(s) for s in sorted(unpaired, key=str))
+                    seeds = ", ".join(str(s) for s in unpaired)
                     out.append(f"- `{config.label}`: seed(s) {seeds} finished on one side only, left out of the pairing")
     return out
 
@@ -225,6 +187,32 @@ def reproduce_command(sweep: Sweep) -> str:
     return " ".join(["python", "train.py", "-m"] + [shlex.quote(f"{k}={','.join(v)}") for k, v in values.items()])
 
 
+def _explanation() -> list[str]:
+    t2, t3 = (t_quantile(0.5 + CONFIDENCE / 2, df) for df in (1, 2))
+    return [
+        "Accuracies are in percent over the finished runs (mean ± sample std across seeds). Final train acc is "
+        "the last epoch's running accuracy over its training steps (augmented images, drop path active, weights "
+        "still moving), not an evaluation of the final weights; train − test is that minus the final test "
+        "accuracy, run by run, averaged, in percentage points (pp). With drop path the train accuracy is measured "
+        "with blocks dropped, so part of a smaller gap is how it is measured, not only better generalisation.",
+        "",
+        "Δ is the final test accuracy minus that of the drop_path_rate=0 run with the same seed and the same "
+        f"other overrides, in pp; the {CONFIDENCE:.0%} interval is mean Δ ± t(n-1)·sd/√n over the n seed pairs "
+        f"(t = {t2:.2f} for n = 2, {t3:.2f} for n = 3: few seeds give wide intervals). There is none for one pair, "
+        "nor when all differences are equal: accuracy moves in steps of one test image, so equal differences "
+        "mean the spread was not measured, not that it is zero. Epoch seconds and images/s average every epoch "
+        "but each run's first (warm-up).",
+        "",
+    ]
+
+
+def _caption(plot_name: str) -> str:
+    return (f"`{plot_name}`, per configuration: test accuracy (solid, mean over seeds, band = min to max) and train "
+            "accuracy (dashed, mean); train loss (mean, band = min to max); test accuracy minus the rate-0 run of "
+            f"the same seed at each epoch where both have one (mean over the seed pairs, band = {CONFIDENCE:.0%} "
+            "t interval where there is one, n marked where it changes).")
+
+
 def render_markdown(sweep: Sweep, plot_name: str | None = REPORT_PNG) -> str:
     n_done = sum(r.finished for r in sweep.runs)
     common = " ".join(f"{k}={v}" for k, v in sweep.common)
@@ -234,18 +222,13 @@ def render_markdown(sweep: Sweep, plot_name: str | None = REPORT_PNG) -> str:
         f"Sweep dir `{sweep.path}`: {len(sweep.runs)} run(s) in {len(sweep.configurations)} configuration(s), "
         f"{n_done} finished." + (f" Shared by every job: `{common}`." if common else ""),
         "",
-        "Accuracies are test accuracy in percent over the finished runs (mean ± sample std across seeds). "
-        "Δ is the final test accuracy minus that of the drop_path_rate=0 run with the same seed and the same "
-        f"other overrides, in percentage points (pp); the {CONFIDENCE:.0%} interval is mean Δ ± t(n-1)·sd/√n "
-        "over the seed pairs. Epoch seconds and images/s average every epoch but each run's first (warm-up).",
-        "",
-    ]
-    header = ["configuration", "drop_path_rate", "runs", "final test acc %", "best test acc %", "epoch s",
-              "images/s", "Δ final vs rate 0 (pp)", f"{CONFIDENCE:.0%} interval (pp)", "paired seeds"]
+    ] + _explanation()
+    header = ["configuration", "drop_path_rate", "runs", "final test acc %", "best test acc %", "final train acc %",
+              "train − test (pp)", "epoch s", "images/s", "Δ final vs rate 0 (pp)", f"{CONFIDENCE:.0%} interval (pp)",
+              "paired seeds"]
     lines += _table(header, [_row(c, sweep) for c in sweep.configurations])
     if plot_name:
-        lines += ["", f"![test accuracy and train loss per epoch]({plot_name})",
-                  "", f"`{plot_name}`: mean over seeds per configuration, band = min to max."]
+        lines += ["", f"![accuracy, train loss and paired difference per epoch]({plot_name})", "", _caption(plot_name)]
     unfinished = [r for r in sweep.runs if not r.finished]
     if unfinished:
         lines += ["", "## Unfinished runs", ""]
@@ -260,44 +243,6 @@ def render_markdown(sweep: Sweep, plot_name: str | None = REPORT_PNG) -> str:
     if cwd:
         lines += ["", f"(run from `{cwd}`; then `python -m zoo.train.report <sweep dir>` rebuilds this report)"]
     return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------- plot
-
-def _curve(runs: list[Run], key: str) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Per epoch: the epoch, and mean, min, max of ``key`` over the runs that reached it."""
-    by_epoch: dict[float, list[float]] = {}
-    for run in runs:
-        for i, row in enumerate(run.metrics):
-            if row.get(key) is not None:
-                by_epoch.setdefault(float(row.get("epoch", i + 1)), []).append(float(row[key]))
-    xs = sorted(by_epoch)
-    return xs, [statistics.fmean(by_epoch[x]) for x in xs], [min(by_epoch[x]) for x in xs], [max(by_epoch[x]) for x in xs]
-
-
-def plot(sweep: Sweep, path: Path) -> None:
-    # The object-oriented API renders with Agg and leaves pyplot's global backend alone.
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
-    ax_acc, ax_loss = fig.subplots(1, 2)
-    for i, config in enumerate(sweep.configurations):
-        color = f"C{i % 10}"
-        for ax, key, scale in ((ax_acc, "test_acc", 100.0), (ax_loss, "train_loss", 1.0)):
-            xs, mean, lo, hi = _curve(config.runs, key)
-            if not xs:
-                continue
-            ax.plot(xs, [m * scale for m in mean], color=color, marker="." if len(xs) < 30 else None,
-                    label=f"{config.label} (n={len(config.runs)})")
-            ax.fill_between(xs, [v * scale for v in lo], [v * scale for v in hi], color=color, alpha=0.2, linewidth=0)
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy (mean, min-max band)")
-    ax_loss.set(xlabel="epoch", ylabel="train loss", title="Train loss (mean, min-max band)")
-    for ax in (ax_acc, ax_loss):
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize="small")
-    fig.savefig(path, dpi=120)
 
 
 # ---------------------------------------------------------------- entry points

@@ -1,0 +1,104 @@
+"""comparison.png: per configuration, test and train accuracy, train loss, and the paired difference
+against drop_path_rate=0 at every epoch."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .paired import CONFIDENCE, Paired, paired_by_epoch
+from .sweep import Configuration, Run, Sweep, baseline_of
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+Curve = tuple[list[float], list[float], list[float], list[float]]  # epochs, mean, low, high
+
+TITLE_ACC = "Accuracy: test (solid, min-max band), train (dashed)"
+TITLE_LOSS = "Train loss (mean, min-max band)"
+TITLE_DIFF = f"Test accuracy minus rate 0, same seed (mean, {CONFIDENCE:.0%} t band)"
+
+
+def _curve(runs: list[Run], key: str) -> Curve:
+    """Per epoch: the epoch, and mean, min, max of ``key`` over the runs that reached it."""
+    by_epoch: dict[float, list[float]] = {}
+    for run in runs:
+        for i, row in enumerate(run.metrics):
+            if row.get(key) is not None:
+                by_epoch.setdefault(float(row.get("epoch", i + 1)), []).append(float(row[key]))
+    xs = sorted(by_epoch)
+    return xs, [statistics.fmean(by_epoch[x]) for x in xs], [min(by_epoch[x]) for x in xs], [max(by_epoch[x]) for x in xs]
+
+
+def paired_curve(pairs: dict[float, Paired]) -> tuple[Curve, list[int]]:
+    """Epochs, mean difference and its interval (NaN where there is none, which leaves a gap in the
+    band), and the number of seed pairs at each epoch."""
+    xs = list(pairs)
+    intervals = [p.interval() or (math.nan, math.nan) for p in pairs.values()]
+    mean = [p.mean for p in pairs.values()]
+    return (xs, mean, [lo for lo, _ in intervals], [hi for _, hi in intervals]), [p.n for p in pairs.values()]
+
+
+def _scaled(values: list[float], scale: float) -> list[float]:
+    return [v * scale for v in values]
+
+
+def _plot_runs(ax_acc: Axes, ax_loss: Axes, config: Configuration, color: str) -> None:
+    label = f"{config.label} (n={len(config.runs)})"
+    for ax, key, scale in ((ax_acc, "test_acc", 100.0), (ax_loss, "train_loss", 1.0)):
+        xs, mean, lo, hi = _curve(config.runs, key)
+        if xs:
+            ax.plot(xs, _scaled(mean, scale), color=color, marker="." if len(xs) < 30 else None, label=label)
+            ax.fill_between(xs, _scaled(lo, scale), _scaled(hi, scale), color=color, alpha=0.2, linewidth=0)
+    xs, mean, _, _ = _curve(config.runs, "train_acc")
+    if xs:  # no band: two per configuration would hide each other; "_": out of the legend, the title says it
+        ax_acc.plot(xs, _scaled(mean, 100.0), color=color, linestyle="--", label=f"_train {config.label}")
+
+
+def _plot_paired(ax: Axes, pairs: dict[float, Paired], label: str, color: str) -> None:
+    (xs, mean, lo, hi), ns = paired_curve(pairs)
+    varies = len(set(ns)) > 1
+    label += f" (n={min(ns)}-{max(ns)} pairs)" if varies else f" (n={ns[0]} pairs)"
+    ys = _scaled(mean, 100.0)
+    ax.plot(xs, ys, color=color, marker="." if len(xs) < 30 else None, label=label)
+    ax.fill_between(xs, _scaled(lo, 100.0), _scaled(hi, 100.0), color=color, alpha=0.2, linewidth=0)
+    if varies:  # a change in n moves the curve by itself; mark where it happens
+        for k, (x, y, n) in enumerate(zip(xs, ys, ns)):
+            if k == 0 or n != ns[k - 1]:
+                ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center",
+                            fontsize="x-small", color=color)
+
+
+def plot(sweep: Sweep, path: Path | None = None) -> Figure:
+    """Draw comparison.png (saved to ``path`` when given); returns the figure."""
+    # The object-oriented API renders with Agg and leaves pyplot's global backend alone.
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(18, 4.8), layout="constrained")
+    ax_acc, ax_loss, ax_diff = fig.subplots(1, 3)
+    for i, config in enumerate(sweep.configurations):
+        color = f"C{i % 10}"
+        _plot_runs(ax_acc, ax_loss, config, color)
+        baseline = baseline_of(config, sweep)
+        pairs = paired_by_epoch(config, baseline) if baseline else {}
+        if pairs:
+            _plot_paired(ax_diff, pairs, config.label, color)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=TITLE_ACC)
+    ax_loss.set(xlabel="epoch", ylabel="train loss", title=TITLE_LOSS)
+    ax_diff.set(xlabel="epoch", ylabel="Δ test accuracy (pp)", title=TITLE_DIFF)
+    ax_diff.axhline(0.0, color="black", linewidth=0.8)
+    if not ax_diff.get_legend_handles_labels()[0]:
+        ax_diff.text(0.5, 0.5, "no seed pairs with a drop_path_rate=0 baseline", transform=ax_diff.transAxes,
+                     ha="center", va="center")
+    for ax in (ax_acc, ax_loss, ax_diff):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
