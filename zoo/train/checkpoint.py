@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .._weights import CHECKPOINT_NAME, LoadError, load_weights
 from .config import flatten
 from .errors import CheckpointError
 
-CHECKPOINT_NAME = "last.pt"
 REQUIRED_KEYS = ("model", "optimizer", "epoch", "step", "global_step", "config", "model_name", "history")
 
 
@@ -120,12 +120,12 @@ def _first_sentence(e: Exception) -> str:
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, Any]) -> None:
-    """Load the checkpoint's weights into ``model``; a shape or key mismatch is a CheckpointError."""
+    """Load the checkpoint's weights into ``model``; a shape or key mismatch is a CheckpointError that
+    names the checkpoint's model and ``model``'s, and the first keys that differ (the library's message)."""
     try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{state.get('path', 'checkpoint')} does not fit model {state['model_name']}: {first}") from None
+        load_weights(model, state["model"], str(state.get("path", "checkpoint")), state.get("model_name"))
+    except LoadError as e:
+        raise CheckpointError(str(e)) from None
 
 
 # Keys a resumed run may change: where it runs and where the data lies, not what it computes.
