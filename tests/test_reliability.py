@@ -249,7 +249,8 @@ def test_resume_with_another_model_is_refused(tmp_path, finished_run):
     state = load_checkpoint(finished_run)
     state["model"] = {k: v for k, v in list(state["model"].items())[:-2]}  # lost the classifier
     save_checkpoint(state, tmp_path / "odd" / CHECKPOINT_NAME)
-    with pytest.raises(CheckpointError, match="does not fit model resnet8") as info:
+    with pytest.raises(CheckpointError, match=r"\(resnet8 weights\) does not fit model resnet8: "
+                                             r"2 missing keys \(head\.weight, head\.bias\)$") as info:
         loop.train(compose_train("model=resnet8", f"resume={tmp_path / 'odd'}"), tmp_path,
                     overrides=(f"resume={tmp_path / 'odd'}",))
     assert "\n" not in str(info.value)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import os
 from typing import Callable, TypeVar
 
 from torch import nn
+
+from ._weights import load_checkpoint_into
 
 _models: dict[str, Callable[..., nn.Module]] = {}
 
@@ -33,8 +36,13 @@ def is_model(name: str) -> bool:
     return name in _models
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching an fnmatch ``pattern`` (``"*former*"``), sorted."""
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Registered model names matching an fnmatch ``pattern`` (``"*former*"``), sorted.
+
+    ``pretrained=True`` lists those with downloadable weights, as in timm: none, zoo ships no weights.
+    """
+    if pretrained:
+        return []
     return sorted(n for n in _models if fnmatch.fnmatchcase(n, pattern))
 
 
@@ -44,8 +52,32 @@ def unknown_model_message(name: str) -> str:
     return f"unknown model {name!r}{hint} (zoo.list_models() lists all {len(_models)})"
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build the registered model ``name`` with ``kwargs`` (num_classes, drop_path_rate, ...)."""
+def no_pretrained_message(name: str) -> str:
+    return (
+        f"zoo ships no pretrained weights (asked for {name!r} with pretrained=True): train one "
+        f"(python train.py model={name}) and load it with zoo.create_model({name!r}, "
+        "checkpoint_path=<run dir, last.pt or state-dict file>) or zoo.load_run(<run dir>)"
+    )
+
+
+def create_model(
+    name: str, pretrained: bool = False, *, checkpoint_path: str | os.PathLike | None = None, **kwargs
+) -> nn.Module:
+    """Build the registered model ``name`` with ``kwargs`` (num_classes, drop_path_rate, ...).
+
+    Args:
+        name: a registered name (:func:`list_models`).
+        pretrained: accepted as in timm; True raises, since zoo ships no weights.
+        checkpoint_path: a run dir (its last.pt), a training checkpoint or a plain state-dict file whose
+            weights are loaded; the model is still built from ``kwargs`` (drop path settings included).
+            Weights that do not fit raise :class:`zoo.LoadError` naming both models and the keys.
+    """
     if name not in _models:
         raise ValueError(unknown_model_message(name))
-    return _models[name](**kwargs)
+    if pretrained:
+        raise ValueError(no_pretrained_message(name))
+    model = _models[name](**kwargs)
+    model.model_name = name  # names the target in a load error
+    if checkpoint_path is not None:
+        load_checkpoint_into(model, checkpoint_path)
+    return model

@@ -17,6 +17,7 @@ class ZooModel(nn.Module):
 
     depths: tuple[int, ...]
     drop_path_factor: float = 1.0  # set by set_drop_path_factor
+    model_name: str | None = None  # the registered name, set by zoo.create_model
     num_classes: int
     num_features: int
     head: nn.Module

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .._weights import CHECKPOINT_NAME, LoadError, checkpoint_file, load_weights
 from .atomic import save_atomic
 from .config import flatten
 from .errors import CheckpointError
 
-CHECKPOINT_NAME = "last.pt"
 REQUIRED_KEYS = ("model", "optimizer", "epoch", "step", "global_step", "config", "model_name", "history")
 
 
@@ -65,14 +65,10 @@ def training_state(
 
 def resolve_checkpoint(resume: str | os.PathLike) -> Path:
     """The checkpoint file ``resume`` names: the file itself, or ``last.pt`` inside a run dir."""
-    path = Path(resume).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"resume={str(resume)!r}: no such run dir or checkpoint file")
-    if path.is_dir():
-        if not (path / CHECKPOINT_NAME).is_file():
-            raise CheckpointError(f"resume={str(resume)!r}: the run dir holds no {CHECKPOINT_NAME} (did the run save one?)")
-        path = path / CHECKPOINT_NAME
-    return path.resolve()
+    try:
+        return checkpoint_file(resume)
+    except LoadError as e:
+        raise CheckpointError(f"resume={e}") from None
 
 
 def load_checkpoint(resume: str | os.PathLike, model_name: str | None = None) -> dict[str, Any]:
@@ -105,19 +101,18 @@ def _first_sentence(e: Exception) -> str:
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, Any]) -> None:
-    """Load the checkpoint's weights into ``model``; a shape or key mismatch is a CheckpointError."""
+    """Load the checkpoint's weights into ``model``; a shape or key mismatch is a CheckpointError that
+    names the checkpoint's model and ``model``'s, and the first keys that differ (the library's message)."""
     try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{state.get('path', 'checkpoint')} does not fit model {state['model_name']}: {first}") from None
+        load_weights(model, state["model"], str(state.get("path", "checkpoint")), state.get("model_name"))
+    except LoadError as e:
+        raise CheckpointError(str(e)) from None
 
 
 # Keys a resumed run may change: where it runs and where the data lies, not what it computes.
 RESUME_FREE_KEYS = ("resume", "device", "amp", "channels_last", "compile", "data.path", "data.cache_dir", "data.root")
 # Keys older versions saved that no longer exist: a resumed run drops them.
 REMOVED_KEYS = ("retain_freed_memory",)
-
 
 
 def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: Sequence[str] = ()) -> DictConfig:

@@ -11,7 +11,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .._registry import create_model, is_model, unknown_model_message
+from .._registry import is_model, unknown_model_message
+from .._run import DROP_PATH_KEYS, model_from_config
 from ..layers import (
     check_depth_schedule,
     check_drop_path_mode,
@@ -26,7 +27,6 @@ SCHEDULES = ("cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
 DATASETS = ("cifar10", "cifar10_folder")
 AUTO_FLAGS = ("auto", True, False)
-MODEL_SELECT_KEYS = ("name",)  # keys of the model group that pick the model rather than configure it
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -117,18 +117,10 @@ def validate_config(cfg: DictConfig) -> None:
 
 
 def build_model(cfg: DictConfig, num_classes: int = 10) -> nn.Module:
-    """``zoo.create_model`` with the top-level drop path keys and every other key of the model group."""
-    model_args = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in MODEL_SELECT_KEYS}
+    """``zoo.create_model`` with the top-level drop path keys and every other key of the model group
+    (:func:`zoo._run.model_from_config`, which :func:`zoo.load_run` rebuilds a saved run with)."""
+    config = {"model": OmegaConf.to_container(cfg.model, resolve=True), **{k: cfg[k] for k in DROP_PATH_KEYS}}
     try:
-        return create_model(
-            cfg.model.name,
-            num_classes=num_classes,
-            drop_path_rate=cfg.drop_path_rate,
-            drop_path_schedule=cfg.drop_path_schedule,
-            drop_path_mode=cfg.drop_path_mode,
-            drop_path_skip_draw=cfg.drop_path_skip_draw,
-            **model_args,
-        )
+        return model_from_config(config, num_classes)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model {cfg.model.name} cannot be built from the config: {e}") from None
-

@@ -1,0 +1,251 @@
+"""Issue 16.1, a trained model back out: ``create_model(checkpoint_path=...)``, ``zoo.load_run``,
+``pretrained=`` as timm spells it, the mismatch message the library and the trainer share, and
+``python -m zoo.train.evaluate``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import zoo
+from zoo.train import evaluate as evaluate_cli
+from zoo.train import loop
+from zoo.train.checkpoint import load_checkpoint, load_model_state
+from zoo.train.errors import CheckpointError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def training_checkpoint(model_name: str = "resnet8", seed: int = 0, **config) -> dict:
+    """A training checkpoint as the trainer writes it, with the keys load_run reads (a resnet8 is 78k params)."""
+    torch.manual_seed(seed)
+    group = {"name": model_name, **config.pop("model", {})}
+    net = zoo.create_model(model_name, **{k: v for k, v in group.items() if k != "name"})
+    return {"model": net.state_dict(), "optimizer": {}, "epoch": 1, "step": 0, "global_step": 4, "history": [],
+            "config": {"model": group, "drop_path_rate": 0.1, "drop_path_schedule": "linear",
+                       "drop_path_mode": "mask", "drop_path_skip_draw": "auto", **config},
+            "model_name": model_name}
+
+
+def same_weights(a: torch.nn.Module, b: dict[str, torch.Tensor]) -> bool:
+    own = a.state_dict()
+    return own.keys() == b.keys() and all(torch.equal(own[k].cpu(), b[k]) for k in own)
+
+
+# --- create_model(checkpoint_path=...) -----------------------------------------------------------
+
+
+def test_checkpoint_path_loads_a_run_dir_a_training_checkpoint_and_a_state_dict(tmp_path):
+    state = training_checkpoint("resnet8", seed=1)
+    torch.save(state, tmp_path / "last.pt")
+    torch.save(state["model"], tmp_path / "weights.pt")
+    for path in (tmp_path, tmp_path / "last.pt", tmp_path / "weights.pt", str(tmp_path / "weights.pt")):
+        model = zoo.create_model("resnet8", checkpoint_path=path, drop_path_rate=0.3, drop_path_schedule="uniform")
+        assert same_weights(model, state["model"]), path
+        # the drop path settings come from the call, not from the checkpoint (saved at 0.1, linear)
+        assert model.drop_path_rates() == pytest.approx([0.3, 0.3, 0.3])
+    assert not same_weights(zoo.create_model("resnet8"), state["model"])  # a fresh init differs
+
+
+def test_a_checkpoint_of_another_model_names_both_models_and_the_first_keys(tmp_path):
+    torch.save(training_checkpoint("resnet8"), tmp_path / "last.pt")
+    with pytest.raises(zoo.LoadError) as info:
+        zoo.create_model("resnet20", checkpoint_path=tmp_path)
+    msg = str(info.value)
+    assert isinstance(info.value, ValueError) and "\n" not in msg and len(msg) < 500
+    assert msg.startswith(f"{tmp_path / 'last.pt'} (resnet8 weights) does not fit model resnet20: 72 missing keys (")
+    assert "stages.0.1.conv_bn1.0.weight" in msg and "... 69 more" in msg  # resnet8's stage 0 has one block
+
+    torch.save(zoo.create_model("resnet20").state_dict(), tmp_path / "r20.pt")
+    with pytest.raises(zoo.LoadError, match=r"\(a state dict that does not record its model\) does not fit model "
+                                            r"resnet8: 72 unexpected keys \(stages\.0\.1\.conv_bn1\.0\.weight, "):
+        zoo.create_model("resnet8", checkpoint_path=tmp_path / "r20.pt")
+
+
+def test_shape_mismatches_list_both_shapes(tmp_path):
+    torch.save(zoo.create_model("resnet8").state_dict(), tmp_path / "r8.pt")
+    with pytest.raises(zoo.LoadError, match=r"does not fit model resnet8: 2 shape mismatches, checkpoint vs model "
+                                            r"\(head\.weight 10x64 vs 5x64, head\.bias 10 vs 5\)$"):
+        zoo.create_model("resnet8", num_classes=5, checkpoint_path=tmp_path / "r8.pt")
+
+
+def test_unreadable_or_foreign_files_are_one_line(tmp_path):
+    with pytest.raises(zoo.LoadError, match="no such run dir or checkpoint file"):
+        zoo.create_model("resnet8", checkpoint_path=tmp_path / "missing")
+    with pytest.raises(zoo.LoadError, match="the run dir holds no last.pt"):
+        zoo.create_model("resnet8", checkpoint_path=tmp_path)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(zoo.LoadError, match=r"junk.pt is not a readable checkpoint .*UnpicklingError") as info:
+        zoo.create_model("resnet8", checkpoint_path=tmp_path / "junk.pt")
+    assert "\n" not in str(info.value)
+    torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "other.pt")
+    with pytest.raises(zoo.LoadError, match="holds a dict with keys epoch, lr: neither a zoo training checkpoint"):
+        zoo.create_model("resnet8", checkpoint_path=tmp_path / "other.pt")
+
+
+def test_the_trainer_words_a_mismatch_as_the_library_does(tmp_path):
+    torch.save(training_checkpoint("resnet8"), tmp_path / "last.pt")
+    state = load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError) as info:
+        load_model_state(zoo.create_model("resnet20"), state)
+    with pytest.raises(zoo.LoadError) as lib:
+        zoo.create_model("resnet20", checkpoint_path=tmp_path)
+    assert str(info.value) == str(lib.value)
+    assert "(resnet8 weights) does not fit model resnet20: 72 missing keys" in str(info.value)
+
+
+# --- pretrained ----------------------------------------------------------------------------------
+
+
+def test_pretrained_is_accepted_and_true_says_how_to_load_your_own():
+    assert isinstance(zoo.create_model("resnet8", pretrained=False), zoo.models.ZooModel)
+    with pytest.raises(ValueError) as info:
+        zoo.create_model("resnet8", pretrained=True)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("zoo ships no pretrained weights")
+    assert "checkpoint_path=" in msg and "zoo.load_run(" in msg
+    with pytest.raises(ValueError, match="unknown model 'resnet5'"):  # the name is checked first
+        zoo.create_model("resnet5", pretrained=True)
+
+
+def test_list_models_pretrained_is_empty_and_patterns_still_work():
+    assert zoo.list_models(pretrained=True) == [] and zoo.list_models("resnet*", pretrained=True) == []
+    assert zoo.list_models("resnet1*") == ["resnet110", "resnet1202", "resnet164"]
+    assert zoo.list_models(pretrained=False) == zoo.list_models()
+
+
+# --- load_run ------------------------------------------------------------------------------------
+
+
+def test_load_run_rebuilds_the_saved_model_group_and_drop_path_keys(tmp_path, device):
+    # shortcut B adds 1x1 convs: their weights only fit a model built with the group's keys
+    state = training_checkpoint("resnet8", model={"shortcut": "B"}, drop_path_rate=0.2, drop_path_schedule="paper",
+                                drop_path_mode="skip", epochs=3)
+    torch.save(state, tmp_path / "last.pt")
+    model, config = zoo.load_run(tmp_path, device=device)
+    assert not model.training and {p.device.type for p in model.parameters()} == {device}
+    assert same_weights(model, state["model"]) and any("shortcut" in k for k in state["model"])
+    expected = zoo.create_model("resnet8", drop_path_rate=0.2, drop_path_schedule="paper", drop_path_mode="skip")
+    assert model.drop_path_rates() == pytest.approx(expected.drop_path_rates())
+    assert type(config) is dict and config == state["config"] and config["epochs"] == 3
+    assert zoo.load_run(tmp_path / "last.pt")[1] == config
+
+
+def test_load_run_needs_a_training_checkpoint(tmp_path):
+    torch.save(zoo.create_model("resnet8").state_dict(), tmp_path / "weights.pt")
+    with pytest.raises(zoo.LoadError, match=r"weights.pt records no training config .* zoo.create_model\(<name>, "
+                                            r"checkpoint_path=\.\.\.\)"):
+        zoo.load_run(tmp_path / "weights.pt")
+    torch.save(training_checkpoint("resnet8", drop_path_mode="sideways"), tmp_path / "last.pt")
+    with pytest.raises(zoo.LoadError, match="its saved config no longer builds model resnet8: .*sideways"):
+        zoo.load_run(tmp_path)
+
+
+def test_loading_needs_torch_alone(tmp_path):
+    """load_run and create_model(checkpoint_path=...) with the trainer's dependencies unimportable."""
+    torch.save(training_checkpoint("resnet8"), tmp_path / "last.pt")
+    script = f"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("hydra", "omegaconf", "tqdm", "matplotlib", "torchvision"):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+import zoo
+model, config = zoo.load_run({str(tmp_path)!r})
+zoo.create_model("resnet8", checkpoint_path={str(tmp_path)!r})
+print(config["model"]["name"], model.training)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["resnet8", "False"]
+
+
+# --- python -m zoo.train.evaluate ----------------------------------------------------------------
+
+
+def test_evaluate_data_comes_from_the_flag_the_run_or_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_CIFAR10", "/env/cifar.tar.gz")
+    folder = {"data": {"name": "cifar10_folder", "path": str(tmp_path), "subset": 256, "test_subset": 100,
+                       "cache_dir": str(tmp_path)}}
+    cfg = evaluate_cli.data_config(folder, None)
+    assert cfg["path"] == str(tmp_path) and cfg["subset"] is None and cfg["test_subset"] is None
+    assert cfg["cache_dir"] == str(tmp_path)
+    assert evaluate_cli.data_config(folder, "/flag")["path"] == "/flag"
+    gone = {"data": {**folder["data"], "path": "/gone", "cache_dir": "/gone/cache"}}
+    assert evaluate_cli.data_config(gone, None) == {**gone["data"], "path": "/env/cifar.tar.gz", "subset": None,
+                                                    "test_subset": None, "cache_dir": None}
+    tv = {"data": {"name": "cifar10", "root": "./data", "path": None}}
+    assert evaluate_cli.data_config(tv, None)["name"] == "cifar10"  # the run's own source
+    assert evaluate_cli.data_config(tv, "/flag")["name"] == "cifar10_folder"
+    monkeypatch.delenv("ZOO_CIFAR10")
+    with pytest.raises(evaluate_cli.DataError, match="pass --data-path"):
+        evaluate_cli.data_config({}, None)
+
+
+def test_evaluate_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
+    cases = {(str(tmp_path),): "the run dir holds no last.pt",
+             (str(tmp_path), "--batch-size", "0"): "argument --batch-size: must be an integer >= 1, got '0'",
+             (str(tmp_path), "--device", "tpu"): "argument --device: invalid choice: 'tpu'"}
+    for argv, words in cases.items():
+        with pytest.raises(SystemExit) as info:
+            sys.exit(evaluate_cli.main(list(argv)))
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], (argv, err)
+    out = subprocess.run([sys.executable, "-m", "zoo.train.evaluate", str(tmp_path / "nope")], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [f"error: {str(tmp_path / 'nope')!r}: no such run dir or checkpoint file"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, cifar10_archive, cifar10_cache) -> Path:
+    """resnet8 trained 1 epoch on 256 images (4 steps), tested on 100: seconds on a CPU."""
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    overrides = ["model=resnet8", "data=cifar10_folder", f"data.path={cifar10_archive}", f"data.cache_dir={cifar10_cache}",
+                 "data.subset=256", "data.test_subset=100", "epochs=1", "batch_size=64", "sched.warmup_epochs=0",
+                 "device=cpu", "drop_path_rate=0.2"]
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        loop.train(compose("train", overrides=overrides), run_dir)
+    return run_dir
+
+
+def eval_line(capsys, *argv: str) -> dict[str, str]:
+    assert evaluate_cli.main(list(argv)) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith("eval: ")
+    return dict(item.split("=", 1) for item in line.split()[1:])
+
+
+@pytest.mark.slow
+def test_evaluate_reproduces_the_runs_final_test_accuracy(tiny_run, capsys):
+    (row,) = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    got = eval_line(capsys, str(tiny_run), "--test-subset", "100", "--device", "cpu")
+    assert got["model"] == "resnet8" and got["images"] == "100" and got["device"] == "cpu"
+    assert int(got["correct"]) / 100 == row["test_acc"] and got["test_acc"] == f"{row['test_acc']:.4f}"
+    assert float(got["test_loss"]) == pytest.approx(row["test_loss"], abs=5e-5)
+    # the checkpoint file, in batches of 7: the same images, the same answers
+    again = eval_line(capsys, str(tiny_run / "last.pt"), "--test-subset", "100", "--batch-size", "7", "--device", "cpu")
+    assert again["correct"] == got["correct"]
+    assert float(again["test_loss"]) == pytest.approx(row["test_loss"], abs=5e-4)
+
+
+@pytest.mark.slow
+def test_a_trained_run_loads_back_as_the_model_it_saved(tiny_run):
+    model, config = zoo.load_run(tiny_run)
+    saved = torch.load(tiny_run / "last.pt", map_location="cpu", weights_only=True)
+    assert same_weights(model, saved["model"]) and not model.training
+    assert config["model"]["name"] == "resnet8" and config["drop_path_rate"] == 0.2
+    assert model.drop_path_rates() == pytest.approx([0.0, 0.1, 0.2])
+    again = zoo.create_model("resnet8", checkpoint_path=tiny_run).eval()
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(model(x), again(x))

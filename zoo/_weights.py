@@ -1,0 +1,121 @@
+"""Weights back into a model: a run dir, a training checkpoint or a plain state dict, read with
+``weights_only=True`` and loaded with one error that names both models and the keys that differ.
+
+The trainer (``zoo.train.checkpoint``) reuses :func:`load_weights`, so ``create_model(checkpoint_path=...)``,
+:func:`zoo.load_run` and a resumed run word a mismatch the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+CHECKPOINT_NAME = "last.pt"  # what a run dir holds
+SHOW_KEYS = 3  # keys named per kind of mismatch; the rest are counted
+
+
+class LoadError(ValueError):
+    """A checkpoint cannot be read, or its weights do not fit the model; the message names the file,
+    both models and the first keys that differ."""
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds: the weights, and what a training checkpoint adds."""
+
+    path: Path
+    state_dict: dict[str, Tensor]
+    model_name: str | None = None  # None: a plain state dict, which does not record its model
+    config: dict[str, Any] | None = None  # the resolved training config (training checkpoints only)
+
+
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The file ``path`` names: the file itself, or the run dir's ``last.pt``."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise LoadError(f"{str(path)!r}: no such run dir or checkpoint file")
+    if p.is_dir():
+        if not (p / CHECKPOINT_NAME).is_file():
+            raise LoadError(f"{str(path)!r}: the run dir holds no {CHECKPOINT_NAME} (did the run save one?)")
+        p = p / CHECKPOINT_NAME
+    return p.resolve()
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a run dir, a training checkpoint (``{"model": state_dict, "model_name": ..., "config": ...}``)
+    or a plain state dict (``{"stem.0.weight": tensor, ...}``) onto the CPU."""
+    file = checkpoint_file(path)
+    try:
+        obj = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = " ".join(str(e).split())[:200]
+        raise LoadError(f"{file} is not a readable checkpoint (corrupt, truncated, or not a torch.save file): "
+                        f"{type(e).__name__}: {first}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        config = obj.get("config") if isinstance(obj.get("config"), dict) else None
+        return Checkpoint(file, obj["model"], obj.get("model_name"), config)
+    if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+        return Checkpoint(file, obj)
+    kind = f"a dict with keys {', '.join(map(str, list(obj)[:5]))}" if isinstance(obj, dict) else type(obj).__name__
+    raise LoadError(f"{file} holds {kind}: neither a zoo training checkpoint (with 'model') nor a state dict of tensors")
+
+
+def state_dict_mismatch(
+    model: nn.Module, state_dict: Mapping[str, Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """(missing keys, unexpected keys, shape mismatches as ``"key <checkpoint's> vs <model's>"``), in order."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [
+        f"{k} {_shape(v)} vs {_shape(own[k])}"
+        for k, v in state_dict.items()
+        if k in own and isinstance(v, Tensor) and v.shape != own[k].shape
+    ]
+    return missing, unexpected, shapes
+
+
+def _shape(t: Tensor) -> str:
+    return "x".join(map(str, t.shape)) or "scalar"
+
+
+def _some(one: str, many: str, items: Sequence[str]) -> str:
+    more = f", ... {len(items) - SHOW_KEYS} more" if len(items) > SHOW_KEYS else ""
+    return f"{len(items)} {one if len(items) == 1 else many} ({', '.join(items[:SHOW_KEYS])}{more})"
+
+
+def model_label(model: nn.Module) -> str:
+    """The name ``create_model`` built ``model`` under, else its class name."""
+    return getattr(model, "model_name", None) or type(model).__name__
+
+
+def mismatch_message(source: str, checkpoint_model: str | None, target_model: str,
+                     missing: Sequence[str], unexpected: Sequence[str], shapes: Sequence[str]) -> str:
+    """One line: ``<file> (<its model> weights) does not fit model <target>: 2 missing keys (...); ...``."""
+    held = f"{checkpoint_model} weights" if checkpoint_model else "a state dict that does not record its model"
+    kinds = (("missing key", "missing keys", missing), ("unexpected key", "unexpected keys", unexpected),
+             ("shape mismatch, checkpoint vs model", "shape mismatches, checkpoint vs model", shapes))
+    parts = [_some(one, many, items) for one, many, items in kinds if items]
+    return f"{source} ({held}) does not fit model {target_model}: {'; '.join(parts)}"
+
+
+def load_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "state dict",
+                 checkpoint_model: str | None = None) -> None:
+    """``model.load_state_dict(state_dict)`` (strict), or a :class:`LoadError` from :func:`mismatch_message`."""
+    missing, unexpected, shapes = state_dict_mismatch(model, state_dict)
+    if missing or unexpected or shapes:
+        raise LoadError(mismatch_message(source, checkpoint_model, model_label(model), missing, unexpected, shapes))
+    model.load_state_dict(state_dict)
+
+
+def load_checkpoint_into(model: nn.Module, path: str | os.PathLike) -> Checkpoint:
+    """Load the weights of a run dir, training checkpoint or state-dict file into ``model``; returns what was read."""
+    ckpt = read_checkpoint(path)
+    load_weights(model, ckpt.state_dict, str(ckpt.path), ckpt.model_name)
+    return ckpt

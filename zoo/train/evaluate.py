@@ -1,0 +1,107 @@
+"""Evaluate a trained run on the CIFAR-10 test split, as the trainer does after each epoch:
+
+    python -m zoo.train.evaluate <run dir or last.pt> [--data-path P] [--device auto|cpu|cuda]
+                                 [--batch-size N] [--test-subset N]
+
+prints one line (``eval: model=... images=... correct=... test_acc=... test_loss=...``). The data is
+``--data-path``, else the run's own (its saved ``data`` config), else ``$ZOO_CIFAR10`` when the run's
+image folder is not on this machine. A mistake is one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+from omegaconf import OmegaConf
+
+from .._run import load_run
+from .._weights import LoadError
+from .data import Split, load_cifar10
+from .errors import ConfigError, DataError, ZooError
+from .loop import EVAL_BATCH, device_settings
+from .step import evaluate
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit 2, like the rest of the command line."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = OneLineParser(prog="python -m zoo.train.evaluate", description="Evaluate a trained run on the CIFAR-10 test split and print one line.")
+    p.add_argument("run", help="a run dir (its last.pt) or a training checkpoint file")
+    p.add_argument("--data-path",
+                   help="CIFAR-10 image folders or a .tar.gz of them (default: the run's, else $ZOO_CIFAR10)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available")
+    p.add_argument("--batch-size", type=positive, default=EVAL_BATCH, help=f"images per forward pass ({EVAL_BATCH})")
+    p.add_argument("--test-subset", type=positive, default=None,
+                   help="the class-balanced first N test images, as data.test_subset (default: all 10,000)")
+    return p.parse_args(argv)
+
+
+def data_config(saved: dict[str, Any], data_path: str | None) -> dict[str, Any]:
+    """The ``data`` config to load CIFAR-10 with: the run's own source unless ``data_path`` is given or
+    the run's image folder is gone (then ``$ZOO_CIFAR10``); no subsets (the caller takes its own)."""
+    data = dict(saved.get("data") or {"name": "cifar10_folder"})
+    saved_path = data.get("path") if data.get("name") == "cifar10_folder" else None
+    if data_path:
+        data.update(name="cifar10_folder", path=data_path)
+    elif data.get("name") == "cifar10_folder" and not (saved_path and Path(str(saved_path)).expanduser().exists()):
+        data["path"] = os.environ.get("ZOO_CIFAR10") or saved_path
+        if not data["path"]:
+            raise DataError("no data path: pass --data-path <CIFAR-10 image folders or .tar.gz> or set ZOO_CIFAR10")
+    cache = data.get("cache_dir")  # the run's cache, when it is on this machine
+    data.update(subset=None, test_subset=None, cache_dir=cache if cache and Path(str(cache)).is_dir() else None)
+    return data
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available (use --device cpu)")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    """Load the run, its test split and settings (bf16 autocast and channels_last as it trained on this
+    device type), and evaluate; returns the line's values."""
+    device = pick_device(args.device)
+    model, config = load_run(args.run, device)
+    test: Split = load_cifar10(data_config(config, args.data_path)).test.subset(args.test_subset, "--test-subset")
+    saved = {k: config.get(k, "auto") for k in ("amp", "channels_last")}
+    amp, channels_last = device_settings(OmegaConf.create(saved), device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_sum, correct, count = evaluate(model, test.to(device), args.batch_size, amp, channels_last).tolist()
+    return {"model": config["model"]["name"], "images": int(count), "correct": int(correct),
+            "test_acc": correct / count, "test_loss": loss_sum / count, "device": device.type}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        r = run_eval(args)
+    except (ZooError, LoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"eval: model={r['model']} images={r['images']} correct={r['correct']} test_acc={r['test_acc']:.4f} "
+          f"test_loss={r['test_loss']:.4f} device={r['device']} run={args.run}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
