@@ -56,10 +56,12 @@ def test_classifier_api(name):
     model = zoo.create_model(name, num_classes=5).eval()
     x = inputs()
     with torch.no_grad():
-        feats = model.forward_features(x)
-        assert feats.shape == (2, model.num_features)
-        torch.testing.assert_close(model.forward_head(feats), model(x))
-        assert torch.equal(model.forward_head(feats, pre_logits=True), feats)
+        feats = model.forward_features(x)  # the unpooled final map, NCHW
+        assert feats.ndim == 4 and feats.shape[:2] == (2, model.num_features)
+        assert torch.equal(model.forward_head(feats), model(x))
+        pre_logits = model.forward_head(feats, pre_logits=True)
+        assert pre_logits.shape == (2, model.num_features)
+        assert torch.equal(model.get_classifier()(pre_logits), model(x))
         model.reset_classifier(3)
         assert model(x).shape == (2, 3) and model.num_classes == 3
         model.reset_classifier(0)

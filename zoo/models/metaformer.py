@@ -33,6 +33,7 @@ from ..layers import LayerNorm, check_drop_path_mode, check_skip_draw, drop_path
 from ..layers.mixers import TokenMixer, check_token_mixer
 from ..layers.mlp import check_act_layer
 from ._base import ZooModel
+from ._features import FeatureInfo, run_blocks
 
 
 def per_stage(value: Any, num_stages: int, name: str) -> tuple:
@@ -77,7 +78,10 @@ class Downsample(nn.Module):
 
 
 class MetaFormerStage(nn.Module):
-    """An optional downsampling, then one MetaFormerBlock per entry of ``drop_path_rates``."""
+    """An optional downsampling, then one MetaFormerBlock per entry of ``drop_path_rates``; channels-last
+    maps (B, H, W, C) in and out."""
+
+    grad_checkpointing: bool = False  # set by MetaFormer.set_grad_checkpointing
 
     def __init__(
         self,
@@ -108,12 +112,18 @@ class MetaFormerStage(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.blocks(self.downsample(x))
+        return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
 
 
 class MetaFormer(ZooModel):
     """A MetaFormer for small images. Per-stage arguments take one value (used by every stage) or a tuple
     with one value per stage.
+
+    Layout: the stages run channels-last, (B, H, W, C), inside; every map the model returns
+    (:meth:`forward_features`, ``features_only``, :meth:`forward_intermediates`) is NCHW,
+    (B, C, H, W), as timm's MetaFormer returns and as zoo's ResNets run: a permuted view of the
+    channels-last map (its memory stays channels-last; ``.contiguous()`` copies it to NCHW memory).
+    Stage i runs at ``1 / (stem_stride * 2**i)`` of the input size (``feature_info`` reductions).
 
     Args:
         depths: blocks per stage.
@@ -124,6 +134,9 @@ class MetaFormer(ZooModel):
         mlp_act: MLP activation: "starrelu", "gelu", "relu", "silu" or a factory.
         num_classes: classifier outputs (0: no head, ``forward`` returns pooled features).
         in_chans: input channels.
+        features_only: build a feature extractor: ``forward`` returns a list of stage maps (NCHW),
+            with no final norm and no classifier (see :meth:`ZooModel.init_features`).
+        out_indices: with ``features_only``, the stages returned (None: all).
         img_size: input height and width; sets the token count of "random" mixers.
         stem_stride: stride of the stem (1: stages at 32/16/8/4 for 32x32 inputs; 2: 16/8/4/2).
         drop_path_rate: the largest per-block drop path rate.
@@ -152,6 +165,8 @@ class MetaFormer(ZooModel):
         layer_scale_init_values: float | None | Sequence[float | None] = None,
         res_scale_init_values: float | None | Sequence[float | None] = (None, None, 1.0, 1.0),
         drop_path_skip_draw: str = "auto",
+        features_only: bool = False,
+        out_indices: int | Sequence[int] | None = None,
     ):
         super().__init__()
         # Check and broadcast everything first, so a bad argument fails before anything is built.
@@ -190,10 +205,14 @@ class MetaFormer(ZooModel):
                 for i in range(n)
             )
         )
+        self.feature_info = FeatureInfo(
+            dict(num_chs=dims[i], reduction=stem_stride * 2**i, module=f"stages.{i}") for i in range(n)
+        )
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)  # the head's norm keeps its bias, as in the paper
         self.num_features = dims[-1]
         self.reset_classifier(num_classes)
         self.apply(self._init_weights)
+        self.init_features(features_only, out_indices)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -202,9 +221,9 @@ class MetaFormer(ZooModel):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        x = self.stages(self.stem(x))  # (B, H, W, C)
-        return self.norm(x.mean((1, 2)))
+    def to_nchw(self, x: Tensor) -> Tensor:
+        """A stage's channels-last (B, H, W, C) map as NCHW (B, C, H, W): a view, no copy."""
+        return x.permute(0, 3, 1, 2)
 
 
 SIZES: dict[str, dict[str, tuple[int, ...]]] = {

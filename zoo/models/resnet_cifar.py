@@ -10,19 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from .._registry import register_model
 from ..blocks.resnet import BasicBlock, Bottleneck
 from ..layers import check_drop_path_mode, check_skip_draw, drop_path_rates
 from ._base import ZooModel
+from ._features import FeatureInfo, run_blocks
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class ResNetStage(nn.Sequential):
-    """``len(drop_path_rates)`` blocks; the first one changes the width and the stride."""
+    """``len(drop_path_rates)`` blocks; the first one changes the width and the stride. NCHW in and out."""
+
+    grad_checkpointing: bool = False  # set by ResNetCifar.set_grad_checkpointing
 
     def __init__(
         self,
@@ -43,9 +45,14 @@ class ResNetStage(nn.Sequential):
             in_chs = width * block.expansion
         super().__init__(*blocks)
 
+    def forward(self, x: Tensor) -> Tensor:
+        return run_blocks(self, x, self.grad_checkpointing)
+
 
 class ResNetCifar(ZooModel):
-    """A CIFAR ResNet.
+    """A CIFAR ResNet. Its maps are NCHW, (B, C, H, W), the layout every zoo model's feature API
+    returns; the three stages run at 1, 1/2 and 1/4 of the input size (``feature_info`` reductions
+    1, 2, 4).
 
     Args:
         depths: blocks per stage, e.g. (3, 3, 3) for resnet20.
@@ -53,6 +60,9 @@ class ResNetCifar(ZooModel):
         block: "basic" or "bottleneck".
         num_classes: classifier outputs (0: no head, ``forward`` returns pooled features).
         in_chans: input channels.
+        features_only: build a feature extractor: ``forward`` returns a list of stage maps (NCHW)
+            and there is no classifier (see :meth:`ZooModel.init_features`).
+        out_indices: with ``features_only``, the stages returned (None: all three).
         drop_path_rate: the largest per-block drop path rate.
         drop_path_schedule: how rates grow with depth (see :func:`zoo.layers.drop_path_rates`).
         drop_path_mode: "mask", "skip" (branch computed for kept samples only) or "auto".
@@ -77,6 +87,8 @@ class ResNetCifar(ZooModel):
         shortcut: str = "A",
         zero_init_last: bool = True,
         drop_path_skip_draw: str = "auto",
+        features_only: bool = False,
+        out_indices: int | Sequence[int] | None = None,
     ):
         super().__init__()
         check_drop_path_mode(drop_path_mode)
@@ -91,17 +103,20 @@ class ResNetCifar(ZooModel):
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
         )
-        stages, in_chs = [], widths[0]
+        stages, in_chs, self.feature_info = [], widths[0], FeatureInfo()
         for i, (width, stage_rates) in enumerate(zip(widths, rates)):
             stride = 1 if i == 0 else 2
             stages.append(
                 ResNetStage(block_cls, in_chs, width, stride, stage_rates, drop_path_mode, shortcut, drop_path_skip_draw)
             )
             in_chs = width * block_cls.expansion
+            self.feature_info.append(dict(num_chs=in_chs, reduction=2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
         self.num_features = in_chs
+        self.norm = nn.Identity()  # the head pools, then classifies: no norm
         self.reset_classifier(num_classes)
         self._init_weights(zero_init_last)
+        self.init_features(features_only, out_indices)
 
     def _init_weights(self, zero_init_last: bool) -> None:
         for m in self.modules():
@@ -115,9 +130,6 @@ class ResNetCifar(ZooModel):
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     last_bn = (m.conv_bn3 if isinstance(m, Bottleneck) else m.conv_bn2)[1]
                     nn.init.zeros_(last_bn.weight)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return torch.flatten(self.stages(self.stem(x)).mean((2, 3)), 1)
 
 
 # Variants as data: name -> n, the blocks per stage (BasicBlock: 6n + 2 layers).
