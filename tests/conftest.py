@@ -25,12 +25,14 @@ def find_cifar10_archive() -> Path | None:
     return path.resolve() if path.exists() else None
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, NO_CUDA])]
 
 
 @pytest.fixture(params=DEVICES)
 def device(request: pytest.FixtureRequest) -> str:
-    """Runs a test on the CPU, and again on CUDA where a GPU is present (skipped, saying so, elsewhere)."""
+    """Runs a test on the CPU, and again on CUDA where a GPU is present (skipped, saying so, elsewhere;
+    ``pytest -m cuda`` runs the CUDA cases alone)."""
     return request.param
 
 

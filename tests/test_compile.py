@@ -121,13 +121,13 @@ def test_a_new_rate_in_the_fixed_draw_is_a_new_graph_but_a_new_mask_rate_is_not(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, mode", [("resnet8", "skip"), ("convformer_tiny", "auto")])
-def test_inductor_compiles_training_steps(name, mode):
+def test_inductor_compiles_training_steps(name, mode, device):
     """The real compiler, forward and backward, fullgraph: a few training steps lower the loss."""
     torch.manual_seed(0)
-    model = zoo.create_model(name, drop_path_rate=0.3, drop_path_mode=mode).train()
+    model = zoo.create_model(name, drop_path_rate=0.3, drop_path_mode=mode).train().to(device)
     compiled = torch.compile(model, fullgraph=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    x, y = torch.randn(16, 3, 32, 32, device=device), torch.randint(0, 10, (16,), device=device)
     losses = []
     for _ in range(6):
         opt.zero_grad(set_to_none=True)

@@ -54,6 +54,7 @@ def test_the_hydra_task_pickles_by_value_as_a_launcher_sends_it():
     assert restored.__globals__["run"].__module__ == "zoo.train.cli"
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_fixed_skip_step_does_not_sync_the_device():
     """A training step of a skip-mode model (the fixed draw, the default on CUDA) makes no host sync."""

@@ -41,7 +41,7 @@ def compose_train(*overrides: str):
 def tiny(archive: Path, cache: Path, *extra: str) -> tuple[str, ...]:
     """resnet8, 256 images in 4 steps per epoch, 2 epochs: a few seconds in process."""
     return ("model=resnet8", "data=cifar10_folder", f"data.path={archive}", f"data.cache_dir={cache}", "data.subset=256",
-            "data.test_subset=100", "epochs=2", "batch_size=64", "sched.warmup_epochs=0", "device=cpu", *extra)
+            "data.test_subset=100", "epochs=2", "batch_size=64", "sched.warmup_epochs=0", "device=cpu", "amp=false", *extra)
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -322,7 +322,7 @@ def test_cli_divergence_is_one_line(tmp_path, cifar10_archive, cifar10_cache):
 def cli_args(archive: Path, cache: Path, run_dir: Path) -> list[str]:
     """resnet8 on 600 images, 12 steps per epoch, 3 epochs: a few seconds per run on an idle CPU."""
     return ["model=resnet8", "data=cifar10_folder", f"data.path={archive}", f"data.cache_dir={cache}", "data.subset=600",
-            "data.test_subset=200", "epochs=3", "batch_size=50", "sched.warmup_epochs=0", "device=cpu",
+            "data.test_subset=200", "epochs=3", "batch_size=50", "sched.warmup_epochs=0", "device=cpu", "amp=false",
             f"hydra.run.dir={run_dir}"]
 
 

@@ -38,7 +38,7 @@ def small(archive: Path, cache: Path, *extra: str) -> tuple[str, ...]:
     return (
         "model=resnet8", "data=cifar10_folder", f"data.path={archive}", f"data.cache_dir={cache}",
         "data.subset=256", "data.test_subset=100", "epochs=2", "batch_size=64", "sched.warmup_epochs=0",
-        "device=cpu", *extra,
+        "device=cpu", "amp=false", *extra,
     )
 
 

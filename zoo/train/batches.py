@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,20 +28,35 @@ def generator(*parts: object) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*parts))
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> tuple[Tensor, int]:
-    """This epoch's permutation of ``n`` images and its number of full batches (at least one)."""
-    perm = torch.randperm(n, generator=generator(seed, "perm", epoch))
-    return perm, max(1, n // batch_size)
+@dataclass
+class EpochPlan:
+    """An epoch's image order and every step's crops and flips, on the training device: made once per
+    epoch, so a step copies nothing from the host (on a GPU a blocking copy per step would be a sync)."""
+
+    order: Tensor  # (N,) int64: the epoch's permutation of the training images
+    params: Tensor  # (3, steps * batch_size): :func:`augment_params` of every step, side by side
+    batch_size: int
+
+    @property
+    def steps(self) -> int:
+        return max(1, len(self.order) // self.batch_size)
 
 
-def train_batch(
-    data: Split, perm: Tensor, step: int, batch_size: int, seed: int, epoch: int, rank: int, world: int, channels_last: bool
-) -> tuple[Tensor, Tensor]:
+def epoch_plan(n: int, batch_size: int, seed: int, epoch: int, device: torch.device | str = "cpu") -> EpochPlan:
+    """The plan of ``epoch``: its permutation of ``n`` images (full batches only, at least one) and each
+    step's augmentation, drawn from (seed, epoch) and (seed, epoch, step) on the CPU."""
+    order = torch.randperm(n, generator=generator(seed, "perm", epoch))
+    steps = max(1, n // batch_size)
+    sizes = [len(order[step * batch_size : (step + 1) * batch_size]) for step in range(steps)]
+    params = torch.cat([augment_params(k, generator(seed, "aug", epoch, step)) for step, k in enumerate(sizes)], dim=1)
+    return EpochPlan(order.to(device), params.to(device), batch_size)
+
+
+def train_batch(data: Split, plan: EpochPlan, step: int, rank: int, world: int, channels_last: bool) -> tuple[Tensor, Tensor]:
     """This rank's share of global batch ``step``: indices and augmentation drawn for the whole batch, so
     one process or N processes see the same images and the same crops."""
-    idx = perm[step * batch_size : (step + 1) * batch_size]
-    params = augment_params(len(idx), generator(seed, "aug", epoch, step))
-    idx, params = idx[rank::world].to(data.images.device), params[:, rank::world].to(data.images.device)
+    span = slice(step * plan.batch_size, (step + 1) * plan.batch_size)
+    idx, params = plan.order[span][rank::world], plan.params[:, span][:, rank::world]
     images = crop_flip(data.images[idx], params)
     return normalize(images, channels_last), data.labels[idx]
 

@@ -27,6 +27,7 @@ SCHEDULES = ("cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
 DATASETS = ("cifar10", "cifar10_folder")
 AUTO_FLAGS = ("auto", True, False)
+COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -105,7 +106,7 @@ def validate_config(cfg: DictConfig) -> None:
     _choice(cfg, "device", DEVICES)
     for key in ("amp", "channels_last"):
         _choice(cfg, key, AUTO_FLAGS)
-    _choice(cfg, "compile", (True, False))
+    _choice(cfg, "compile", COMPILE_MODES)
     _choice(cfg, "optim.name", OPTIMIZERS)
     _choice(cfg, "sched.name", SCHEDULES)
     if _number(cfg, "sched.warmup_epochs") < 0:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ..layers import time_factor
 from ..models import ZooModel
 from . import distributed as dist
-from .batches import derive_seed, epoch_batches, train_batch
+from .batches import derive_seed, epoch_plan, train_batch
 from .atomic import remove_stale_temporaries
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model_state, resumed_config, save_checkpoint, training_state
 from .config import build_model, validate_config
@@ -32,6 +32,7 @@ from .data import Split, load_cifar10
 from .errors import CompileFailed, ConfigError
 from .interrupt import StopAtOnce, StopOnSignal, TrainingInterrupted
 from .optim import build_optimizer, sched_lr
+from .precision import Precision, resolve_precision
 from .runlog import RunLog, versions
 from .step import LossWatch, Meter, diverged, evaluate, finite_state, train_step
 
@@ -57,6 +58,7 @@ class TrainState:
     data_source: str
     amp: bool
     channels_last: bool
+    precision_why: str  # how amp: auto was decided
     history: list[dict[str, Any]] = field(default_factory=list)
     start_epoch: int = 0
     start_step: int = 0
@@ -115,7 +117,8 @@ def setup(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
         remove_stale_temporaries(run.dir / CHECKPOINT_NAME)  # left by a save killed mid-write; never read
     if saved is None and (run.dir / CHECKPOINT_NAME).exists() and ctx.is_main:
         raise ConfigError(f"{run.dir} already holds a run; continue it with resume={run.dir} or pick another hydra.run.dir")
-    amp, channels_last = device_settings(cfg, ctx.device)
+    precision = device_settings(cfg, ctx.device)
+    amp, channels_last = precision.amp, precision.channels_last
     kept = f"{run.dir / CHECKPOINT_NAME} is as it was" if saved else "no checkpoint was due yet"
     with StopAtOnce("loading the data set", f"nothing was lost ({kept}; a data cache is written whole or not at all)"):
         train_data, test_data, source = load_data(cfg, ctx)
@@ -125,28 +128,25 @@ def setup(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     model, eval_model = wrap(net, cfg.compile, ctx.world)
     s = TrainState(cfg, ctx, run, net, model, eval_model, optimizer, criterion, train_data, test_data, source, amp,
-                   channels_last)
+                   channels_last, precision.why)
     if saved is not None:
         restore(s, saved)
     run.config(cfg)
     run.restart_metrics(s.history)
     log.info(
-        "%s: %.2fM params, %d train / %d test images, %d steps/epoch, %s x%d, amp=%s, channels_last=%s",
+        "%s: %.2fM params, %d train / %d test images, %d steps/epoch, %s x%d, %s",
         cfg.model.name, sum(p.numel() for p in net.parameters()) / 1e6, len(train_data), len(test_data),
-        s.steps_per_epoch, ctx.device, ctx.world, amp, channels_last,
+        s.steps_per_epoch, ctx.device, ctx.world, precision.describe(),
     )
     return s
 
 
-def device_settings(cfg: DictConfig, device: torch.device) -> tuple[bool, bool]:
-    """(bf16 autocast, channels_last) for this device: ``auto`` means on CUDA only."""
-    cuda = device.type == "cuda"
-    if cuda:
+def device_settings(cfg: DictConfig, device: torch.device) -> Precision:
+    """bf16 autocast and channels_last for this device (:func:`resolve_precision`), and cuDNN's autotuner."""
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
-    amp = cuda if cfg.amp == "auto" else bool(cfg.amp)
-    channels_last = cuda if cfg.channels_last == "auto" else bool(cfg.channels_last)
-    return amp, channels_last
+    return resolve_precision(cfg.amp, cfg.channels_last, device)
 
 
 def load_data(cfg: DictConfig, ctx: dist.Context) -> tuple[Split, Split, str]:
@@ -160,14 +160,15 @@ def load_data(cfg: DictConfig, ctx: dist.Context) -> tuple[Split, Split, str]:
     return data.train.to(ctx.device), data.test.to(ctx.device), data.source
 
 
-def wrap(net: nn.Module, compile: bool, world: int) -> tuple[nn.Module, nn.Module]:
+def wrap(net: nn.Module, compile: bool | str, world: int) -> tuple[nn.Module, nn.Module]:
     """What a training step and an evaluation call: DistributedDataParallel across processes, and
-    torch.compile when asked."""
+    torch.compile in the mode asked for (``True``: the default mode)."""
     model = nn.parallel.DistributedDataParallel(net) if world > 1 else net
     eval_model: nn.Module = net
     if compile:
-        model = torch.compile(model)
-        eval_model = torch.compile(net) if world > 1 else model
+        mode = None if compile in (True, "default") else compile
+        model = torch.compile(model, mode=mode)
+        eval_model = torch.compile(net, mode=mode) if world > 1 else model
     return model, eval_model
 
 
@@ -189,7 +190,7 @@ def train_one_epoch(s: TrainState, epoch: int, stop: StopOnSignal) -> Meter:
     cfg, ctx, steps = s.cfg, s.ctx, s.steps_per_epoch
     resumed = epoch == s.start_epoch
     first, meter = (s.start_step, s.meter) if resumed else (0, Meter())
-    perm, _ = epoch_batches(len(s.train_data), cfg.batch_size, cfg.seed, epoch)
+    plan = epoch_plan(len(s.train_data), cfg.batch_size, cfg.seed, epoch, ctx.device)
     watch = LossWatch(meter, epoch, s.ckpt_path if s.saved_any else None)
     bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if ctx.is_main else True,
                leave=False, dynamic_ncols=True)
@@ -206,8 +207,7 @@ def train_one_epoch(s: TrainState, epoch: int, stop: StopOnSignal) -> Meter:
             s.net.set_drop_path_factor(time_factor(cfg.drop_path_time_schedule, global_step / steps,
                                                    cfg.drop_path_time_cutoff, cfg.drop_path_time_early_mode))
             torch.manual_seed(derive_seed(cfg.seed, "drop", epoch, step, ctx.rank))  # the drop path draws
-            x, y = train_batch(s.train_data, perm, step, cfg.batch_size, cfg.seed, epoch, ctx.rank, ctx.world,
-                               s.channels_last)
+            x, y = train_batch(s.train_data, plan, step, ctx.rank, ctx.world, s.channels_last)
             s.lr = sched_lr(cfg, global_step, cfg.epochs * steps, steps)
             loss, correct = first_compiled_call(s, train_step, s.model, s.optimizer, s.criterion, x, y, s.lr, s.amp)
             watch.push(loss, correct, len(y), step)  # checks the previous step's loss, without a sync now
@@ -307,6 +307,10 @@ def make_summary(s: TrainState, wall_seconds: float) -> dict[str, Any]:
         "drop_path_schedule": cfg.drop_path_schedule,
         "drop_path_mode": cfg.drop_path_mode,
         "drop_path_time_schedule": cfg.drop_path_time_schedule,
+        "amp": "bf16" if s.amp else "off",
+        "channels_last": s.channels_last,
+        "precision_choice": s.precision_why,
+        "compile": cfg.compile,
         "seed": cfg.seed,
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,

@@ -108,12 +108,12 @@ class LossWatch:
             self.pending = None
 
     def _take(self, loss: Tensor, correct: Tensor, n: int, step: int) -> None:
-        value = loss.item()
+        value, right = torch.stack([loss.float(), correct.float()]).tolist()  # the step's one sync
         if not math.isfinite(value):
             where = f"at epoch {self.epoch + 1} step {step + 1}"  # 1-based, as epochs are
             raise diverged(f"the training loss became {value} {where}", self.last_checkpoint)
         self.meter.loss_sum += value * n
-        self.meter.correct += float(correct.item())
+        self.meter.correct += right
         self.meter.count += n
         self.last_loss = value
 
