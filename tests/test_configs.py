@@ -57,6 +57,14 @@ def test_model_config_builds_its_model(name):
     assert max(model.drop_path_rates()) == pytest.approx(0.1)  # drop_path_rate reached the blocks
 
 
+def test_every_registered_model_is_selectable_as_model_equals_its_name():
+    """``model=<name>`` works for every name zoo.list_models() gives (configs/model/<name>.yaml)."""
+    for name in zoo.list_models():
+        path = CONFIGS / "model" / f"{name}.yaml"
+        assert path.is_file(), f"no configs/model/{name}.yaml"
+        assert OmegaConf.load(path).name == name
+
+
 def test_every_registered_family_has_a_model_config():
     named = {OmegaConf.load(CONFIGS / "model" / f"{f}.yaml").name for f in MODEL_FILES}
     families = {n.split("_")[0] for n in zoo.list_models()}
@@ -101,3 +109,16 @@ def test_group_options_compose():
 def test_bad_values_are_config_errors(override, match):
     with pytest.raises(ConfigError, match=match):
         validate_config(compose_train(override))
+
+
+def test_help_lists_the_keys_and_what_they_mean():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(CONFIGS.parent / "train.py"), "--help"], capture_output=True, text=True,
+                         timeout=120, cwd=CONFIGS.parent)
+    assert out.returncode == 0, out.stderr
+    for text in ("drop_path_schedule        over depth: linear", "drop_path_mode            mask", "early (the rate until",
+                 "model: caformer, caformer_s12", "compile                   false | true"):
+        assert text in out.stdout, text
+    assert "Powered by Hydra" not in out.stdout

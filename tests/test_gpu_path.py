@@ -167,7 +167,7 @@ def test_cuda_step_syncs_once_for_the_loss_check(tmp_path, monkeypatch, mode, ci
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("extra", [(), ("drop_path_mode=skip",), ("compile=true",)])
+@pytest.mark.parametrize("extra", [(), ("drop_path_mode=skip",), pytest.param(("compile=true",), marks=pytest.mark.slow)])
 def test_cuda_two_epoch_run_and_resume_equality(tmp_path, monkeypatch, extra, cifar10_archive, cifar10_cache):
     """Two epochs on the GPU (bf16 autocast and channels_last by default), with the data on the device;
     interrupted after epoch 1's first step and resumed, it ends exactly as the uninterrupted run."""

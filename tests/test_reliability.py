@@ -154,6 +154,7 @@ def test_cli_config_mistakes_are_one_line(tmp_path):
         "drop_path_mode=fast": "error: drop_path_mode must be one of mask, skip, auto, got 'fast'",
         "model.name=resnt20": "error: model.name: unknown model 'resnt20'; did you mean resnet20",
         "model=resnt20": "error: model=resnt20: there is no configs/model/resnt20.yaml; did you mean resnet20",
+        "model=metaformer,resnet20": "error: model=metaformer,resnet20 is a sweep: add -m to run one job per value",
     }
     for i, (override, line) in enumerate(cases.items()):
         assert one_error_line(run_cli(override, f"hydra.run.dir={tmp_path / str(i)}")).startswith(line), override

@@ -110,7 +110,10 @@ def load_model_state(model: torch.nn.Module, state: dict[str, Any]) -> None:
 
 
 # Keys a resumed run may change: where it runs and where the data lies, not what it computes.
-RESUME_FREE_KEYS = ("resume", "device", "amp", "channels_last", "compile", "data.path", "data.cache_dir", "data.root")
+RESUME_FREE_KEYS = (
+    "resume", "device", "amp", "channels_last", "compile", "data.path", "data.cache_dir", "data.root", "tensorboard",
+    "log_every_s",
+)
 # Keys older versions saved that no longer exist: a resumed run drops them.
 REMOVED_KEYS = ("retain_freed_memory",)
 

@@ -98,6 +98,8 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
     args = [a for a in argv[1:] if a not in ("-m", "--multirun")]
     if any(a.startswith("-") for a in args):  # --help, --cfg, --config-dir, ...: Hydra's business
         return
+    if len(args) == len(argv) - 1:
+        _refuse_sweeps(args)
     resume = [a.partition("=")[2] for a in args if a.startswith("resume=")]
     if resume and resume[-1].strip("'\"") not in ("", "null", "None"):
         resolve_checkpoint(resume[-1].strip("'\""))  # one line for a mistyped path, before any dir exists
@@ -114,6 +116,21 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
             validate_config(cfg)
             if cfg.data.name == "cifar10_folder":
                 source_path(cfg.data.path)
+
+
+def _refuse_sweeps(args: list[str]) -> None:
+    """A sweep value (``a,b``, ``range(3)``) without ``-m``: one line saying what to do, instead of
+    Hydra's six-line "Ambiguous value" message."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception:
+        return
+    for o in parsed:
+        if o.is_sweep_override() and not o.is_hydra_override():
+            raise ConfigError(f"{o.input_line} is a sweep: add -m to run one job per value "
+                              "(or quote it, key='a,b', for one string value)")
 
 
 def _expand(args: list[str]) -> list[list[str]] | None:

@@ -103,6 +103,14 @@ def validate_config(cfg: DictConfig) -> None:
     if not 0.0 <= smoothing < 1.0:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {smoothing}")
     _integer(cfg, "seed", 0)
+    for key in ("mixup_alpha", "cutmix_alpha", "log_every_s"):
+        if _number(cfg, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {_select(cfg, key)}")
+    decay = _number(cfg, "ema_decay")
+    if not 0.0 < decay < 1.0:
+        raise ConfigError(f"ema_decay must be in (0, 1), got {decay}")
+    for key in ("ema", "tensorboard"):
+        _choice(cfg, key, (True, False))
     _choice(cfg, "device", DEVICES)
     for key in ("amp", "channels_last"):
         _choice(cfg, key, AUTO_FLAGS)

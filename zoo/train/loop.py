@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from tqdm import tqdm
+from torch.optim.swa_utils import AveragedModel
 
 from ..layers import time_factor
 from ..models import ZooModel
@@ -30,9 +30,12 @@ from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model_state, resu
 from .config import build_model, validate_config
 from .data import Split, load_cifar10
 from .errors import CompileFailed, ConfigError
+from .ema import build_ema
 from .interrupt import StopAtOnce, StopOnSignal, TrainingInterrupted
+from .mixing import Mixing, build_mixing
 from .optim import build_optimizer, sched_lr
 from .precision import Precision, resolve_precision
+from .progress import Progress
 from .runlog import RunLog, versions
 from .step import LossWatch, Meter, diverged, evaluate, finite_state, train_step
 
@@ -66,6 +69,8 @@ class TrainState:
     saved_any: bool = False
     lr: float = 0.0
     compiled: set[Callable[..., Any]] = field(default_factory=set)  # compiled calls that ran once
+    ema: AveragedModel | None = None  # cfg.ema: the weights' moving average, evaluated beside them
+    mixing: Mixing | None = None  # mixup / cutmix of each batch
 
     @property
     def steps_per_epoch(self) -> int:
@@ -84,10 +89,7 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
         with StopOnSignal() as stop:
             for epoch in range(s.start_epoch, s.cfg.epochs):
                 meter = train_one_epoch(s, epoch, stop)
-                eval_start = time.perf_counter()
-                test_sums = first_compiled_call(s, evaluate, s.eval_model, s.test_data, EVAL_BATCH, s.amp,
-                                                s.channels_last, s.ctx.rank, s.ctx.world)
-                row = epoch_row(s, epoch, meter, dist.all_sum(test_sums), time.perf_counter() - eval_start)
+                row = evaluate_epoch(s, epoch, meter)
                 s.history.append(row)
                 save(s, epoch + 1, 0, Meter())
                 s.run.metrics(row)
@@ -129,10 +131,14 @@ def setup(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
     model, eval_model = wrap(net, cfg.compile, ctx.world)
     s = TrainState(cfg, ctx, run, net, model, eval_model, optimizer, criterion, train_data, test_data, source, amp,
                    channels_last, precision.why)
+    s.ema = build_ema(net, cfg.ema_decay) if cfg.ema else None
+    s.mixing = build_mixing(cfg.mixup_alpha, cfg.cutmix_alpha)
     if saved is not None:
         restore(s, saved)
     run.config(cfg)
     run.restart_metrics(s.history)
+    if cfg.tensorboard:
+        run.open_tensorboard()
     log.info(
         "%s: %.2fM params, %d train / %d test images, %d steps/epoch, %s x%d, %s",
         cfg.model.name, sum(p.numel() for p in net.parameters()) / 1e6, len(train_data), len(test_data),
@@ -176,6 +182,8 @@ def restore(s: TrainState, saved: dict[str, Any]) -> None:
     """Put a checkpoint's weights, optimizer state, history and position into a freshly set-up run."""
     load_model_state(s.net, saved)
     s.optimizer.load_state_dict(saved["optimizer"])
+    if s.ema is not None and saved.get("ema") is not None:
+        s.ema.load_state_dict(saved["ema"])
     s.history, s.start_epoch, s.start_step = saved["history"], saved["epoch"], saved["step"]
     if s.ctx.is_main:  # the saved sums are over all ranks already
         s.meter = Meter(**saved["meter"])
@@ -188,36 +196,35 @@ def train_one_epoch(s: TrainState, epoch: int, stop: StopOnSignal) -> Meter:
     """The steps of ``epoch`` (from the resumed step, in the epoch a run resumes in); stops at a step
     boundary, saved, when a signal arrived. Returns the epoch's running sums on this rank."""
     cfg, ctx, steps = s.cfg, s.ctx, s.steps_per_epoch
-    resumed = epoch == s.start_epoch
-    first, meter = (s.start_step, s.meter) if resumed else (0, Meter())
+    first, meter = (s.start_step, s.meter) if epoch == s.start_epoch else (0, Meter())
     plan = epoch_plan(len(s.train_data), cfg.batch_size, cfg.seed, epoch, ctx.device)
     watch = LossWatch(meter, epoch, s.ckpt_path if s.saved_any else None)
-    bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if ctx.is_main else True,
-               leave=False, dynamic_ncols=True)
+    progress = Progress(epoch, cfg.epochs, first, steps, cfg.log_every_s, ctx.is_main)
     start = time.perf_counter()
-    with bar:  # closed (its line cleared) before any message about how the epoch ended
+    try:  # the bar is closed (its line cleared) before any message about how the epoch ended
         for step in range(first, steps):
             if dist.any_rank(stop.requested, ctx.device):
                 watch.flush()
                 meter.seconds += time.perf_counter() - start
-                bar.close()
+                progress.close()
                 save(s, epoch, step, meter)
                 raise interrupted(s, stop, epoch, step)
             global_step = epoch * steps + step
             s.net.set_drop_path_factor(time_factor(cfg.drop_path_time_schedule, global_step / steps,
                                                    cfg.drop_path_time_cutoff, cfg.drop_path_time_early_mode))
-            torch.manual_seed(derive_seed(cfg.seed, "drop", epoch, step, ctx.rank))  # the drop path draws
+            torch.manual_seed(derive_seed(cfg.seed, "drop", epoch, step, ctx.rank))  # drop path and mixing draws
             x, y = train_batch(s.train_data, plan, step, ctx.rank, ctx.world, s.channels_last)
+            x, target = s.mixing(x, y) if s.mixing else (x, y)
             s.lr = sched_lr(cfg, global_step, cfg.epochs * steps, steps)
-            loss, correct = first_compiled_call(s, train_step, s.model, s.optimizer, s.criterion, x, y, s.lr, s.amp)
+            loss, correct = first_compiled_call(s, train_step, s.model, s.optimizer, s.criterion, x, y, s.lr, s.amp,
+                                                target)
+            if s.ema is not None:
+                s.ema.update_parameters(s.net)
             watch.push(loss, correct, len(y), step)  # checks the previous step's loss, without a sync now
-            bar.update()
-            if step % 20 == 0 or step == steps - 1:
-                per_step = (time.perf_counter() - start) / (step + 1 - first)
-                bar.set_postfix(loss=f"{watch.last_loss:.3f}", acc=f"{watch.accuracy:.3f}",
-                                img_s=f"{cfg.batch_size / per_step:.0f}",
-                                run_eta=_hms((cfg.epochs * steps - global_step - 1) * per_step), refresh=False)
+            progress.update(step, watch.last_loss, watch.accuracy, cfg.batch_size, cfg.epochs * steps - global_step - 1)
         watch.flush()
+    finally:
+        progress.close()
     meter.seconds += time.perf_counter() - start
     return meter
 
@@ -257,8 +264,9 @@ def save(s: TrainState, epoch: int, step: int, meter: Meter) -> None:
     if s.ctx.is_main:
         summed = Meter(*sums.tolist(), seconds=meter.seconds)
         config = OmegaConf.to_container(s.cfg, resolve=True)
-        save_checkpoint(training_state(s.net, s.optimizer, config, epoch, step, s.steps_per_epoch, summed, s.history),
-                        s.ckpt_path)
+        state = training_state(s.net, s.optimizer, config, epoch, step, s.steps_per_epoch, summed, s.history)
+        state["ema"] = s.ema.state_dict() if s.ema is not None else None
+        save_checkpoint(state, s.ckpt_path)
     dist.barrier()
     s.saved_any = True
 
@@ -272,10 +280,25 @@ def interrupted(s: TrainState, stop: StopOnSignal, epoch: int, step: int) -> Tra
     )
 
 
-def epoch_row(s: TrainState, epoch: int, meter: Meter, test_sums: torch.Tensor, eval_seconds: float) -> dict[str, Any]:
-    """The metrics.jsonl line of a finished epoch, summed over ranks."""
+def evaluate_epoch(s: TrainState, epoch: int, meter: Meter) -> dict[str, Any]:
+    """The metrics.jsonl line of a finished epoch: its training sums and the test split's, summed over
+    ranks (and, with EMA, the averaged weights' test loss and accuracy)."""
+    start = time.perf_counter()
+    test = dist.all_sum(first_compiled_call(s, evaluate, s.eval_model, s.test_data, EVAL_BATCH, s.amp, s.channels_last,
+                                            s.ctx.rank, s.ctx.world)).tolist()
+    ema = None
+    if s.ema is not None:
+        ema = dist.all_sum(evaluate(s.ema, s.test_data, EVAL_BATCH, s.amp, s.channels_last, s.ctx.rank, s.ctx.world))
+    row = epoch_row(s, epoch, meter, test, time.perf_counter() - start)
+    if ema is not None:
+        ema_loss, ema_correct, count = ema.tolist()
+        row.update(ema_test_loss=ema_loss / count, ema_test_acc=ema_correct / count)
+    return row
+
+
+def epoch_row(s: TrainState, epoch: int, meter: Meter, test: list[float], eval_seconds: float) -> dict[str, Any]:
+    """The metrics line from the epoch's training sums (over ranks) and its test sums."""
     train_sums = dist.all_sum(meter.sums(s.ctx.device)).tolist()
-    test = test_sums.tolist()
     return {
         "epoch": epoch + 1,
         "train_loss": train_sums[0] / train_sums[2],
@@ -296,6 +319,7 @@ def make_summary(s: TrainState, wall_seconds: float) -> dict[str, Any]:
         "model": cfg.model.name,
         "final_test_acc": history[-1]["test_acc"],
         "best_test_acc": max(r["test_acc"] for r in history),
+        **({"final_ema_test_acc": history[-1]["ema_test_acc"]} if "ema_test_acc" in history[-1] else {}),
         "params": sum(p.numel() for p in s.net.parameters()),
         "total_seconds": sum(r["epoch_seconds"] for r in history),
         "wall_seconds_last_invocation": wall_seconds,
@@ -319,11 +343,6 @@ def make_summary(s: TrainState, wall_seconds: float) -> dict[str, Any]:
         "train_images": len(s.train_data),
         "test_images": len(s.test_data),
     }
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def epoch_line(row: dict[str, Any], epochs: int) -> str:

@@ -77,13 +77,26 @@ class RunLog:
     def __init__(self, run_dir: str | Path, enabled: bool = True):
         self.dir = Path(run_dir)
         self.enabled = enabled
+        self.tensorboard = None
         if enabled:
             self.dir.mkdir(parents=True, exist_ok=True)
             lock_run_dir(self.dir)
 
     def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         if self.enabled:
             unlock_run_dir(self.dir)
+
+    def open_tensorboard(self) -> None:
+        """Write every metrics line as TensorBoard scalars too (``tensorboard --logdir <run or sweep dir>``)."""
+        if not self.enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+        self.tensorboard = SummaryWriter(str(self.dir))
 
     def config(self, cfg: DictConfig) -> None:
         if self.enabled:
@@ -98,6 +111,11 @@ class RunLog:
         if self.enabled:
             with open(self.dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key != "epoch":
+                    self.tensorboard.add_scalar(key, value, row["epoch"])
+            self.tensorboard.flush()
 
     def summary(self, summary: dict[str, Any]) -> None:
         if self.enabled:

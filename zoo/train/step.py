@@ -29,13 +29,16 @@ def train_step(
     y: Tensor,
     lr: float,
     amp: bool,
+    target: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """One SGD/AdamW step at learning rate ``lr``; returns the loss and the number correct (device tensors, no sync)."""
+    """One SGD/AdamW step at learning rate ``lr`` towards ``target`` (soft targets of mixup / cutmix;
+    default: the labels ``y``); returns the loss and the number correct against ``y`` (device tensors,
+    no sync)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     with autocast(x.device, amp):
         logits = model(x)
-        loss = criterion(logits.float(), y)
+        loss = criterion(logits.float(), y if target is None else target)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

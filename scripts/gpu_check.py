@@ -1,0 +1,290 @@
+"""The project's GPU evidence from one command: the machine, the CUDA tests, a throughput table and a
+with / without stochastic depth comparison on the full data set, each stage inside its own time budget.
+
+Run through ``scripts/gpu_check.sh`` (it installs Hydra from carried wheels first). Everything lands
+in ``$OUT`` (or ``--out``): gpu_check.md (every table), gpu_check.json, cuda_tests.txt, comparison.md
+and comparison.png. ``--dry`` runs every stage on the CPU with tiny models and a data subset, in about
+a minute: CI runs it so that the script never breaks unseen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import zoo  # noqa: E402
+from zoo.train.batches import epoch_plan, train_batch  # noqa: E402
+from zoo.train.data import Split, load_image_folder  # noqa: E402
+from zoo.train.step import train_step  # noqa: E402
+
+
+@dataclass
+class Plan:
+    """What each stage does and may spend; the real run and the dry run differ only here."""
+
+    device: str
+    total_s: float
+    tests_s: float
+    throughput_s: float
+    models: dict[str, tuple[float, str]]  # name -> (drop_path_rate, schedule) timed in the throughput table
+    batches: tuple[int, ...]
+    steps: int  # timed steps per throughput row
+    compile_backend: str
+    compare_model: str
+    compare_seeds: tuple[int, ...]
+    compare_batch: int
+    compare_data: tuple[str, ...]  # extra overrides: the data subset of the dry run
+    min_epochs: int
+    max_epochs: int
+
+
+REAL = Plan("cuda", 540, 75, 180, {"resnet20": (0.1, "linear"), "resnet56": (0.1, "linear"),
+            "resnet110": (0.5, "paper"), "metaformer": (0.1, "linear")}, (128, 512), 20, "inductor",
+            "resnet20", (0, 1, 2), 512, (), 5, 60)
+DRY = Plan("cpu", 240, 40, 25, {"resnet8": (0.1, "linear"), "convformer_tiny": (0.1, "linear")}, (16,), 2, "eager",
+           "resnet8", (0, 1), 64, ("data.subset=256", "data.test_subset=100"), 1, 1)
+
+
+@dataclass
+class Report:
+    started: float = field(default_factory=time.monotonic)
+    machine: dict = field(default_factory=dict)
+    tests: dict = field(default_factory=dict)
+    throughput: list = field(default_factory=list)
+    comparison: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
+
+    def left(self, plan: Plan) -> float:
+        return plan.total_s - (time.monotonic() - self.started)
+
+
+def log(msg: str) -> None:
+    print(f"[gpu_check {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------- stage 1: machine
+
+
+def machine(plan: Plan) -> dict:
+    info = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "cpu_count": os.cpu_count(), "device": plan.device}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        smi = shutil.which("nvidia-smi")
+        if smi:
+            out = subprocess.run([smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20)
+            info["nvidia_smi"] = out.stdout.strip()
+    return info
+
+
+# ---------------------------------------------------------------------------- stage 2: CUDA tests
+
+
+def cuda_tests(plan: Plan, out: Path) -> dict:
+    """``pytest -m "cuda and not slow"`` (the CUDA cases of the suite but those that compile with Inductor,
+    which the throughput table does; on a CPU they are all skipped) within the stage's budget."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda and not slow", "-p", "no:cacheprovider", "tests"]
+    try:
+        res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=plan.tests_s)
+        text, status = res.stdout + res.stderr, ("passed" if res.returncode == 0 else f"exit {res.returncode}")
+    except subprocess.TimeoutExpired as e:
+        text, status = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""), \
+            f"stopped after its {plan.tests_s:.0f} s budget"
+    (out / "cuda_tests.txt").write_text(text)
+    last = next((line for line in reversed(text.splitlines()) if line.strip()), "")
+    return {"status": status, "summary": last}
+
+
+# ---------------------------------------------------------------------------- stage 3: throughput
+
+
+def throughput_rows(plan: Plan) -> list[tuple[str, int, bool, str]]:
+    """(model, batch, compiled, mode) in the order they are worth measuring: every eager row first, then
+    the compiled ones, the largest batch and the model of the skip / mask claim (resnet110) first."""
+    eager = [(m, b, False, mode) for m in plan.models for b in plan.batches for mode in ("mask", "skip")]
+    compiled = [(m, b, True, mode) for b in sorted(plan.batches, reverse=True)
+                for m in sorted(plan.models, key=lambda m: m != "resnet110") for mode in ("mask", "skip")]
+    return eager + compiled
+
+
+def time_row(plan: Plan, data: Split, name: str, batch: int, compiled: bool, mode: str) -> dict:
+    rate, schedule = plan.models[name]
+    device = torch.device(plan.device)
+    torch.manual_seed(0)
+    net = zoo.create_model(name, drop_path_rate=rate, drop_path_schedule=schedule, drop_path_mode=mode)
+    net = net.to(device, memory_format=torch.channels_last).train()
+    model = torch.compile(net, backend=plan.compile_backend) if compiled else net
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    epoch = epoch_plan(len(data), batch, 0, 0, device)
+    amp = device.type == "cuda"
+
+    def step(i: int) -> None:
+        x, y = train_batch(data, epoch, i % epoch.steps, 0, 1, channels_last=True)
+        train_step(model, opt, loss_fn, x, y, 0.01, amp)
+
+    t0 = time.perf_counter()
+    step(0)  # compiles when compiled
+    sync(device)
+    first = time.perf_counter() - t0
+    for i in range(1, 3):
+        step(i)
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(plan.steps):
+        step(i)
+    sync(device)
+    seconds = time.perf_counter() - t0
+    return {"model": name, "batch": batch, "compiled": compiled, "mode": mode, "drop_path_rate": rate,
+            "images_per_s": batch * plan.steps / seconds, "step_ms": 1e3 * seconds / plan.steps,
+            "first_step_s": first}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def throughput(plan: Plan, report: Report) -> None:
+    device = torch.device(plan.device)
+    images = torch.randint(0, 256, (4096, 32, 32, 3), dtype=torch.uint8, device=device)
+    data = Split(images, torch.randint(0, 10, (4096,), device=device))
+    deadline = time.monotonic() + plan.throughput_s
+    for row in throughput_rows(plan):
+        if time.monotonic() > deadline:
+            report.skipped.append(f"throughput {row}: the stage's {plan.throughput_s:.0f} s budget ran out")
+            continue
+        try:
+            result = time_row(plan, data, *row)
+        except Exception as e:  # one failing row (a compile error, memory) must not lose the others
+            result = {"model": row[0], "batch": row[1], "compiled": row[2], "mode": row[3],
+                      "error": f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"}
+        report.throughput.append(result)
+        log(f"throughput {result}")
+
+
+# ---------------------------------------------------------------------------- stage 4: comparison
+
+
+def compare_epochs(plan: Plan, report: Report, seconds: float, runs: int) -> int:
+    """Epochs that fit ``seconds`` with ``runs`` runs sharing the device: from the eager images/s of the
+    comparison model at its batch, taking half of it per run (they share the GPU), 60 s of start-up."""
+    rows = [r for r in report.throughput if r.get("model") == plan.compare_model and not r["compiled"]
+            and r.get("mode") == "mask" and "images_per_s" in r]
+    if not rows or plan.device != "cuda":
+        return plan.min_epochs
+    per_run = max(r["images_per_s"] for r in rows) * min(1.0, 3.0 / runs) / 2
+    epochs = int((seconds - 60) * per_run / 60_000)  # 50k training images and 10k evaluated per epoch
+    return max(plan.min_epochs, min(plan.max_epochs, epochs))
+
+
+def comparison(plan: Plan, report: Report, out: Path, archive: Path) -> None:
+    sweep = Path(os.environ.get("GPU_CHECK_RUNS", "/tmp/zoo-gpu-check")) / time.strftime("%H%M%S")
+    cache = sweep.parent / "cache"
+    load_image_folder(archive, cache)  # decode once, before the runs start together
+    seconds = max(0.0, report.left(plan) - 30)
+    jobs = [(rate, seed) for rate in (0.0, 0.1) for seed in plan.compare_seeds]
+    epochs = compare_epochs(plan, report, seconds, len(jobs))
+    lr = 0.1 * plan.compare_batch / 128
+    common = [f"model={plan.compare_model}", "optim=sgd", f"lr={lr:g}", "weight_decay=5e-4", f"epochs={epochs}",
+              f"batch_size={plan.compare_batch}", "sched.warmup_epochs=1", "data=cifar10_folder", f"data.path={archive}",
+              f"data.cache_dir={cache}", f"device={plan.device}", *plan.compare_data]
+    log(f"comparison: {len(jobs)} runs of {plan.compare_model}, {epochs} epochs, at once, {seconds:.0f} s left")
+    sweep.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}  # several runs share the host's cores
+    procs = [subprocess.Popen([sys.executable, str(REPO / "train.py"), *common, f"drop_path_rate={rate:g}", f"seed={seed}",
+                               f"hydra.run.dir={sweep / str(i)}"], cwd=REPO, stdout=subprocess.DEVNULL, env=env,
+                              stderr=open(sweep / f"{i}.err", "w")) for i, (rate, seed) in enumerate(jobs)]
+    deadline = time.monotonic() + seconds
+    for p in procs:
+        try:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.terminate()  # saves at the next step boundary; the report shows how far it got
+    for p in procs:
+        p.wait()
+    errors = [(sweep / f"{i}.err").read_text().strip().splitlines()[-1:] for i, p in enumerate(procs) if p.returncode]
+    report.comparison = {"dir": str(sweep), "epochs": epochs, "runs": len(jobs),
+                         "exit_codes": [p.returncode for p in procs], "errors": errors}
+    from zoo.train.report import ReportError, write_report
+
+    try:
+        for path in write_report(sweep):
+            shutil.copy(path, out / path.name)
+    except ReportError as e:
+        report.skipped.append(f"comparison report: {e}")
+    report.comparison["summaries"] = [json.loads((sweep / str(i) / "summary.json").read_text())
+                                      for i in range(len(jobs)) if (sweep / str(i) / "summary.json").exists()]
+
+
+# ------------------------------------------------------------------------------------- summary
+
+
+def markdown(report: Report) -> str:
+    m = report.machine
+    lines = [f"# gpu_check, {m.get('date')}: {m.get('gpu', 'no GPU (dry run on the CPU)')}", "",
+             f"torch {m.get('torch')}, CUDA {m.get('cuda')}, python {m.get('python')}, {m.get('nvidia_smi', '')}", "",
+             f"CUDA tests (`pytest -m 'cuda and not slow'`): {report.tests.get('status')}: {report.tests.get('summary')}", "",
+             "| model | batch | compiled | mode | images/s | step ms | first step s |", "|---|---|---|---|---|---|---|"]
+    for r in report.throughput:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['batch']} | {r['compiled']} | {r['mode']} | error: {r['error']} | | |")
+        else:
+            lines.append(f"| {r['model']} | {r['batch']} | {r['compiled']} | {r['mode']} | {r['images_per_s']:,.0f} | "
+                         f"{r['step_ms']:.1f} | {r['first_step_s']:.1f} |")
+    c = report.comparison
+    if c:
+        lines += ["", f"Comparison: {c['runs']} runs, {c['epochs']} epochs each, exit codes {c['exit_codes']} "
+                      "(comparison.md, comparison.png)"]
+        lines += [f"- {s['drop_path_rate']} seed {s['seed']}: test acc {s['final_test_acc']:.4f}, "
+                  f"{s['images_per_second']:,.0f} images/s" for s in c.get("summaries", [])]
+    lines += [""] + [f"- skipped: {s}" for s in report.skipped]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dry", action="store_true", help="every stage on the CPU, tiny and fast (CI)")
+    ap.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out")
+    ap.add_argument("--data", default=os.environ.get("ZOO_CIFAR10") or str(REPO / ".data" / "cifar10-jpeg.tar.gz"))
+    args = ap.parse_args(argv)
+    plan = DRY if args.dry else REAL
+    if plan.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: run with --dry for the CPU dry run", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report()
+    report.machine = machine(plan)
+    log(f"machine {report.machine}")
+    report.tests = cuda_tests(plan, out)
+    log(f"CUDA tests: {report.tests}")
+    throughput(plan, report)
+    if report.left(plan) > 60 or plan is DRY:
+        comparison(plan, report, out, Path(args.data))
+    else:
+        report.skipped.append("comparison: less than 60 s left")
+    (out / "gpu_check.json").write_text(json.dumps(asdict(report), indent=2, default=str))
+    (out / "gpu_check.md").write_text(markdown(report))
+    print(markdown(report))
+    log(f"done in {time.monotonic() - report.started:.0f} s; files in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

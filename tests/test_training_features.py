@@ -1,0 +1,186 @@
+"""What timm and Hydra users expect of a trainer: model EMA, mixup / cutmix, TensorBoard, progress
+without a terminal, and sweeps through Hydra's launcher plugins with job dirs named by their overrides."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from conftest import REPO
+from zoo.train import loop
+from zoo.train.checkpoint import load_checkpoint
+from zoo.train.ema import build_ema
+from zoo.train.mixing import build_mixing
+
+
+def compose_train(*overrides: str, hydra: bool = False):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def tiny(archive: Path, cache: Path, *extra: str) -> tuple[str, ...]:
+    """resnet8, 256 images in 4 steps per epoch, 2 epochs, fp32."""
+    return ("model=resnet8", "data=cifar10_folder", f"data.path={archive}", f"data.cache_dir={cache}", "data.subset=256",
+            "data.test_subset=100", "epochs=2", "batch_size=64", "sched.warmup_epochs=0", "device=cpu", "amp=false", *extra)
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+# --- model EMA -------------------------------------------------------------------------------------
+
+
+def test_ema_is_the_decayed_average_of_the_weights_and_buffers():
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = build_ema(net, decay=0.9)
+    values = []
+    for step in range(3):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.fill_(float(step + 1))
+        net.train()(torch.randn(8, 2))  # moves the BatchNorm statistics too
+        values.append(net[1].running_mean.clone())
+        ema.update_parameters(net)
+    # first update copies, then ema = 0.9 ema + 0.1 new
+    expected = 0.9 * (0.9 * 1.0 + 0.1 * 2.0) + 0.1 * 3.0
+    assert torch.allclose(ema.module[0].weight, torch.full((2, 2), expected))
+    running = 0.9 * (0.9 * values[0] + 0.1 * values[1]) + 0.1 * values[2]
+    assert torch.allclose(ema.module[1].running_mean, running)
+
+
+def test_a_run_with_ema_reports_saves_and_resumes_it(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
+    overrides = tiny(cifar10_archive, cifar10_cache, "ema=true", "ema_decay=0.9")
+    summary = loop.train(compose_train(*overrides), tmp_path / "full")
+    expected = rows(tmp_path / "full")
+    assert all(0 <= r["ema_test_acc"] <= 1 and r["ema_test_loss"] > 0 for r in expected)
+    assert summary["final_ema_test_acc"] == expected[-1]["ema_test_acc"]
+    state = load_checkpoint(tmp_path / "full")
+    assert int(state["ema"]["n_averaged"]) == 8  # one update per step, 2 epochs of 4
+    assert not torch.equal(state["ema"]["module.head.weight"], state["model"]["head.weight"])
+
+    class StopAfter(loop.StopOnSignal):
+        reads = 0
+
+        @property
+        def requested(self) -> bool:
+            StopAfter.reads += 1
+            if StopAfter.reads >= 6:  # epoch 2, after its first step
+                self.signum = 15
+            return self.signum is not None
+
+    monkeypatch.setattr(loop, "StopOnSignal", StopAfter)
+    with pytest.raises(loop.TrainingInterrupted):
+        loop.train(compose_train(*overrides), tmp_path / "cut")
+    monkeypatch.undo()
+    resume = f"resume={tmp_path / 'cut'}"
+    loop.train(compose_train(*overrides, resume), tmp_path / "x", overrides=(resume,))
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")} for r in rs]  # noqa: E731
+    assert strip(rows(tmp_path / "cut")) == strip(expected)
+    again = load_checkpoint(tmp_path / "cut")
+    assert all(torch.equal(again["ema"][k], state["ema"][k]) for k in state["ema"])
+
+
+# --- mixup and cutmix ------------------------------------------------------------------------------
+
+
+def test_mixing_is_off_by_default_and_makes_soft_targets():
+    assert build_mixing(0.0, 0.0) is None
+    x = torch.rand(16, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    y = torch.arange(16) % 10
+    for mixup, cutmix in ((0.4, 0.0), (0.0, 1.0), (0.4, 1.0)):
+        mixing = build_mixing(mixup, cutmix)
+        torch.manual_seed(0)
+        mixed, target = mixing(x, y)
+        assert mixed.shape == x.shape and target.shape == (16, 10)
+        assert torch.allclose(target.sum(1), torch.ones(16)) and not torch.equal(mixed, x)
+        own = target.gather(1, y[:, None]) + target.gather(1, y.roll(1)[:, None])  # its label and its partner's
+        assert torch.allclose(own.squeeze(1), torch.ones(16))
+        torch.manual_seed(0)
+        again, _ = mixing(x, y)
+        assert torch.equal(again, mixed), "the draw follows torch's global generator, which the loop seeds"
+
+
+def test_a_run_with_mixup_and_cutmix_trains(tmp_path, cifar10_archive, cifar10_cache):
+    summary = loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "mixup_alpha=0.2", "cutmix_alpha=1.0")),
+                         tmp_path)
+    assert all(r["train_loss"] > 0 for r in rows(tmp_path)) and 0 <= summary["final_test_acc"] <= 1
+
+
+@pytest.mark.parametrize("override, message", [("mixup_alpha=-1", "mixup_alpha must be >= 0, got -1"),
+                                               ("ema_decay=1", "ema_decay must be in (0, 1), got 1.0"),
+                                               ("ema=sometimes", "ema must be one of True, False, got 'sometimes'")])
+def test_bad_values_of_the_new_keys(override, message):
+    from zoo.train.config import validate_config
+    from zoo.train.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        validate_config(compose_train("model=resnet8", override))
+    assert str(info.value) == message
+
+
+# --- TensorBoard and progress lines -----------------------------------------------------------------
+
+
+def test_tensorboard_gets_every_metric(tmp_path, cifar10_archive, cifar10_cache):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "tensorboard=true")), tmp_path)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    accs = [e.value for e in events.Scalars("test_acc")]
+    assert accs == pytest.approx([r["test_acc"] for r in rows(tmp_path)])
+    assert {"train_loss", "lr", "drop_path_rate"} <= set(events.Tags()["scalars"])
+
+
+@pytest.mark.slow
+def test_progress_lines_when_the_output_is_not_a_terminal(tmp_path, cifar10_archive, cifar10_cache):
+    out = run_cli(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "log_every_s=0.001"), f"hydra.run.dir={tmp_path / 'r'}",
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("epoch 1/1 step ")]
+    assert len(lines) >= 3 and "img/s  run eta " in lines[-1], out.stdout[-2000:]
+    assert lines[-1].startswith("epoch 1/1 step 4/4  loss ")
+    assert "\r" not in out.stderr, "no progress bar without a terminal"
+
+
+# --- sweeps through launcher plugins ----------------------------------------------------------------
+
+
+def sweep(tmp_path: Path, archive: Path, cache: Path, launcher: str, *extra: str) -> subprocess.CompletedProcess:
+    return run_cli("-m", f"hydra/launcher={launcher}", *extra, "experiment=cpu_smoke", "data=cifar10_folder",
+                   f"data.path={archive}", f"data.cache_dir={cache}", "data.subset=200", "data.test_subset=100",
+                   "drop_path_rate=0,0.1", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_a_sweep_through_submitit_local_names_its_job_dirs_and_reports(tmp_path, cifar10_archive, cifar10_cache):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    out = sweep(tmp_path, cifar10_archive, cifar10_cache, "submitit_local", "hydra.launcher.timeout_min=10")
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs = sorted(p.name for p in tmp_path.iterdir() if (p / "summary.json").is_file())
+    assert jobs == ["data.subset=200,data.test_subset=100,data=cifar10_folder,drop_path_rate=0,experiment=cpu_smoke",
+                    "data.subset=200,data.test_subset=100,data=cifar10_folder,drop_path_rate=0.1,experiment=cpu_smoke"]
+    assert "| `drop_path_rate=0.1` |" in (tmp_path / "comparison.md").read_text()
+
+
+def test_launcher_presets_compose():
+    slurm = compose_train("hydra/launcher=slurm_gpu", hydra=True).hydra.launcher
+    assert slurm.gpus_per_node == 1 and slurm.tasks_per_node == 1 and "SlurmLauncher" in slurm._target_
+    joblib = compose_train("hydra/launcher=joblib_cpu", hydra=True).hydra.launcher
+    assert joblib.n_jobs == 2 and "JoblibLauncher" in joblib._target_
