@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -27,7 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import zoo  # noqa: E402
+from zoo._weights import one_line  # noqa: E402
 from zoo.train.batches import epoch_plan, train_batch  # noqa: E402
+from zoo.train.errors import ZooError  # noqa: E402
 from zoo.train.data import Split, load_image_folder  # noqa: E402
 from zoo.train.step import train_step  # noqa: E402
 
@@ -95,18 +98,22 @@ def machine(plan: Plan) -> dict:
 # ---------------------------------------------------------------------------- stage 2: CUDA tests
 
 
-def cuda_tests(plan: Plan, out: Path) -> dict:
+def cuda_tests(plan: Plan, out: Path, archive: Path, cache: Path) -> dict:
     """``pytest -m "cuda and not slow"`` (the CUDA cases of the suite but those that compile with Inductor,
-    which the throughput table does; on a CPU they are all skipped) within the stage's budget."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda and not slow", "-p", "no:cacheprovider", "tests"]
+    which the throughput table does; on a CPU they are all skipped) within the stage's budget, with the
+    data set decoded beforehand (the tests that train read it from ``ZOO_TEST_CACHE_DIR``)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "cuda and not slow", "-p", "no:cacheprovider", "tests"]
+    env = {**os.environ, "ZOO_CIFAR10": str(archive), "ZOO_TEST_CACHE_DIR": str(cache)}
     try:
-        res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=plan.tests_s)
+        res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=plan.tests_s)
         text, status = res.stdout + res.stderr, ("passed" if res.returncode == 0 else f"exit {res.returncode}")
     except subprocess.TimeoutExpired as e:
         text, status = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""), \
             f"stopped after its {plan.tests_s:.0f} s budget"
     (out / "cuda_tests.txt").write_text(text)
     last = next((line for line in reversed(text.splitlines()) if line.strip()), "")
+    if "archive not found" in text:  # tests that train were skipped: not a pass
+        status = "incomplete: the tests that train found no data"
     return {"status": status, "summary": last}
 
 
@@ -117,8 +124,8 @@ def throughput_rows(plan: Plan) -> list[tuple[str, int, bool, str]]:
     """(model, batch, compiled, mode) in the order they are worth measuring: every eager row first, then
     the compiled ones, the largest batch and the model of the skip / mask claim (resnet110) first."""
     eager = [(m, b, False, mode) for m in plan.models for b in plan.batches for mode in ("mask", "skip")]
-    compiled = [(m, b, True, mode) for b in sorted(plan.batches, reverse=True)
-                for m in sorted(plan.models, key=lambda m: m != "resnet110") for mode in ("mask", "skip")]
+    models = sorted(plan.models, key=lambda m: m != "resnet110")  # resnet110 first, at every batch
+    compiled = [(m, b, True, mode) for m in models for b in sorted(plan.batches, reverse=True) for mode in ("mask", "skip")]
     return eager + compiled
 
 
@@ -128,6 +135,8 @@ def time_row(plan: Plan, data: Split, name: str, batch: int, compiled: bool, mod
     torch.manual_seed(0)
     net = zoo.create_model(name, drop_path_rate=rate, drop_path_schedule=schedule, drop_path_mode=mode)
     net = net.to(device, memory_format=torch.channels_last).train()
+    if compiled:
+        torch._dynamo.reset()  # each row compiles afresh: no cache limit reached, no shape from another row
     model = torch.compile(net, backend=plan.compile_backend) if compiled else net
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
@@ -160,22 +169,38 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def throughput(plan: Plan, report: Report) -> None:
+class RowTimeout(Exception):
+    pass
+
+
+def _alarm(signum: int, frame: object) -> None:
+    raise RowTimeout
+
+
+def throughput(plan: Plan, report: Report, out: Path) -> None:
+    """Every row within what is left of the stage's budget; a row that would overrun it (a long compile)
+    is stopped by an alarm and recorded as such."""
     device = torch.device(plan.device)
     images = torch.randint(0, 256, (4096, 32, 32, 3), dtype=torch.uint8, device=device)
     data = Split(images, torch.randint(0, 10, (4096,), device=device))
     deadline = time.monotonic() + plan.throughput_s
+    signal.signal(signal.SIGALRM, _alarm)
     for row in throughput_rows(plan):
-        if time.monotonic() > deadline:
+        left = int(deadline - time.monotonic())
+        if left < 1:
             report.skipped.append(f"throughput {row}: the stage's {plan.throughput_s:.0f} s budget ran out")
             continue
+        signal.alarm(left)
         try:
             result = time_row(plan, data, *row)
-        except Exception as e:  # one failing row (a compile error, memory) must not lose the others
-            result = {"model": row[0], "batch": row[1], "compiled": row[2], "mode": row[3],
-                      "error": f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"}
+        except Exception as e:  # one failing row (a compile error, memory, the alarm) must not lose the others
+            why = f"stopped at the stage's time limit ({left} s left)" if isinstance(e, RowTimeout) else one_line(e)
+            result = {"model": row[0], "batch": row[1], "compiled": row[2], "mode": row[3], "error": why}
+        finally:
+            signal.alarm(0)
         report.throughput.append(result)
         log(f"throughput {result}")
+        write(report, out)
 
 
 # ---------------------------------------------------------------------------- stage 4: comparison
@@ -196,7 +221,6 @@ def compare_epochs(plan: Plan, report: Report, seconds: float, runs: int) -> int
 def comparison(plan: Plan, report: Report, out: Path, archive: Path) -> None:
     sweep = Path(os.environ.get("GPU_CHECK_RUNS", "/tmp/zoo-gpu-check")) / time.strftime("%H%M%S")
     cache = sweep.parent / "cache"
-    load_image_folder(archive, cache)  # decode once, before the runs start together
     seconds = max(0.0, report.left(plan) - 30)
     jobs = [(rate, seed) for rate in (0.0, 0.1) for seed in plan.compare_seeds]
     epochs = compare_epochs(plan, report, seconds, len(jobs))
@@ -217,7 +241,11 @@ def comparison(plan: Plan, report: Report, out: Path, archive: Path) -> None:
         except subprocess.TimeoutExpired:
             p.terminate()  # saves at the next step boundary; the report shows how far it got
     for p in procs:
-        p.wait()
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
     errors = [(sweep / f"{i}.err").read_text().strip().splitlines()[-1:] for i, p in enumerate(procs) if p.returncode]
     report.comparison = {"dir": str(sweep), "epochs": epochs, "runs": len(jobs),
                          "exit_codes": [p.returncode for p in procs], "errors": errors}
@@ -257,6 +285,13 @@ def markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write(report: Report, out: Path) -> None:
+    """The files as far as the check got: written after every stage (and table row), so that a stop
+    from outside still leaves what was measured."""
+    (out / "gpu_check.json").write_text(json.dumps(asdict(report), indent=2, default=str))
+    (out / "gpu_check.md").write_text(markdown(report))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry", action="store_true", help="every stage on the CPU, tiny and fast (CI)")
@@ -267,20 +302,29 @@ def main(argv: list[str] | None = None) -> int:
     if plan.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: run with --dry for the CPU dry run", file=sys.stderr)
         return 2
-    out = Path(args.out)
+    out, archive = Path(args.out), Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
     report = Report()
     report.machine = machine(plan)
     log(f"machine {report.machine}")
-    report.tests = cuda_tests(plan, out)
+    cache = Path(os.environ.get("GPU_CHECK_RUNS", "/tmp/zoo-gpu-check")) / "cache"
+    try:
+        load_image_folder(archive, cache)  # decoded once, for the tests and the comparison runs
+    except ZooError as e:
+        report.skipped.append(f"data: {e}")
+        archive = None
+    write(report, out)
+    report.tests = cuda_tests(plan, out, archive or Path("missing"), cache)
     log(f"CUDA tests: {report.tests}")
-    throughput(plan, report)
-    if report.left(plan) > 60 or plan is DRY:
-        comparison(plan, report, out, Path(args.data))
+    write(report, out)
+    throughput(plan, report, out)
+    if archive is None:
+        report.skipped.append("comparison: no data set")
+    elif report.left(plan) > 60 or plan is DRY:
+        comparison(plan, report, out, archive)
     else:
         report.skipped.append("comparison: less than 60 s left")
-    (out / "gpu_check.json").write_text(json.dumps(asdict(report), indent=2, default=str))
-    (out / "gpu_check.md").write_text(markdown(report))
+    write(report, out)
     print(markdown(report))
     log(f"done in {time.monotonic() - report.started:.0f} s; files in {out}")
     return 0

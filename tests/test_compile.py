@@ -94,7 +94,7 @@ def test_functional_forms_with_a_float_rate_trace_to_one_graph(form):
         torch.manual_seed(seed)
         out = compiled(x)
         torch.manual_seed(seed)
-        ref = Functional()(x) if form != "skip" else drop_path_skip_add(x, x, torch.sin, 0.4, training=True, draw="fixed")
+        ref = Functional()(x) if form != "skip" else drop_path_skip_add(x, x, torch.sin, 0.4, training=True, skip_draw="fixed")
         torch.testing.assert_close(out, ref)
     assert counter.frame_count == 1
 

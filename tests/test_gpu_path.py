@@ -20,7 +20,7 @@ from conftest import REPO
 from zoo.train import loop
 from zoo.train.batches import crop_flip, epoch_plan, normalize, train_batch
 from zoo.train.data import Split
-from zoo.train.precision import cpu_has_bf16, resolve_precision
+from zoo.train.precision import resolve_precision
 
 def compose_train(*overrides: str):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
@@ -53,7 +53,6 @@ def test_auto_precision_per_device(monkeypatch):
         assert ("has bf16 in hardware" if has_bf16 else "has no bf16 in hardware") in p.describe()
     p = resolve_precision(True, False, cpu)
     assert (p.amp, p.channels_last, p.why) == (True, False, "amp as set")
-    assert isinstance(cpu_has_bf16(), bool)
 
 
 def test_the_run_logs_and_saves_its_precision(tmp_path, cifar10_archive, cifar10_cache, caplog):
@@ -162,7 +161,7 @@ def test_cuda_step_syncs_once_for_the_loss_check(tmp_path, monkeypatch, mode, ci
     monkeypatch.setattr(loop, "train_one_epoch", watched_epoch)
     loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "cuda", f"drop_path_mode={mode}",
                                    "drop_path_rate=0.5")), tmp_path)
-    assert warned[1] <= 4, warned  # epoch 2 (cuDNN has picked its kernels): at most the 4 loss reads
+    assert warned[1] == 4, warned  # epoch 2 (cuDNN has picked its kernels): the 4 loss reads, nothing else
 
 
 @pytest.mark.cuda
@@ -170,8 +169,9 @@ def test_cuda_step_syncs_once_for_the_loss_check(tmp_path, monkeypatch, mode, ci
 @pytest.mark.parametrize("extra", [(), ("drop_path_mode=skip",), pytest.param(("compile=true",), marks=pytest.mark.slow)])
 def test_cuda_two_epoch_run_and_resume_equality(tmp_path, monkeypatch, extra, cifar10_archive, cifar10_cache):
     """Two epochs on the GPU (bf16 autocast and channels_last by default), with the data on the device;
-    interrupted after epoch 1's first step and resumed, it ends exactly as the uninterrupted run."""
-    overrides = tiny(cifar10_archive, cifar10_cache, "cuda", *extra)
+    interrupted after epoch 2's first step and resumed, it ends exactly as the uninterrupted run
+    (deterministic kernels: cuDNN's autotuner may pick another algorithm in another process)."""
+    overrides = tiny(cifar10_archive, cifar10_cache, "cuda", "deterministic=true", *extra)
     full = loop.train(compose_train(*overrides), tmp_path / "full")
     assert full["device"] == "cuda" and full["amp"] == "bf16" and full["channels_last"] is True
 

@@ -461,7 +461,7 @@ def test_a_full_disk_is_one_error_where_no_tmpfs_can_be_mounted(tmp_path, monkey
 
 def test_stale_temporaries_are_removed_and_never_read(tmp_path, finished_run):
     """What a killed save leaves (our naming: host and pid) is removed at the next start, unless its
-    process is alive; a temporary of an older zoo (no pid) only when it is old."""
+    process is alive; one of another machine or of an older zoo (no pid) only when it is an hour old."""
     import socket
 
     from zoo.train.atomic import remove_stale_temporaries
@@ -473,15 +473,17 @@ def test_stale_temporaries_are_removed_and_never_read(tmp_path, finished_run):
         "dead": f".last.pt.{host}.{dead.pid}.tmp",
         "alive": f".last.pt.{host}.{os.getpid()}.tmp",
         "other host": f".last.pt.elsewhere.example.{dead.pid}.tmp",
+        "other host, old": f".last.pt.elsewhere.example.{os.getpid()}.tmp",
         "old, no owner": ".last.pt.k3j2h1.tmp",
         "new, no owner": ".last.pt.a8b7c6.tmp",
         "not ours": ".notes.tmp",
     }
     for name in names.values():
         (tmp_path / name).write_bytes(b"half a checkpoint")
-    os.utime(tmp_path / names["old, no owner"], (time.time() - 7200,) * 2)
+    for old in ("old, no owner", "other host, old"):
+        os.utime(tmp_path / names[old], (time.time() - 7200,) * 2)
     removed = remove_stale_temporaries(tmp_path / CHECKPOINT_NAME)
-    assert sorted(p.name for p in removed) == sorted([names["dead"], names["old, no owner"]])
+    assert sorted(p.name for p in removed) == sorted([names["dead"], names["old, no owner"], names["other host, old"]])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [names["alive"], names["other host"], names["new, no owner"], names["not ours"]])
 

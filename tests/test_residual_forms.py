@@ -97,7 +97,7 @@ def test_functional_forms_agree_with_float_rate():
             elif form == "fused":
                 outs.append(drop_path_add(x, branch(x), 0.4, training=True, mode=mode))
             else:
-                outs.append(drop_path_skip_add(x, x, branch, 0.4, training=True, mode=mode, draw="bernoulli"))
+                outs.append(drop_path_skip_add(x, x, branch, 0.4, training=True, mode=mode, skip_draw="bernoulli"))
         for out in outs[1:]:
             torch.testing.assert_close(out, outs[0])
 
@@ -158,9 +158,9 @@ def test_fixed_draw_keeps_exactly_k_samples_scaled_by_b_over_k(p, device):
 
 def test_fixed_draw_at_rate_one_keeps_nothing_and_bernoulli_batch_only():
     x = torch.randn(8, 3)
-    assert torch.equal(drop_path_skip_add(x, x, lambda t: t * 5, 1.0, training=True, draw="fixed"), x)
+    assert torch.equal(drop_path_skip_add(x, x, lambda t: t * 5, 1.0, training=True, skip_draw="fixed"), x)
     with pytest.raises(ValueError, match="batch"):
-        drop_path_skip_add(x, x, lambda t: t, 0.5, training=True, mode="batch", draw="fixed")
+        drop_path_skip_add(x, x, lambda t: t, 0.5, training=True, mode="batch", skip_draw="fixed")
     with pytest.raises(ValueError, match="batch"):
         DropPath(0.5, mode="batch", skip_draw="fixed")
     with pytest.raises(ValueError, match="drop_path_skip_draw must be one of auto, bernoulli, fixed, got 'exact'"):

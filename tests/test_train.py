@@ -255,6 +255,8 @@ def test_joblib_launcher_runs_a_sweep_in_parallel(tmp_path, cifar10_archive, cif
                   f"data.path={cifar10_archive}", f"data.cache_dir={cifar10_cache}", "data.subset=200",
                   "data.test_subset=100", "seed=0,1", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    for job in ("0", "1"):
-        assert json.loads((tmp_path / job / "summary.json").read_text())["model"] == "resnet8"
+    jobs = sorted(p for p in tmp_path.iterdir() if (p / "summary.json").is_file())
+    assert [p.name.split("_")[0] for p in jobs] == ["0", "1"] and "seed=1" in jobs[1].name
+    for job in jobs:
+        assert json.loads((job / "summary.json").read_text())["model"] == "resnet8"
     assert (tmp_path / "comparison.md").is_file()

@@ -174,8 +174,8 @@ def test_a_sweep_through_submitit_local_names_its_job_dirs_and_reports(tmp_path,
     out = sweep(tmp_path, cifar10_archive, cifar10_cache, "submitit_local", "hydra.launcher.timeout_min=10")
     assert out.returncode == 0, out.stderr[-3000:]
     jobs = sorted(p.name for p in tmp_path.iterdir() if (p / "summary.json").is_file())
-    assert jobs == ["data.subset=200,data.test_subset=100,data=cifar10_folder,drop_path_rate=0,experiment=cpu_smoke",
-                    "data.subset=200,data.test_subset=100,data=cifar10_folder,drop_path_rate=0.1,experiment=cpu_smoke"]
+    assert jobs == ["0_data.subset=200,data.test_subset=100,data=cifar10_folder,drop_path_rate=0,experiment=cpu_smoke",
+                    "1_data.subset=200,data.test_subset=100,data=cifar10_folder,drop_path_rate=0.1,experiment=cpu_smoke"]
     assert "| `drop_path_rate=0.1` |" in (tmp_path / "comparison.md").read_text()
 
 

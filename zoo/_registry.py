@@ -78,6 +78,6 @@ def create_model(
         raise ValueError(no_pretrained_message(name))
     model = _models[name](**kwargs)
     model.model_name = name  # names the target in a load error
-    if checkpoint_path is not None:
+    if checkpoint_path not in (None, ""):  # timm's default is ""
         load_checkpoint_into(model, checkpoint_path)
     return model

@@ -8,6 +8,7 @@ The trainer (``zoo.train.checkpoint``) reuses :func:`load_weights`, so ``create_
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,16 +48,27 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
     return p.resolve()
 
 
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """An error in one line: its type and its first sentence (torch.load's run on with advice)."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {re.split(r'(?<=[.!?]) ', text, maxsplit=1)[0][:limit]}"
+
+
+def load_file(file: Path) -> Any:
+    """``torch.load(file)`` onto the CPU, tensors and plain values only (``weights_only``); a file that
+    does not load is a :class:`LoadError` that says so in one line."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise LoadError(f"{file} is not a readable checkpoint (corrupt, truncated, or not a torch.save file): "
+                        f"{one_line(e)}") from None
+
+
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a run dir, a training checkpoint (``{"model": state_dict, "model_name": ..., "config": ...}``)
     or a plain state dict (``{"stem.0.weight": tensor, ...}``) onto the CPU."""
     file = checkpoint_file(path)
-    try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = " ".join(str(e).split())[:200]
-        raise LoadError(f"{file} is not a readable checkpoint (corrupt, truncated, or not a torch.save file): "
-                        f"{type(e).__name__}: {first}") from None
+    obj = load_file(file)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         config = obj.get("config") if isinstance(obj.get("config"), dict) else None
         return Checkpoint(file, obj["model"], obj.get("model_name"), config)

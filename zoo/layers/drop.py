@@ -12,7 +12,7 @@ Three forms of ``shortcut + drop_path(branch)``:
   branch compute: a resnet110 CPU training step at ``drop_path_rate=0.5`` ("paper" schedule) takes
   0.81x to 0.85x of mask mode's (three benchmark runs, README). Two draws: ``"bernoulli"`` (the
   same per-sample draw as the mask, which reads the kept count back to the host) and ``"fixed"``
-  (exactly ``k`` samples, no host sync, static shapes under ``torch.compile``).
+  (exactly ``k`` samples: no host sync, and one compiled graph).
 """
 
 from __future__ import annotations
@@ -51,9 +51,12 @@ def check_draw_mode(mode: str) -> str:
     return mode
 
 
-def check_skip_draw(draw: str) -> str:
+def check_skip_draw(draw: str, mode: str = "row") -> str:
     if draw not in SKIP_DRAWS:
         raise ValueError(f"drop_path_skip_draw must be one of {', '.join(SKIP_DRAWS)}, got {draw!r}")
+    if draw == "fixed" and mode == "batch":
+        raise ValueError("drop_path_skip_draw='fixed' keeps a count of samples, mode='batch' drops whole batches: "
+                         "use 'bernoulli' or 'auto' with batch mode")
     return draw
 
 
@@ -80,7 +83,7 @@ def _keep_scale(
 ) -> Tensor:
     """Per-sample factor in x's dtype, shaped (B, 1, ..., 1) (or (1, ...) in batch mode): 0 for a
     dropped sample, ``1 / (1 - p)`` for a kept one. The draw is :func:`keep_mask`'s; ``factor`` is
-    ``_inv_keep(drop_prob)`` when the caller has it already (DropPath keeps it in a buffer)."""
+    DropPath's ``inv_keep`` buffer."""
     shape = (x.shape[0] if mode == "row" else 1,) + (1,) * (x.ndim - 1)
     keep = torch.rand(shape, device=x.device) >= drop_prob
     if not scale_by_keep:
@@ -140,7 +143,7 @@ def drop_path_skip_add(
     training: bool = False,
     scale_by_keep: bool = True,
     mode: str = "row",
-    draw: str = "auto",
+    skip_draw: str = "auto",
 ) -> Tensor:
     """``shortcut + drop_path(branch_fn(x), ...)``, running ``branch_fn`` on the kept samples only.
 
@@ -149,14 +152,15 @@ def drop_path_skip_add(
     and updates its running statistics from, the kept samples only.
 
     Args:
-        draw: how the kept samples are chosen.
+        skip_draw: how the kept samples are chosen.
             ``"bernoulli"``: each sample independently, the same draw as :func:`drop_path` (for one
             seed the same samples and the same result). The kept count is read back to the host
             (``nonzero``): one device sync per call on a GPU, and a graph break under torch.compile.
             ``"fixed"``: exactly ``k = max(1, round(B * (1 - p)))`` samples, uniformly without
             replacement, scaled by ``B / k`` (DINOv2's draw): every sample's expectation is the same,
-            shapes are static, there is no sync, and it compiles to one graph. Row mode only; rate 1
-            keeps no sample. Under compile, a new kept count (a new rate) is a new graph.
+            there is no sync, and it compiles to one graph. Row mode only; rate 1 keeps no sample.
+            Under compile, the first rate that changes the kept count compiles once more, with the
+            count dynamic from then on.
             ``"auto"`` (default): ``"fixed"`` on a GPU and under torch.compile, ``"bernoulli"`` on
             the CPU and in batch mode.
     """
@@ -164,14 +168,13 @@ def drop_path_skip_add(
     if _is_off(drop_prob, training):
         return shortcut + branch_fn(x)
     host_rate = check_drop_prob(drop_prob)  # a tensor rate is read back: the count and scale live on the host
-    return _skip_add(shortcut, x, branch_fn, drop_prob, host_rate, scale_by_keep, mode, check_skip_draw(draw))
+    check_skip_draw(skip_draw, mode)
+    return _skip_add(shortcut, x, branch_fn, drop_prob, host_rate, scale_by_keep, mode, skip_draw)
 
 
 def resolve_draw(draw: str, mode: str, device: torch.device) -> str:
     """The draw ``"auto"`` stands for here: fixed where a sync or a data-dependent shape hurts."""
     if draw != "auto":
-        if draw == "fixed" and mode == "batch":
-            raise ValueError("the fixed draw keeps a count of samples; batch mode drops whole batches: use draw='bernoulli'")
         return draw
     if mode == "row" and (device.type != "cpu" or torch.compiler.is_compiling()):
         return "fixed"
@@ -236,11 +239,10 @@ class DropPath(nn.Module):
         super().__init__()
         self.scale_by_keep = scale_by_keep
         self.mode = check_draw_mode(mode)
-        self.skip_draw = check_skip_draw(skip_draw)
-        if skip_draw == "fixed" and mode == "batch":
-            raise ValueError("skip_draw='fixed' keeps a count of samples; mode='batch' drops whole batches")
+        self.skip_draw = check_skip_draw(skip_draw, mode)
         self.register_buffer("rate", torch.zeros(()), persistent=False)
-        # 1 / (1 - rate), set with the rate: on a GPU, three tiny kernels less per call
+        # 1 / (1 - rate), set with the rate from the same float64 quotient a float rate's functional
+        # form multiplies by, so module and function scale kept samples by the same float32 number
         self.register_buffer("inv_keep", torch.ones(()), persistent=False)
         self.drop_prob = drop_prob
 

@@ -6,7 +6,7 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from .drop import DropPath, check_drop_prob
+from .drop import DropPath, check_drop_prob, check_skip_draw
 
 DROP_PATH_MODES = ("mask", "skip", "auto")
 
@@ -25,8 +25,8 @@ def check_drop_path_mode(mode: str) -> str:
 
 
 def resolve_skip(drop_path_mode: str, drop_prob: float, cheap_branch: bool = False) -> bool:
-    """Whether a block with this rate and branch runs its branch on kept samples only."""
-    check_drop_path_mode(drop_path_mode)
+    """Whether a block with this rate and branch runs its branch on kept samples only (``drop_path_mode``
+    already checked)."""
     if drop_path_mode == "auto":
         return not cheap_branch and drop_prob >= AUTO_SKIP_MIN_RATE
     return drop_path_mode == "skip"
@@ -62,8 +62,9 @@ class DropPathBlock(nn.Module):
     ):
         super().__init__()
         self.base_drop_path = check_drop_prob(drop_path, "drop_path")  # set_drop_path_factor scales this
-        self.drop_path = DropPath(self.base_drop_path, skip_draw=drop_path_skip_draw) if drop_path > 0 else None
         self.drop_path_mode = check_drop_path_mode(drop_path_mode)
+        check_skip_draw(drop_path_skip_draw)
+        self.drop_path = DropPath(self.base_drop_path, skip_draw=drop_path_skip_draw) if drop_path > 0 else None
         self.skip = resolve_skip(drop_path_mode, self.base_drop_path, cheap_branch)
 
     @property

@@ -53,6 +53,24 @@ def conv_out_size(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
 
 
+def positive_ints(value: Sequence[int], name: str) -> tuple[int, ...]:
+    value = tuple(value)
+    if not value or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+        raise ValueError(f"{name} must be a non-empty tuple of positive ints, got {value!r}")
+    return value
+
+
+def stage_sizes(img_size: int, stem_stride: int, num_stages: int) -> list[int]:
+    """The map size of every stage: the stem's output, then halved by each downsampling."""
+    for name, value in (("img_size", img_size), ("stem_stride", stem_stride)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    sizes = [conv_out_size(img_size, stem_stride)]
+    for _ in range(num_stages - 1):
+        sizes.append(conv_out_size(sizes[-1], 2))
+    return sizes
+
+
 class Stem(nn.Module):
     """3x3 convolution and a LayerNorm; NCHW images in, channels-last maps (B, H, W, C) out."""
 
@@ -170,10 +188,7 @@ class MetaFormer(ZooModel):
     ):
         super().__init__()
         # Check and broadcast everything first, so a bad argument fails before anything is built.
-        depths, dims = tuple(depths), tuple(dims)
-        for name, value in (("depths", depths), ("dims", dims)):
-            if not value or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
-                raise ValueError(f"{name} must be a non-empty tuple of positive ints, got {value!r}")
+        depths, dims = positive_ints(depths, "depths"), positive_ints(dims, "dims")
         n = len(depths)
         dims = per_stage(dims, n, "dims")
         token_mixers = per_stage(token_mixers, n, "token_mixers")
@@ -185,13 +200,7 @@ class MetaFormer(ZooModel):
         check_act_layer(mlp_act, "mlp_act")
         check_drop_path_mode(drop_path_mode)
         check_skip_draw(drop_path_skip_draw)
-        if isinstance(stem_stride, bool) or not isinstance(stem_stride, int) or stem_stride < 1:
-            raise ValueError(f"stem_stride must be a positive int, got {stem_stride!r}")
-        if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
-            raise ValueError(f"img_size must be a positive int, got {img_size!r}")
-        sizes = [conv_out_size(img_size, stem_stride)]
-        for _ in range(n - 1):
-            sizes.append(conv_out_size(sizes[-1], 2))
+        sizes = stage_sizes(img_size, stem_stride, n)
         rates = drop_path_rates(drop_path_rate, depths, drop_path_schedule)
 
         self.depths = depths

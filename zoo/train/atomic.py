@@ -22,7 +22,7 @@ from .errors import ZooError
 
 log = logging.getLogger(__name__)
 _FULL = (errno.ENOSPC, errno.EDQUOT)
-_UNKNOWN_OWNER_AGE = 3600.0  # seconds: a temporary of an older zoo (no pid in its name) this old is stale
+_ABANDONED_AGE = 3600.0  # seconds: a temporary we cannot ask about (another machine's, an older zoo's) this old is stale
 
 
 class DiskFull(ZooError):
@@ -39,20 +39,26 @@ def save_atomic(obj: object, path: Path) -> None:
     The object is serialized in memory first, so a full disk surfaces as one ``OSError`` from the
     write (not torch's "unexpected pos" from inside its zip writer) and becomes a :class:`DiskFull`.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
+    write_atomic(path, buffer.getbuffer())
+
+
+def write_atomic(path: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename (a :class:`DiskFull` when the
+    disk is full, the temporary file removed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f"{_prefix(path)}{socket.gethostname()}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and e.errno in _FULL:
-            raise disk_full(path, buffer.getbuffer().nbytes) from None
+            raise disk_full(path, len(data)) from None
         raise
 
 
@@ -68,8 +74,9 @@ def disk_full(path: Path, size: int) -> DiskFull:
 def remove_stale_temporaries(path: Path) -> list[Path]:
     """Remove the temporaries an interrupted save of ``path`` left next to it; return them.
 
-    A temporary of a live process on this machine is left alone (it may be writing now), and so is one
-    from another machine (a shared file system), unless its name carries no owner and it is old.
+    A temporary of a live process on this machine is left alone (it may be writing now); one whose
+    writer we cannot ask (another machine's, on a shared file system, or an older zoo's, whose names
+    carry no process) is removed once it is an hour old, which no save takes.
     """
     if not path.parent.is_dir():
         return []
@@ -78,10 +85,10 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     for tmp in path.parent.glob(f"{_prefix(path)}*.tmp"):
         owner = tmp.name[len(_prefix(path)) : -len(".tmp")]
         tmp_host, _, pid = owner.rpartition(".")
-        if tmp_host and pid.isdigit():
-            stale = tmp_host == host and not _alive(int(pid))
-        else:  # written by an older zoo, whose temporaries had a random suffix
-            stale = time.time() - tmp.stat().st_mtime > _UNKNOWN_OWNER_AGE
+        if tmp_host == host and pid.isdigit():
+            stale = not _alive(int(pid))
+        else:
+            stale = time.time() - tmp.stat().st_mtime > _ABANDONED_AGE
         if stale:
             size = tmp.stat().st_size
             tmp.unlink(missing_ok=True)

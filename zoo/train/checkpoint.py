@@ -10,7 +10,6 @@ running sums of the epoch under way), ``history`` (the metrics.jsonl lines so fa
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
@@ -18,9 +17,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .._weights import CHECKPOINT_NAME, LoadError, checkpoint_file, load_weights
+from .._weights import CHECKPOINT_NAME, LoadError, checkpoint_file, load_file, load_weights
 from .atomic import save_atomic
-from .config import flatten
+from .config import REMOVED_KEYS, flatten
 from .errors import CheckpointError
 
 REQUIRED_KEYS = ("model", "optimizer", "epoch", "step", "global_step", "config", "model_name", "history")
@@ -80,11 +79,9 @@ def load_checkpoint(resume: str | os.PathLike, model_name: str | None = None) ->
     """
     path = resolve_checkpoint(resume)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (corrupt, truncated, or not written by train.py): {_first_sentence(e)}"
-        ) from None
+        state = load_file(path)
+    except LoadError as e:
+        raise CheckpointError(str(e)) from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
         raise CheckpointError(f"{path} is not a zoo training checkpoint (missing {', '.join(missing)})")
@@ -92,12 +89,6 @@ def load_checkpoint(resume: str | os.PathLike, model_name: str | None = None) ->
         raise CheckpointError(f"{path} holds a {state['model_name']} model, not {model_name}")
     state["path"] = str(path)
     return state
-
-
-def _first_sentence(e: Exception) -> str:
-    """torch.load's errors run to several lines of advice; the first sentence says what failed."""
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {re.split(r'(?<=[.!?]) ', text, maxsplit=1)[0][:200]}"
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, Any]) -> None:
@@ -114,8 +105,6 @@ RESUME_FREE_KEYS = (
     "resume", "device", "amp", "channels_last", "compile", "data.path", "data.cache_dir", "data.root", "tensorboard",
     "log_every_s",
 )
-# Keys older versions saved that no longer exist: a resumed run drops them.
-REMOVED_KEYS = ("retain_freed_memory",)
 
 
 def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: Sequence[str] = ()) -> DictConfig:

@@ -16,16 +16,12 @@ from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
+from .config import REMOVED_KEYS
 from .errors import ConfigError, ZooError
 
 # Config groups a user picks with ``group=<file name>`` (configs/<group>/<name>.yaml).
 CONFIG_GROUPS = ("model", "data", "optim", "sched", "experiment")
 _SIMPLE = re.compile(r"[A-Za-z0-9_./-]+")
-# Keys that existed once, and what to do instead.
-REMOVED_KEYS = {
-    "retain_freed_memory": "zoo no longer changes malloc's settings; set MALLOC_MMAP_THRESHOLD_ and "
-    "MALLOC_TRIM_THRESHOLD_ in the environment for the same effect",
-}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -86,9 +82,10 @@ MAX_CHECKED_JOBS = 256  # a bigger sweep is checked job by job as it runs
 
 def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
     """Compose the config of every job the command line asks for and validate it, so that a bad value
-    is refused before Hydra creates a run or sweep dir. A resumed run is checked against its
-    checkpoint when it starts; what cannot be worked out here (glob sweeps, Hydra's own errors) is left
-    to Hydra and to the run."""
+    is refused before Hydra creates a run or sweep dir. What cannot be worked out here is left to Hydra
+    and to the run: glob sweeps, values that need Hydra's runtime (``${hydra:...}``), environment
+    variables of another machine, a resumed run's checkpoint (checked when it starts; only a missing
+    path is refused here), and data that a launcher's machines may hold but this one does not."""
     from hydra import compose, initialize_config_dir
 
     from .checkpoint import resolve_checkpoint
@@ -98,24 +95,29 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
     args = [a for a in argv[1:] if a not in ("-m", "--multirun")]
     if any(a.startswith("-") for a in args):  # --help, --cfg, --config-dir, ...: Hydra's business
         return
-    if len(args) == len(argv) - 1:
+    multirun = len(args) < len(argv) - 1 or "hydra.mode=MULTIRUN" in args
+    if not multirun:
         _refuse_sweeps(args)
-    resume = [a.partition("=")[2] for a in args if a.startswith("resume=")]
-    if resume and resume[-1].strip("'\"") not in ("", "null", "None"):
-        resolve_checkpoint(resume[-1].strip("'\""))  # one line for a mistyped path, before any dir exists
+    resume = [a.partition("=")[2].strip("'\"") for a in args if a.startswith("resume=")]
+    if resume and resume[-1] not in ("", "null", "None"):
+        if not multirun:
+            resolve_checkpoint(resume[-1])  # one line for a mistyped path, before any dir exists
         return
     jobs = _expand(args)
     if jobs is None or len(jobs) > MAX_CHECKED_JOBS:
         return
+    local = not any(a.startswith("hydra/launcher=") for a in args)
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
         for job in jobs:
             try:
                 cfg = compose("train", overrides=job)
-            except Exception:  # Hydra will say what is wrong, in its own words
+                validate_config(cfg)
+                if local and cfg.data.name == "cifar10_folder":
+                    source_path(cfg.data.path)
+            except ZooError:
+                raise
+            except Exception:  # Hydra (or the run) will say what is wrong, in its own words
                 return
-            validate_config(cfg)
-            if cfg.data.name == "cifar10_folder":
-                source_path(cfg.data.path)
 
 
 def _refuse_sweeps(args: list[str]) -> None:

@@ -27,6 +27,12 @@ SCHEDULES = ("cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
 DATASETS = ("cifar10", "cifar10_folder")
 AUTO_FLAGS = ("auto", True, False)
+# Keys that existed once, and what to do instead: the command line refuses them with this advice, and
+# a resumed run drops them from the config its checkpoint saved.
+REMOVED_KEYS = {
+    "retain_freed_memory": "zoo no longer changes malloc's settings; set MALLOC_MMAP_THRESHOLD_ and "
+    "MALLOC_TRIM_THRESHOLD_ in the environment for the same effect",
+}
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -109,7 +115,7 @@ def validate_config(cfg: DictConfig) -> None:
     decay = _number(cfg, "ema_decay")
     if not 0.0 < decay < 1.0:
         raise ConfigError(f"ema_decay must be in (0, 1), got {decay}")
-    for key in ("ema", "tensorboard"):
+    for key in ("ema", "tensorboard", "deterministic"):
         _choice(cfg, key, (True, False))
     _choice(cfg, "device", DEVICES)
     for key in ("amp", "channels_last"):

@@ -1,8 +1,8 @@
 """Model EMA: an exponential moving average of the weights (and BatchNorm statistics), evaluated and
 saved beside the raw weights. ``torch.optim.swa_utils.AveragedModel`` does the averaging.
 
-Its update reads a step counter back from the device twice (``n_averaged``): on a GPU that is one
-more wait per step while EMA is on.
+Its step counter (``n_averaged``) stays on the CPU and is copied to the device at every update: on a
+GPU that is one blocking copy per step while EMA is on.
 """
 
 from __future__ import annotations

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-from omegaconf import OmegaConf
 
 from .._run import load_run
 from .._weights import LoadError
 from .data import Split, load_cifar10
-from .errors import ConfigError, DataError, ZooError
-from .loop import EVAL_BATCH, device_settings
+from .distributed import resolve_device
+from .errors import DataError, ZooError
+from .loop import EVAL_BATCH
+from .precision import resolve_precision
 from .step import evaluate
 
 
@@ -70,20 +71,14 @@ def data_config(saved: dict[str, Any], data_path: str | None) -> dict[str, Any]:
     return data
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available (use --device cpu)")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Load the run, its test split and settings (bf16 autocast and channels_last as it trained on this
     device type), and evaluate; returns the line's values."""
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     model, config = load_run(args.run, device)
     test: Split = load_cifar10(data_config(config, args.data_path)).test.subset(args.test_subset, "--test-subset")
-    saved = {k: config.get(k, "auto") for k in ("amp", "channels_last")}
-    amp, channels_last = device_settings(OmegaConf.create(saved), device)
+    precision = resolve_precision(config.get("amp", "auto"), config.get("channels_last", "auto"), device)
+    amp, channels_last = precision.amp, precision.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_sum, correct, count = evaluate(model, test.to(device), args.batch_size, amp, channels_last).tolist()

@@ -9,6 +9,7 @@ ends exactly where an uninterrupted one does (same device, same seed).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from .._weights import one_line
 from ..layers import time_factor
 from ..models import ZooModel
 from . import distributed as dist
@@ -42,6 +44,7 @@ from .step import LossWatch, Meter, diverged, evaluate, finite_state, train_step
 log = logging.getLogger("train")
 EVAL_BATCH = 1000
 T = TypeVar("T")
+COMPILER_MODULES = ("torch._dynamo", "torch._inductor")  # where torch.compile's errors are defined
 
 
 @dataclass
@@ -102,8 +105,8 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
 
 
 def setup(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ()) -> TrainState:
-    """Check the config, join the processes, load the data and build the model and optimizer; with
-    ``cfg.resume``, continue that run in its own dir from its checkpoint."""
+    """Check the config, join the processes, take the run dir and set up the run in it (:func:`build`);
+    with ``cfg.resume``, continue that run in its own dir from its checkpoint."""
     saved = None
     if cfg.resume:
         with StopAtOnce("reading the checkpoint", "nothing was written yet"):
@@ -114,23 +117,33 @@ def setup(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
     ctx = dist.setup(cfg.device)
     if cfg.batch_size < ctx.world:
         raise ConfigError(f"batch_size={cfg.batch_size} is smaller than the {ctx.world} processes sharing each batch")
-    run = RunLog(run_dir, ctx.is_main)
+    run = RunLog(run_dir, ctx.is_main)  # holds the run dir's lock from here
+    try:
+        return build(cfg, ctx, run, saved)
+    except BaseException:
+        run.close()
+        raise
+
+
+def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any] | None) -> TrainState:
+    """Load the data, build the model, optimizer, EMA and mixing, and restore a resumed run's state."""
     if ctx.is_main:
         remove_stale_temporaries(run.dir / CHECKPOINT_NAME)  # left by a save killed mid-write; never read
     if saved is None and (run.dir / CHECKPOINT_NAME).exists() and ctx.is_main:
         raise ConfigError(f"{run.dir} already holds a run; continue it with resume={run.dir} or pick another hydra.run.dir")
     precision = device_settings(cfg, ctx.device)
-    amp, channels_last = precision.amp, precision.channels_last
     kept = f"{run.dir / CHECKPOINT_NAME} is as it was" if saved else "no checkpoint was due yet"
     with StopAtOnce("loading the data set", f"nothing was lost ({kept}; a data cache is written whole or not at all)"):
         train_data, test_data, source = load_data(cfg, ctx)
     torch.manual_seed(cfg.seed)  # initialization
-    net = build_model(cfg).to(ctx.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    fmt = torch.channels_last if precision.channels_last else torch.preserve_format
+    net = build_model(cfg).to(ctx.device, memory_format=fmt)
     optimizer = build_optimizer(cfg, net)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    model, eval_model = wrap(net, cfg.compile, ctx.world)
-    s = TrainState(cfg, ctx, run, net, model, eval_model, optimizer, criterion, train_data, test_data, source, amp,
-                   channels_last, precision.why)
+    # skip mode can leave a branch without gradients on a rank (all its samples dropped): DDP must know
+    model, eval_model = wrap(net, cfg.compile, ctx.world, unused_parameters=cfg.drop_path_mode != "mask")
+    s = TrainState(cfg, ctx, run, net, model, eval_model, optimizer, criterion, train_data, test_data, source,
+                   precision.amp, precision.channels_last, precision.why)
     s.ema = build_ema(net, cfg.ema_decay) if cfg.ema else None
     s.mixing = build_mixing(cfg.mixup_alpha, cfg.cutmix_alpha)
     if saved is not None:
@@ -148,9 +161,15 @@ def setup(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
 
 
 def device_settings(cfg: DictConfig, device: torch.device) -> Precision:
-    """bf16 autocast and channels_last for this device (:func:`resolve_precision`), and cuDNN's autotuner."""
+    """bf16 autocast and channels_last for this device (:func:`resolve_precision`); on CUDA, cuDNN's
+    autotuner, or with ``deterministic`` the deterministic kernels a resume needs to end bit for bit
+    where an uninterrupted run does (the CPU kernels are deterministic as they are)."""
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    torch.use_deterministic_algorithms(bool(cfg.deterministic), warn_only=True)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+        torch.backends.cudnn.deterministic = bool(cfg.deterministic)
         torch.set_float32_matmul_precision("high")
     return resolve_precision(cfg.amp, cfg.channels_last, device)
 
@@ -166,10 +185,10 @@ def load_data(cfg: DictConfig, ctx: dist.Context) -> tuple[Split, Split, str]:
     return data.train.to(ctx.device), data.test.to(ctx.device), data.source
 
 
-def wrap(net: nn.Module, compile: bool | str, world: int) -> tuple[nn.Module, nn.Module]:
+def wrap(net: nn.Module, compile: bool | str, world: int, unused_parameters: bool = False) -> tuple[nn.Module, nn.Module]:
     """What a training step and an evaluation call: DistributedDataParallel across processes, and
     torch.compile in the mode asked for (``True``: the default mode)."""
-    model = nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=unused_parameters) if world > 1 else net
     eval_model: nn.Module = net
     if compile:
         mode = None if compile in (True, "default") else compile
@@ -189,7 +208,7 @@ def restore(s: TrainState, saved: dict[str, Any]) -> None:
         s.meter = Meter(**saved["meter"])
     s.saved_any = True
     torch.set_rng_state(saved["rng"]["torch"])  # (each step reseeds from (seed, epoch, step) anyway)
-    log.info("resuming %s at epoch %d step %d", saved["path"], s.start_epoch + 1, s.start_step)
+    log.info("resuming %s %s", saved["path"], where(s.start_epoch, s.start_step, s.steps_per_epoch))
 
 
 def train_one_epoch(s: TrainState, epoch: int, stop: StopOnSignal) -> Meter:
@@ -236,13 +255,12 @@ def first_compiled_call(s: TrainState, fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
     try:
         out = fn(*args)
-    except torch.OutOfMemoryError:
-        raise
     except Exception as e:
-        first = " ".join(str(e).split())[:300]
+        if not type(e).__module__.startswith(COMPILER_MODULES):  # the model's own error, not the compiler's
+            raise
         raise CompileFailed(
             f"torch.compile failed on {s.cfg.model.name} with drop_path_mode={s.cfg.drop_path_mode} "
-            f"({type(e).__name__}: {first}); compile=false runs it without compiling"
+            f"({one_line(e, 300)}); compile=false runs it without compiling"
         ) from None
     s.compiled.add(fn)
     return out
@@ -250,7 +268,9 @@ def first_compiled_call(s: TrainState, fn: Callable[..., T], *args: Any) -> T:
 
 def where(epoch: int, steps_done: int, steps: int) -> str:
     """A step boundary in words, 1-based as epochs are: "after epoch 2", "in epoch 3 after step 5 of 12"."""
-    return f"after epoch {epoch}" if steps_done == 0 else f"in epoch {epoch + 1} after step {steps_done} of {steps}"
+    if steps_done == 0:
+        return "before the first step" if epoch == 0 else f"after epoch {epoch}"
+    return f"in epoch {epoch + 1} after step {steps_done} of {steps}"
 
 
 def save(s: TrainState, epoch: int, step: int, meter: Meter) -> None:

@@ -12,6 +12,7 @@ from typing import IO, Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .atomic import write_atomic
 from .errors import ConfigError
 
 LOCK_NAME = ".lock"
@@ -119,6 +120,4 @@ class RunLog:
 
     def summary(self, summary: dict[str, Any]) -> None:
         if self.enabled:
-            tmp = self.dir / "summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2) + "\n")
-            tmp.replace(self.dir / "summary.json")
+            write_atomic(self.dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
