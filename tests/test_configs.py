@@ -104,6 +104,7 @@ def test_group_options_compose():
         ("lr=abc", "lr must be a number, got 'abc'"),
         ("device=tpu", "device must be one of auto, cpu, cuda"),
         ("optim.name=lamb", "optim.name must be one of sgd, adamw"),
+        ("data.augment=maybe", "data.augment must be one of True, False, got 'maybe'"),
     ],
 )
 def test_bad_values_are_config_errors(override, match):

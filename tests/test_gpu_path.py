@@ -135,6 +135,9 @@ def test_an_epoch_plan_is_made_once_and_steps_slice_it_on_the_device():
     assert torch.equal(x, expected) and torch.equal(y, data.labels[idx])
     halves = [train_batch(data, plan, 1, rank=r, world=2, channels_last=False)[0] for r in (0, 1)]
     assert torch.equal(torch.stack([halves[0], halves[1]], 1).flatten(0, 1), x)
+    plain = epoch_plan(40, 16, seed=3, epoch=2, augment=False)  # data.augment=false: same order, no crops
+    x, y = train_batch(data, plain, 1, rank=0, world=1, channels_last=False)
+    assert torch.equal(x, normalize(images[idx])) and torch.equal(y, data.labels[idx])
 
 
 # --- on CUDA ------------------------------------------------------------------------------------------

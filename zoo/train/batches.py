@@ -36,20 +36,23 @@ class EpochPlan:
     order: Tensor  # (N,) int64: the epoch's permutation of the training images
     params: Tensor  # (3, steps * batch_size): :func:`augment_params` of every step, side by side
     batch_size: int
+    augment: bool = True  # False: the images as they are (the crops and flips are drawn all the same)
 
     @property
     def steps(self) -> int:
         return max(1, len(self.order) // self.batch_size)
 
 
-def epoch_plan(n: int, batch_size: int, seed: int, epoch: int, device: torch.device | str = "cpu") -> EpochPlan:
+def epoch_plan(
+    n: int, batch_size: int, seed: int, epoch: int, device: torch.device | str = "cpu", augment: bool = True
+) -> EpochPlan:
     """The plan of ``epoch``: its permutation of ``n`` images (full batches only, at least one) and each
     step's augmentation, drawn from (seed, epoch) and (seed, epoch, step) on the CPU."""
     order = torch.randperm(n, generator=generator(seed, "perm", epoch))
     steps = max(1, n // batch_size)
     sizes = [len(order[step * batch_size : (step + 1) * batch_size]) for step in range(steps)]
     params = torch.cat([augment_params(k, generator(seed, "aug", epoch, step)) for step, k in enumerate(sizes)], dim=1)
-    return EpochPlan(order.to(device), params.to(device), batch_size)
+    return EpochPlan(order.to(device), params.to(device), batch_size, augment)
 
 
 def train_batch(data: Split, plan: EpochPlan, step: int, rank: int, world: int, channels_last: bool) -> tuple[Tensor, Tensor]:
@@ -57,7 +60,7 @@ def train_batch(data: Split, plan: EpochPlan, step: int, rank: int, world: int, 
     one process or N processes see the same images and the same crops."""
     span = slice(step * plan.batch_size, (step + 1) * plan.batch_size)
     idx, params = plan.order[span][rank::world], plan.params[:, span][:, rank::world]
-    images = crop_flip(data.images[idx], params)
+    images = crop_flip(data.images[idx], params) if plan.augment else data.images[idx]
     return normalize(images, channels_last), data.labels[idx]
 
 

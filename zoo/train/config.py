@@ -117,6 +117,8 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"ema_decay must be in (0, 1), got {decay}")
     for key in ("ema", "tensorboard", "deterministic"):
         _choice(cfg, key, (True, False))
+    if _select(cfg, "data.augment") is not None:  # absent from the configs of runs saved before it existed
+        _choice(cfg, "data.augment", (True, False))
     _choice(cfg, "device", DEVICES)
     for key in ("amp", "channels_last"):
         _choice(cfg, key, AUTO_FLAGS)

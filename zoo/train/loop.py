@@ -216,7 +216,7 @@ def train_one_epoch(s: TrainState, epoch: int, stop: StopOnSignal) -> Meter:
     boundary, saved, when a signal arrived. Returns the epoch's running sums on this rank."""
     cfg, ctx, steps = s.cfg, s.ctx, s.steps_per_epoch
     first, meter = (s.start_step, s.meter) if epoch == s.start_epoch else (0, Meter())
-    plan = epoch_plan(len(s.train_data), cfg.batch_size, cfg.seed, epoch, ctx.device)
+    plan = epoch_plan(len(s.train_data), cfg.batch_size, cfg.seed, epoch, ctx.device, cfg.data.get("augment", True))
     watch = LossWatch(meter, epoch, s.ckpt_path if s.saved_any else None)
     progress = Progress(epoch, cfg.epochs, first, steps, cfg.log_every_s, ctx.is_main)
     start = time.perf_counter()
