@@ -58,3 +58,35 @@ def cifar10_cache(cifar10_archive: Path, tmp_path_factory: pytest.TempPathFactor
     cache = Path(os.environ.get("ZOO_TEST_CACHE_DIR") or tmp_path_factory.mktemp("zoo-cache"))
     load_image_folder(cifar10_archive, cache)
     return cache
+
+
+def compose_train(*overrides: str, hydra: bool = False):
+    """configs/train.yaml composed with ``overrides`` (and Hydra's own config with ``hydra=True``)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def train_cut_and_resumed(monkeypatch: pytest.MonkeyPatch, overrides: tuple[str, ...], run_dir: Path,
+                          stop_at_read: int = 6) -> None:
+    """Trains into ``run_dir`` as if SIGTERM arrived at the loop's ``stop_at_read``-th look at its stop
+    flag (the 6th: epoch 2 after its first step, with 4 steps an epoch), then resumes it to the end."""
+    from zoo.train import loop
+
+    class StopAfter(loop.StopOnSignal):
+        reads = 0
+
+        @property
+        def requested(self) -> bool:
+            StopAfter.reads += 1
+            if StopAfter.reads >= stop_at_read:
+                self.signum = 15
+            return self.signum is not None
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "StopOnSignal", StopAfter)
+        with pytest.raises(loop.TrainingInterrupted):
+            loop.train(compose_train(*overrides), run_dir)
+    resume = f"resume={run_dir}"
+    loop.train(compose_train(*overrides, resume), run_dir.parent / f"{run_dir.name}-ignored", overrides=(resume,))

@@ -13,18 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch.overrides import TorchFunctionMode
 
-from conftest import REPO
+from conftest import REPO, compose_train, train_cut_and_resumed
 from zoo.train import loop
 from zoo.train.batches import crop_flip, epoch_plan, normalize, train_batch
 from zoo.train.data import Split
 from zoo.train.precision import resolve_precision
-
-def compose_train(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
 
 
 def tiny(archive: Path, cache: Path, device: str, *extra: str) -> tuple[str, ...]:
@@ -178,22 +173,7 @@ def test_cuda_two_epoch_run_and_resume_equality(tmp_path, monkeypatch, extra, ci
     full = loop.train(compose_train(*overrides), tmp_path / "full")
     assert full["device"] == "cuda" and full["amp"] == "bf16" and full["channels_last"] is True
 
-    class StopAfter(loop.StopOnSignal):
-        reads = 0
-
-        @property
-        def requested(self) -> bool:
-            StopAfter.reads += 1
-            if StopAfter.reads >= 6:
-                self.signum = 15
-            return self.signum is not None
-
-    monkeypatch.setattr(loop, "StopOnSignal", StopAfter)
-    with pytest.raises(loop.TrainingInterrupted):
-        loop.train(compose_train(*overrides), tmp_path / "cut")
-    monkeypatch.undo()
-    resume = f"resume={tmp_path / 'cut'}"
-    loop.train(compose_train(*overrides, resume), tmp_path / "ignored", overrides=(resume,))
+    train_cut_and_resumed(monkeypatch, overrides, tmp_path / "cut")
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
 
 

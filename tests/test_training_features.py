@@ -11,19 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 
-from conftest import REPO
+from conftest import REPO, compose_train, train_cut_and_resumed
 from zoo.train import loop
 from zoo.train.checkpoint import load_checkpoint
 from zoo.train.ema import build_ema
 from zoo.train.mixing import build_mixing
-
-
-def compose_train(*overrides: str, hydra: bool = False):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def tiny(archive: Path, cache: Path, *extra: str) -> tuple[str, ...]:
@@ -73,22 +67,7 @@ def test_a_run_with_ema_reports_saves_and_resumes_it(tmp_path, monkeypatch, cifa
     assert int(state["ema"]["n_averaged"]) == 8  # one update per step, 2 epochs of 4
     assert not torch.equal(state["ema"]["module.head.weight"], state["model"]["head.weight"])
 
-    class StopAfter(loop.StopOnSignal):
-        reads = 0
-
-        @property
-        def requested(self) -> bool:
-            StopAfter.reads += 1
-            if StopAfter.reads >= 6:  # epoch 2, after its first step
-                self.signum = 15
-            return self.signum is not None
-
-    monkeypatch.setattr(loop, "StopOnSignal", StopAfter)
-    with pytest.raises(loop.TrainingInterrupted):
-        loop.train(compose_train(*overrides), tmp_path / "cut")
-    monkeypatch.undo()
-    resume = f"resume={tmp_path / 'cut'}"
-    loop.train(compose_train(*overrides, resume), tmp_path / "x", overrides=(resume,))
+    train_cut_and_resumed(monkeypatch, overrides, tmp_path / "cut")
     strip = lambda rs: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")} for r in rs]  # noqa: E731
     assert strip(rows(tmp_path / "cut")) == strip(expected)
     again = load_checkpoint(tmp_path / "cut")
