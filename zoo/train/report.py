@@ -45,8 +45,9 @@ def mean_metric(config: Configuration, key: str) -> float | None:
 
 
 def final_train_acc(run: Run) -> float | None:
-    """The last epoch's train accuracy: the running accuracy of that epoch's training steps
-    (augmented images, drop path active), not an evaluation of the final weights."""
+    """The last epoch's train accuracy: the running accuracy of that epoch's training steps (the images
+    as trained on, augmented unless data.augment=false; drop path active), not an evaluation of the
+    final weights."""
     value = run.metrics[-1].get("train_acc") if run.metrics else None
     return None if value is None else float(value)
 
@@ -191,10 +192,11 @@ def _explanation() -> list[str]:
     t2, t3 = (t_quantile(0.5 + CONFIDENCE / 2, df) for df in (1, 2))
     return [
         "Accuracies are in percent over the finished runs (mean ± sample std across seeds). Final train acc is "
-        "the last epoch's running accuracy over its training steps (augmented images, drop path active, weights "
-        "still moving), not an evaluation of the final weights; train − test is that minus the final test "
-        "accuracy, run by run, averaged, in percentage points (pp). With drop path the train accuracy is measured "
-        "with blocks dropped, so part of a smaller gap is how it is measured, not only better generalisation.",
+        "the last epoch's running accuracy over its training steps (images as trained on, augmented unless "
+        "data.augment=false; drop path active; weights still moving), not an evaluation of the final weights; "
+        "train − test is that minus the final test accuracy, run by run, averaged, in percentage points (pp). "
+        "With drop path the train accuracy is measured with blocks dropped, so part of a smaller gap is how it "
+        "is measured, not only better generalisation.",
         "",
         "Δ is the final test accuracy minus that of the drop_path_rate=0 run with the same seed and the same "
         f"other overrides, in pp; the {CONFIDENCE:.0%} interval is mean Δ ± t(n-1)·sd/√n over the n seed pairs "
