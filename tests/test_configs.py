@@ -105,6 +105,7 @@ def test_group_options_compose():
         ("device=tpu", "device must be one of auto, cpu, cuda"),
         ("optim.name=lamb", "optim.name must be one of sgd, adamw"),
         ("data.augment=maybe", "data.augment must be one of True, False, got 'maybe'"),
+        ("data.augment=null", "data.augment must be one of True, False, got None"),
     ],
 )
 def test_bad_values_are_config_errors(override, match):

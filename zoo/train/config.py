@@ -117,7 +117,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"ema_decay must be in (0, 1), got {decay}")
     for key in ("ema", "tensorboard", "deterministic"):
         _choice(cfg, key, (True, False))
-    if _select(cfg, "data.augment") is not None:  # absent from the configs of runs saved before it existed
+    if "augment" in cfg.data:  # a config composed without the data group's file may lack it: then on
         _choice(cfg, "data.augment", (True, False))
     _choice(cfg, "device", DEVICES)
     for key in ("amp", "channels_last"):
