@@ -2,7 +2,8 @@
 
 ``amp: auto`` and ``channels_last: auto`` resolve here, once per run, and the run logs what they became
 and why (its first line and summary.json). Measured with 2 threads, batch 128, forward + backward + SGD,
-interleaved repeats, torch 2.14.1 (README, "Speed"):
+interleaved repeats in one process, torch 2.14.1 (the EPYC figures as issue 14 reports them, the Xeon
+ones measured 2026-11-30; train.py's own images/s are in docs/benchmarks.md):
 
 - bf16 autocast is fast only where the CPU computes bf16 in hardware (AVX512-BF16 or AMX): on an AMD
   EPYC with AVX512-BF16 a resnet56 step took 0.56x of fp32's; on an Intel Xeon without it, 1.40x.
