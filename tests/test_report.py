@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -35,12 +36,12 @@ SUMMARY_EXTRA = {"params": 1234, "total_seconds": 20.0, "device": "cuda", "devic
 
 
 def write_job(job: Path, rate: float, seed: int, finished: bool = True, epochs_done: int = 3,
-              accs: list[float] | None = None) -> None:
+              accs: list[float] | None = None, experiment: str = "compare", **config_extra: Any) -> None:
     """A job dir; its test accuracy per epoch is ``accs``, by default rising to FINAL at epoch 3."""
     (job / ".hydra").mkdir(parents=True)
-    overrides = [f"drop_path_rate={rate:g}", f"seed={seed}", "experiment=compare"]
+    overrides = [f"drop_path_rate={rate:g}", f"seed={seed}", f"experiment={experiment}"]
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    config = {"model": {"name": "resnet8"}, "drop_path_rate": rate, "seed": seed, "epochs": 3}
+    config = {"model": {"name": "resnet8"}, "drop_path_rate": rate, "seed": seed, "epochs": 3, **config_extra}
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     best = BEST[rate][seed] if accs is None else max(accs)
     accs = accs or [FINAL[rate][seed] - 0.1 * (2 - e) for e in range(epochs_done)]
@@ -235,6 +236,22 @@ def test_configuration_without_baseline(sweep_dir):
     md = render_markdown(load_sweep(sweep_dir))
     assert "- `drop_path_rate=0.1 experiment=compare`: no drop_path_rate=0 configuration" in md
     assert "not started" not in md
+
+
+def test_an_arm_swept_on_its_own_pairs_with_the_rate_0_runs_it_shares(sweep_dir):
+    """A late-SD arm run as another experiment into a subdir: its overrides differ from the rate-0
+    runs', but its resolved config only in drop path keys (nothing at rate 0) and paths."""
+    for seed in (0, 1, 2):
+        write_job(sweep_dir / "late" / str(seed), 0.1, seed, experiment="late", drop_path_time_schedule="late",
+                  drop_path_time_cutoff=1.0, data={"path": "/elsewhere"})
+    sweep = load_sweep(sweep_dir)
+    base = next(c for c in sweep.configurations if c.is_baseline)
+    late = next(c for c in sweep.configurations if ("experiment", "late") in c.key)
+    assert baseline_of(late, sweep) is base and paired_difference(late, base).seeds == [0, 1, 2]
+    write_job(sweep_dir / "other" / "0", 0.1, 0, experiment="other", epochs=5)  # computes something else
+    sweep = load_sweep(sweep_dir)
+    other = next(c for c in sweep.configurations if ("experiment", "other") in c.key)
+    assert baseline_of(other, sweep) is None
 
 
 def test_groups_by_config_without_overrides_files(sweep_dir):

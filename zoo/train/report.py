@@ -199,7 +199,8 @@ def _explanation() -> list[str]:
         "is measured, not only better generalisation.",
         "",
         "Δ is the final test accuracy minus that of the drop_path_rate=0 run with the same seed and the same "
-        f"other overrides, in pp; the {CONFIDENCE:.0%} interval is mean Δ ± t(n-1)·sd/√n over the n seed pairs "
+        "other overrides (or else the same config but for drop path keys, which do nothing at rate 0), in pp; the "
+        f"{CONFIDENCE:.0%} interval is mean Δ ± t(n-1)·sd/√n over the n seed pairs "
         f"(t = {t2:.2f} for n = 2, {t3:.2f} for n = 3: few seeds give wide intervals). There is none for one pair, "
         "nor when all differences are equal: accuracy moves in steps of one test image, so equal differences "
         "mean the spread was not measured, not that it is zero. Epoch seconds and images/s average every epoch "

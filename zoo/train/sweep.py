@@ -4,7 +4,8 @@ A sweep dir holds one job dir per run (``0/``, ``1/``, ...), each with ``.hydra/
 ``.hydra/overrides.yaml``, ``metrics.jsonl`` (one line per finished epoch) and, once the run ended,
 ``summary.json``; Hydra writes ``multirun.yaml`` at the sweep root. Runs are grouped into
 configurations by their overrides minus the seed; a configuration's baseline is the
-``drop_path_rate=0`` configuration with the same other overrides.
+``drop_path_rate=0`` configuration with the same other overrides, or else the one whose resolved
+config differs from it only in keys that change nothing at rate 0 (:func:`baseline_of`).
 """
 
 from __future__ import annotations
@@ -278,11 +279,30 @@ def _without_seed(overrides: list[str] | Pairs) -> list[tuple[str, str]]:
     return [(k, v) for k, v in pairs if k != SEED_KEY]  # type: ignore[misc]
 
 
+# Keys that compute nothing different at drop_path_rate 0 (every drop path key), or only say where
+# files lie and how progress is shown.
+_SAME_AT_RATE_0 = ("drop_path_", "seed", "resume", "data.path", "data.cache_dir", "data.root", "tensorboard",
+                   "log_every_s")
+
+
+def _what_it_computes(config: Configuration) -> dict[str, Any] | None:
+    """The resolved config of ``config``'s runs without :data:`_SAME_AT_RATE_0` keys; None when its runs
+    disagree or recorded none."""
+    found = [{k: v for k, v in r.config.items() if not k.startswith(_SAME_AT_RATE_0)} for r in config.runs]
+    return found[0] if found and found[0] and all(f == found[0] for f in found) else None
+
+
 def baseline_of(config: Configuration, sweep: Sweep) -> Configuration | None:
-    """The drop_path_rate=0 configuration with the same other overrides (None if there is none)."""
+    """The drop_path_rate=0 configuration with the same other overrides; failing that, the only
+    rate-0 configuration whose runs' resolved configs differ from ``config``'s just in drop path keys
+    (all of them do nothing at rate 0), the seed and paths: e.g. a late-stochastic-depth arm swept on
+    its own into a subdir of the sweep whose rate-0 runs it shares. None if there is none."""
     if config.is_baseline:
         return None
-    for other in sweep.configurations:
-        if other.is_baseline and other.without_rate() == config.without_rate():
+    baselines = [other for other in sweep.configurations if other.is_baseline]
+    for other in baselines:
+        if other.without_rate() == config.without_rate():
             return other
-    return None
+    computes = _what_it_computes(config)
+    same = [other for other in baselines if computes is not None and _what_it_computes(other) == computes]
+    return same[0] if len(same) == 1 else None
