@@ -138,6 +138,19 @@ def test_load_run_rebuilds_the_saved_model_group_and_drop_path_keys(tmp_path, de
     assert zoo.load_run(tmp_path / "last.pt")[1] == config
 
 
+def test_load_run_ema_loads_the_moving_average_of_the_weights(tmp_path):
+    state = training_checkpoint("resnet8", seed=1)
+    averaged = {k: v + 1 if v.is_floating_point() else v for k, v in state["model"].items()}
+    state["ema"] = {**{f"module.{k}": v for k, v in averaged.items()}, "n_averaged": torch.tensor(4)}  # AveragedModel's
+    torch.save(state, tmp_path / "last.pt")
+    assert same_weights(zoo.load_run(tmp_path, ema=True)[0], averaged)
+    assert same_weights(zoo.load_run(tmp_path)[0], state["model"])
+    state["ema"] = None  # trained with ema=false
+    torch.save(state, tmp_path / "last.pt")
+    with pytest.raises(zoo.LoadError, match=r"last.pt holds no EMA weights \(the run trained with ema=false\)"):
+        zoo.load_run(tmp_path, ema=True)
+
+
 def test_load_run_needs_a_training_checkpoint(tmp_path):
     torch.save(zoo.create_model("resnet8").state_dict(), tmp_path / "weights.pt")
     with pytest.raises(zoo.LoadError, match=r"weights.pt records no training config .* zoo.create_model\(<name>, "
@@ -194,7 +207,10 @@ def test_evaluate_data_comes_from_the_flag_the_run_or_the_environment(tmp_path, 
 def test_evaluate_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
     cases = {(str(tmp_path),): "the run dir holds no last.pt",
              (str(tmp_path), "--batch-size", "0"): "argument --batch-size: must be an integer >= 1, got '0'",
-             (str(tmp_path), "--device", "tpu"): "argument --device: invalid choice: 'tpu'"}
+             (str(tmp_path), "--device", "tpu"): "argument --device: invalid choice: 'tpu'",
+             (str(tmp_path / "run"), "--ema", "--device", "cpu"): "holds no EMA weights (the run trained with ema=false)"}
+    (tmp_path / "run").mkdir()
+    torch.save(training_checkpoint("resnet8"), tmp_path / "run" / "last.pt")
     for argv, words in cases.items():
         with pytest.raises(SystemExit) as info:
             sys.exit(evaluate_cli.main(list(argv)))

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+import zoo
 from conftest import REPO, compose_train, train_cut_and_resumed
 from zoo.train import loop
 from zoo.train.checkpoint import load_checkpoint
@@ -66,6 +67,8 @@ def test_a_run_with_ema_reports_saves_and_resumes_it(tmp_path, monkeypatch, cifa
     state = load_checkpoint(tmp_path / "full")
     assert int(state["ema"]["n_averaged"]) == 8  # one update per step, 2 epochs of 4
     assert not torch.equal(state["ema"]["module.head.weight"], state["model"]["head.weight"])
+    averaged, _ = zoo.load_run(tmp_path / "full", ema=True)  # the EMA weights back out, as a model
+    assert torch.equal(averaged.head.weight, state["ema"]["module.head.weight"])
 
     train_cut_and_resumed(monkeypatch, overrides, tmp_path / "cut")
     strip = lambda rs: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")} for r in rs]  # noqa: E731

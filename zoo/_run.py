@@ -31,7 +31,7 @@ def model_from_config(config: Mapping[str, Any], num_classes: int = NUM_CLASSES)
 
 
 def load_run(
-    run_dir_or_checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
+    run_dir_or_checkpoint: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = False
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model a training run saved, rebuilt from its saved config with its weights, in eval mode on
     ``device``; and that config (plain dicts: ``config["model"]["name"]``, ``config["drop_path_rate"]``, ...).
@@ -39,10 +39,13 @@ def load_run(
     Args:
         run_dir_or_checkpoint: a run dir (its ``last.pt`` is read) or a training checkpoint file.
         device: where the model goes (the file is read onto the CPU first).
+        ema: load the moving average of the weights (a run trained with ``ema=true``) instead of the
+            weights themselves.
 
     Raises:
         LoadError: the path is missing or unreadable, holds a plain state dict (it records no config:
-            use ``zoo.create_model(name, checkpoint_path=...)``), or its config no longer builds a model.
+            use ``zoo.create_model(name, checkpoint_path=...)``), its config no longer builds a model, or
+            ``ema=True`` and the run kept no EMA weights.
     """
     ckpt = read_checkpoint(run_dir_or_checkpoint)
     config = ckpt.config
@@ -55,5 +58,7 @@ def load_run(
         model = model_from_config(config)
     except (TypeError, ValueError) as e:
         raise LoadError(f"{ckpt.path}: its saved config no longer builds model {config['model']['name']}: {e}") from None
-    load_weights(model, ckpt.state_dict, str(ckpt.path), ckpt.model_name)
+    if ema and ckpt.ema is None:
+        raise LoadError(f"{ckpt.path} holds no EMA weights (the run trained with ema=false); load it with ema=False")
+    load_weights(model, ckpt.ema if ema else ckpt.state_dict, str(ckpt.path), ckpt.model_name)
     return model.to(device).eval(), config

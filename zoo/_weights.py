@@ -34,6 +34,7 @@ class Checkpoint:
     state_dict: dict[str, Tensor]
     model_name: str | None = None  # None: a plain state dict, which does not record its model
     config: dict[str, Any] | None = None  # the resolved training config (training checkpoints only)
+    ema: dict[str, Tensor] | None = None  # the weights' moving average, from a run trained with ema=true
 
 
 def checkpoint_file(path: str | os.PathLike) -> Path:
@@ -71,7 +72,10 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     obj = load_file(file)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         config = obj.get("config") if isinstance(obj.get("config"), dict) else None
-        return Checkpoint(file, obj["model"], obj.get("model_name"), config)
+        # The trainer saves torch.optim.swa_utils.AveragedModel's state: the model's keys behind "module.".
+        ema = {k.removeprefix("module."): v for k, v in obj["ema"].items() if k.startswith("module.")} \
+            if isinstance(obj.get("ema"), dict) else None
+        return Checkpoint(file, obj["model"], obj.get("model_name"), config, ema)
     if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
         return Checkpoint(file, obj)
     kind = f"a dict with keys {', '.join(map(str, list(obj)[:5]))}" if isinstance(obj, dict) else type(obj).__name__

@@ -52,6 +52,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=positive, default=EVAL_BATCH, help=f"images per forward pass ({EVAL_BATCH})")
     p.add_argument("--test-subset", type=positive, default=None,
                    help="the class-balanced first N test images, as data.test_subset (default: all 10,000)")
+    p.add_argument("--ema", action="store_true", help="the run's moving average of the weights (trained with ema=true)")
     return p.parse_args(argv)
 
 
@@ -75,14 +76,14 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Load the run, its test split and settings (bf16 autocast and channels_last as it trained on this
     device type), and evaluate; returns the line's values."""
     device = resolve_device(args.device)
-    model, config = load_run(args.run, device)
+    model, config = load_run(args.run, device, ema=args.ema)
     test: Split = load_cifar10(data_config(config, args.data_path)).test.subset(args.test_subset, "--test-subset")
     precision = resolve_precision(config.get("amp", "auto"), config.get("channels_last", "auto"), device)
     amp, channels_last = precision.amp, precision.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_sum, correct, count = evaluate(model, test.to(device), args.batch_size, amp, channels_last).tolist()
-    return {"model": config["model"]["name"], "images": int(count), "correct": int(correct),
+    return {"model": config["model"]["name"] + (" (EMA)" if args.ema else ""), "images": int(count), "correct": int(correct),
             "test_acc": correct / count, "test_loss": loss_sum / count, "device": device.type}
 
 
