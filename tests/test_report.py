@@ -243,7 +243,13 @@ def test_an_arm_swept_on_its_own_pairs_with_the_rate_0_runs_it_shares(sweep_dir)
     runs', but its resolved config only in drop path keys (nothing at rate 0) and paths."""
     for seed in (0, 1, 2):
         write_job(sweep_dir / "late" / str(seed), 0.1, seed, experiment="late", drop_path_time_schedule="late",
-                  drop_path_time_cutoff=1.0, data={"path": "/elsewhere"})
+                  drop_path_time_cutoff=1.0, data={"path": "/elsewhere"}, amp="auto")
+    for num in (0, 1, 2):  # the rate-0 runs said amp=false, and auto resolved to fp32 as well (summary.json)
+        for job in (sweep_dir / str(num), sweep_dir / "late" / str(num)):
+            summary = json.loads((job / "summary.json").read_text())
+            (job / "summary.json").write_text(json.dumps({**summary, "amp": "off"}))
+        config = yaml.safe_load((sweep_dir / str(num) / ".hydra" / "config.yaml").read_text())
+        (sweep_dir / str(num) / ".hydra" / "config.yaml").write_text(yaml.safe_dump({**config, "amp": False}))
     sweep = load_sweep(sweep_dir)
     base = next(c for c in sweep.configurations if c.is_baseline)
     late = next(c for c in sweep.configurations if ("experiment", "late") in c.key)

@@ -286,9 +286,11 @@ _SAME_AT_RATE_0 = ("drop_path_", "seed", "resume", "data.path", "data.cache_dir"
 
 
 def _what_it_computes(config: Configuration) -> dict[str, Any] | None:
-    """The resolved config of ``config``'s runs without :data:`_SAME_AT_RATE_0` keys; None when its runs
-    disagree or recorded none."""
+    """The resolved config of ``config``'s runs without :data:`_SAME_AT_RATE_0` keys, with the precision
+    and layout each run resolved (summary.json); None when its runs disagree or recorded none."""
     found = [{k: v for k, v in r.config.items() if not k.startswith(_SAME_AT_RATE_0)} for r in config.runs]
+    for run, values in zip(config.runs, found):  # amp=auto and amp=false compute alike where auto meant fp32
+        values.update({k: run.summary[k] for k in ("amp", "channels_last") if run.summary and k in run.summary})
     return found[0] if found and found[0] and all(f == found[0] for f in found) else None
 
 
