@@ -25,6 +25,25 @@ def find_cifar10_archive() -> Path | None:
     return path.resolve() if path.exists() else None
 
 
+@pytest.fixture(autouse=True)
+def _torch_flags_as_found():
+    """Every test starts with the process-wide kernel flags the one before it found (a run with
+    deterministic=true sets them; a CUDA test under them would take other kernels, and syncs)."""
+    from zoo.train.precision import restored_torch_flags
+
+    with restored_torch_flags():
+        yield
+
+
+@pytest.fixture
+def exact_fp32():
+    """No TF32 in this test (cuDNN uses it by default for float32 convolutions on CUDA, and may pick
+    other kernels for two batch sizes: results then differ by ~1e-3, not 1e-5). No-op on a CPU."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")  # restored after the test by _torch_flags_as_found
+    yield
+
+
 NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, NO_CUDA])]
 

@@ -60,6 +60,48 @@ def test_the_run_logs_and_saves_its_precision(tmp_path, cifar10_archive, cifar10
     assert expected.describe() in caplog.text.splitlines()[0]
 
 
+def test_a_run_puts_the_global_torch_flags_back(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
+    """deterministic=true turns deterministic algorithms on for the run only; flags the run does not
+    own (set here to what no default is) are as they were after it, also after a run that failed."""
+    from zoo.train.precision import torch_flags
+
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = True, False
+    torch.set_float32_matmul_precision("medium")  # the autouse fixture puts all three back after the test
+    before, during, real_epoch = torch_flags(), [], loop.train_one_epoch
+
+    def seen_epoch(s, epoch, stop):
+        during.append(torch_flags())
+        return real_epoch(s, epoch, stop)
+
+    monkeypatch.setattr(loop, "train_one_epoch", seen_epoch)
+    loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "cpu", "epochs=1", "data.subset=64",
+                                   "deterministic=true")), tmp_path / "run")
+    assert during[0]["deterministic"] and not before["deterministic"]
+    assert torch_flags() == before
+
+    def failing_load(cfg, ctx):
+        during.append(torch_flags())
+        raise RuntimeError("no data today")
+
+    monkeypatch.setattr(loop, "load_data", failing_load)  # fails after the flags were set
+    with pytest.raises(RuntimeError, match="no data today"):
+        loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "cpu", "deterministic=true")), tmp_path / "2")
+    assert during[-1]["deterministic"] and torch_flags() == before
+
+
+def test_restored_torch_flags_restores_every_flag():
+    from zoo.train.precision import restored_torch_flags, torch_flags
+
+    before = torch_flags()
+    with restored_torch_flags():
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("high")
+        assert all(torch_flags()[k] != before[k] for k in before)
+    assert torch_flags() == before
+
+
 # --- syncs and copies per step, by design (on any device) -------------------------------------------
 
 
@@ -113,6 +155,82 @@ def test_a_training_step_reads_nothing_back_and_the_loss_check_once(tmp_path, mo
                                    "drop_path_skip_draw=fixed", "drop_path_rate=0.5")), tmp_path)
     assert in_steps == []
     assert per_epoch == [["tolist"] * 4, ["tolist"] * 4]  # 4 steps per epoch, one read each
+
+
+def test_the_stop_vote_of_several_processes_travels_in_the_loss_read():
+    """With several processes a rank's stop request (a device tensor) is read with the step's loss, one
+    step late, in the same one read; once seen it stays."""
+    from zoo.train.step import LossWatch, Meter
+
+    watch, seen = LossWatch(Meter(), 0, None), []
+    with CountSyncs() as counter:
+        for step, vote in enumerate([0.0, 1.0, 0.0, 0.0]):
+            watch.push(torch.tensor(2.0), torch.tensor(3), 4, step, torch.tensor(vote))
+            seen.append(watch.stop_voted)
+    assert seen == [False, False, True, True] and counter.calls == ["tolist"] * 3
+    assert watch.meter.loss_sum == 2.0 * 4 * 3 and watch.meter.correct == 9
+
+
+STOP_ON_RANK_1 = """
+import os, sys
+sys.path.insert(0, {tests!r})
+from conftest import compose_train
+from zoo.train import loop
+
+rank = int(os.environ["RANK"])
+
+
+class StopOnRank1(loop.StopOnSignal):
+    reads = 0
+
+    @property
+    def requested(self):
+        StopOnRank1.reads += 1
+        if rank == 1 and StopOnRank1.reads >= 3:  # as if SIGTERM reached rank 1 alone, in step 3
+            self.signum = 15
+        return self.signum is not None
+
+
+loop.StopOnSignal = StopOnRank1
+try:
+    loop.train(compose_train(*{overrides!r}), {run_dir!r})
+except loop.TrainingInterrupted as e:
+    print(f"rank {{rank}}: {{e}}", flush=True)
+    sys.exit(e.exit_code)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_when_one_is_signalled(tmp_path, cifar10_archive, cifar10_cache):
+    """Rank 1 alone is asked to stop; its vote reaches rank 0 through the loss read, and both stop at
+    the same step boundary (two steps later), saved, without hanging in a collective."""
+    import os
+    import subprocess
+    import sys
+
+    overrides = tiny(cifar10_archive, cifar10_cache, "cpu", "data.subset=512", "drop_path_mode=skip",
+                     "drop_path_skip_draw=fixed", "drop_path_rate=0.5")
+    script = tmp_path / "stop_on_rank_1.py"
+    script.write_text(STOP_ON_RANK_1.format(tests=str(REPO / "tests"), overrides=overrides, run_dir=str(tmp_path / "run")))
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                         timeout=300)
+    said = sorted(line for line in out.stdout.splitlines() if line.startswith("rank "))
+    where = "SIGTERM in epoch 1 after step 4 of 8"
+    assert [line[:7] for line in said] == ["rank 0:", "rank 1:"] and all(where in line for line in said), \
+        out.stdout[-2000:] + out.stderr[-3000:]
+    assert (tmp_path / "run" / "last.pt").is_file()
+
+
+def test_ddp_looks_for_unused_parameters_only_where_a_branch_can_go_without_samples():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    unused = lambda *extra, device=cpu: loop.unused_parameters(compose_train(*extra), device)  # noqa: E731
+    assert not unused("drop_path_mode=mask")
+    assert unused("drop_path_mode=skip")  # the CPU's default draw is Bernoulli: all of a block's samples can go
+    assert not unused("drop_path_mode=skip", device=cuda)  # fixed: at least one sample kept
+    assert not unused("drop_path_mode=skip", "compile=true")
+    assert not unused("drop_path_mode=auto", "drop_path_skip_draw=fixed")
+    assert unused("drop_path_mode=skip", "drop_path_rate=1.0", device=cuda)  # rate 1 keeps none
 
 
 def test_an_epoch_plan_is_made_once_and_steps_slice_it_on_the_device():

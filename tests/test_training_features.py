@@ -58,6 +58,31 @@ def test_ema_is_the_decayed_average_of_the_weights_and_buffers():
     assert torch.allclose(ema.module[1].running_mean, running)
 
 
+def test_ema_equals_swa_utils_bit_for_bit_and_saves_the_same_keys(device):
+    """What torch.optim.swa_utils.AveragedModel(get_ema_multi_avg_fn) computes, weights, BatchNorm
+    statistics and its integer counters, over training steps of a zoo model with stochastic depth."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    torch.manual_seed(0)
+    net = zoo.create_model("resnet8", drop_path_rate=0.2).to(device)
+    ours = build_ema(net, decay=0.9)
+    theirs = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(4):
+        x, y = torch.randn(16, 3, 32, 32, device=device), torch.randint(0, 10, (16,), device=device)
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        ours.update_parameters(net)
+        theirs.update_parameters(net)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b)
+    assert [k for k in a if not torch.equal(a[k].cpu(), b[k].cpu())] == []
+    assert int(a["n_averaged"]) == 4 and a["n_averaged"].device.type == "cpu"
+    assert not torch.equal(a["module.head.weight"], net.head.weight.detach())  # it averaged, not copied
+    assert a["module.stem.1.num_batches_tracked"] > 0
+
+
 def test_a_run_with_ema_reports_saves_and_resumes_it(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
     overrides = tiny(cifar10_archive, cifar10_cache, "ema=true", "ema_decay=0.9")
     summary = loop.train(compose_train(*overrides), tmp_path / "full")

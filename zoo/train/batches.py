@@ -31,7 +31,8 @@ def generator(*parts: object) -> torch.Generator:
 @dataclass
 class EpochPlan:
     """An epoch's image order and every step's crops and flips, on the training device: made once per
-    epoch, so a step copies nothing from the host (on a GPU a blocking copy per step would be a sync)."""
+    epoch, so a step copies nothing from the host (on a GPU a blocking copy per step would be a sync;
+    the plan's own two copies do not block)."""
 
     order: Tensor  # (N,) int64: the epoch's permutation of the training images
     params: Tensor  # (3, steps * batch_size): :func:`augment_params` of every step, side by side
@@ -52,7 +53,15 @@ def epoch_plan(
     steps = max(1, n // batch_size)
     sizes = [len(order[step * batch_size : (step + 1) * batch_size]) for step in range(steps)]
     params = torch.cat([augment_params(k, generator(seed, "aug", epoch, step)) for step, k in enumerate(sizes)], dim=1)
-    return EpochPlan(order.to(device), params.to(device), batch_size, augment)
+    return EpochPlan(to_device(order, device), to_device(params, device), batch_size, augment)
+
+
+def to_device(t: Tensor, device: torch.device | str) -> Tensor:
+    """``t`` on ``device``; to a GPU from pinned memory without waiting (a copy from pageable memory
+    blocks the host until the device has caught up: a sync)."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)  # the pinned block is freed after the copy ends
 
 
 def train_batch(data: Split, plan: EpochPlan, step: int, rank: int, world: int, channels_last: bool) -> tuple[Tensor, Tensor]:

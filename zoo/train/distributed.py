@@ -59,13 +59,15 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on any (a stop request seen by one rank stops all at the same step)."""
+def stop_vote(flag: bool, device: torch.device) -> torch.Tensor | None:
+    """This rank's stop request, maxed over ranks, as a device tensor that the loop reads together with
+    the step's loss (:class:`~zoo.train.step.LossWatch`), so that asking every rank costs no read of
+    its own. None for one process, which reads its own flag."""
     if not dist.is_initialized():
-        return flag
-    t = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+        return None
+    t = torch.full((), float(flag), device=device)  # filled on the device: no copy from the host
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)  # queued on the device (nccl); the loop waits for nothing here
+    return t
 
 
 def barrier() -> None:

@@ -20,10 +20,10 @@ from typing import Any, TypeVar
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from .._weights import one_line
 from ..layers import time_factor
+from ..layers.drop import resolve_draw
 from ..models import ZooModel
 from . import distributed as dist
 from .batches import derive_seed, epoch_plan, train_batch
@@ -32,11 +32,11 @@ from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model_state, resu
 from .config import build_model, validate_config
 from .data import Split, load_cifar10
 from .errors import CompileFailed, ConfigError
-from .ema import build_ema
+from .ema import EMA, build_ema
 from .interrupt import StopAtOnce, StopOnSignal, TrainingInterrupted
 from .mixing import Mixing, build_mixing
 from .optim import build_optimizer, sched_lr
-from .precision import Precision, resolve_precision
+from .precision import Precision, resolve_precision, restored_torch_flags
 from .progress import Progress
 from .runlog import RunLog, versions
 from .step import LossWatch, Meter, diverged, evaluate, finite_state, train_step
@@ -72,8 +72,9 @@ class TrainState:
     saved_any: bool = False
     lr: float = 0.0
     compiled: set[Callable[..., Any]] = field(default_factory=set)  # compiled calls that ran once
-    ema: AveragedModel | None = None  # cfg.ema: the weights' moving average, evaluated beside them
+    ema: EMA | None = None  # cfg.ema: the weights' moving average, evaluated beside them
     mixing: Mixing | None = None  # mixup / cutmix of each batch
+    stop_voted: bool = False  # with several processes: a rank asked to stop (read with a step's loss)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -87,20 +88,21 @@ class TrainState:
 def train(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run (or resume) the training ``cfg`` describes, writing into ``run_dir``; returns the summary."""
     wall_start = time.perf_counter()
-    s = setup(cfg, run_dir, overrides)
-    try:
-        with StopOnSignal() as stop:
-            for epoch in range(s.start_epoch, s.cfg.epochs):
-                meter = train_one_epoch(s, epoch, stop)
-                row = evaluate_epoch(s, epoch, meter)
-                s.history.append(row)
-                save(s, epoch + 1, 0, Meter())
-                s.run.metrics(row)
-                log.info(epoch_line(row, s.cfg.epochs))
-        summary = make_summary(s, time.perf_counter() - wall_start)
-        s.run.summary(summary)
-    finally:
-        s.run.close()
+    with restored_torch_flags():  # a run is a library call too: the next code runs under its own flags
+        s = setup(cfg, run_dir, overrides)
+        try:
+            with StopOnSignal() as stop:
+                for epoch in range(s.start_epoch, s.cfg.epochs):
+                    meter = train_one_epoch(s, epoch, stop)
+                    row = evaluate_epoch(s, epoch, meter)
+                    s.history.append(row)
+                    save(s, epoch + 1, 0, Meter())
+                    s.run.metrics(row)
+                    log.info(epoch_line(row, s.cfg.epochs))
+            summary = make_summary(s, time.perf_counter() - wall_start)
+            s.run.summary(summary)
+        finally:
+            s.run.close()
     return summary
 
 
@@ -140,8 +142,7 @@ def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any]
     net = build_model(cfg).to(ctx.device, memory_format=fmt)
     optimizer = build_optimizer(cfg, net)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    # skip mode can leave a branch without gradients on a rank (all its samples dropped): DDP must know
-    model, eval_model = wrap(net, cfg.compile, ctx.world, unused_parameters=cfg.drop_path_mode != "mask")
+    model, eval_model = wrap(net, cfg.compile, ctx.world, unused_parameters(cfg, ctx.device))
     s = TrainState(cfg, ctx, run, net, model, eval_model, optimizer, criterion, train_data, test_data, source,
                    precision.amp, precision.channels_last, precision.why)
     s.ema = build_ema(net, cfg.ema_decay) if cfg.ema else None
@@ -185,6 +186,17 @@ def load_data(cfg: DictConfig, ctx: dist.Context) -> tuple[Split, Split, str]:
     return data.train.to(ctx.device), data.test.to(ctx.device), data.source
 
 
+def unused_parameters(cfg: DictConfig, device: torch.device) -> bool:
+    """Whether DDP must look for parameters without gradients each step (a cost): skip mode's
+    Bernoulli draw can drop every sample of a block on a rank, and a rate of 1 keeps none; the fixed
+    draw keeps at least one sample below that."""
+    if cfg.drop_path_mode == "mask":
+        return False
+    draw = cfg.drop_path_skip_draw
+    fixed = resolve_draw(draw, "row", device) == "fixed" or (draw == "auto" and bool(cfg.compile))
+    return not fixed or cfg.drop_path_rate >= 1
+
+
 def wrap(net: nn.Module, compile: bool | str, world: int, unused_parameters: bool = False) -> tuple[nn.Module, nn.Module]:
     """What a training step and an evaluation call: DistributedDataParallel across processes, and
     torch.compile in the mode asked for (``True``: the default mode)."""
@@ -222,7 +234,9 @@ def train_one_epoch(s: TrainState, epoch: int, stop: StopOnSignal) -> Meter:
     start = time.perf_counter()
     try:  # the bar is closed (its line cleared) before any message about how the epoch ended
         for step in range(first, steps):
-            if dist.any_rank(stop.requested, ctx.device):
+            # one process stops at once; several stop together, at the step after the loss read that
+            # brought the vote of every rank (one step late, as the loss check is)
+            if s.stop_voted or (ctx.world == 1 and stop.requested):
                 watch.flush()
                 meter.seconds += time.perf_counter() - start
                 progress.close()
@@ -239,9 +253,12 @@ def train_one_epoch(s: TrainState, epoch: int, stop: StopOnSignal) -> Meter:
                                                 target)
             if s.ema is not None:
                 s.ema.update_parameters(s.net)
-            watch.push(loss, correct, len(y), step)  # checks the previous step's loss, without a sync now
+            vote = dist.stop_vote(stop.requested, ctx.device) if ctx.world > 1 else None
+            watch.push(loss, correct, len(y), step, vote)  # checks the previous step's loss, without a sync now
+            s.stop_voted = watch.stop_voted
             progress.update(step, watch.last_loss, watch.accuracy, cfg.batch_size, cfg.epochs * steps - global_step - 1)
         watch.flush()
+        s.stop_voted = watch.stop_voted  # the last step's vote: the next epoch stops before its first step
     finally:
         progress.close()
     meter.seconds += time.perf_counter() - start

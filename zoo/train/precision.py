@@ -13,6 +13,8 @@ ones measured 2026-11-30; train.py's own images/s are in docs/benchmarks.md):
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -53,3 +55,32 @@ def resolve_precision(amp: str | bool, channels_last: str | bool, device: torch.
         why, use_amp = "auto: this CPU has no bf16 in hardware", False
     use_cl = True if channels_last == "auto" else bool(channels_last)
     return Precision(use_amp, use_cl, why)
+
+
+def torch_flags() -> dict[str, object]:
+    """torch's process-wide kernel choices that a run sets (deterministic algorithms, cuDNN's autotuner
+    and determinism, TF32): they outlive the run in the process that called it."""
+    cudnn = torch.backends.cudnn
+    return {"deterministic": torch.are_deterministic_algorithms_enabled(),
+            "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            "cudnn_benchmark": cudnn.benchmark, "cudnn_deterministic": cudnn.deterministic,
+            "cudnn_tf32": cudnn.allow_tf32, "matmul_precision": torch.get_float32_matmul_precision()}
+
+
+def set_torch_flags(flags: dict[str, object]) -> None:
+    """Set what :func:`torch_flags` returned."""
+    torch.use_deterministic_algorithms(bool(flags["deterministic"]), warn_only=bool(flags["warn_only"]))
+    cudnn = torch.backends.cudnn
+    cudnn.benchmark, cudnn.deterministic = bool(flags["cudnn_benchmark"]), bool(flags["cudnn_deterministic"])
+    cudnn.allow_tf32 = bool(flags["cudnn_tf32"])
+    torch.set_float32_matmul_precision(str(flags["matmul_precision"]))
+
+
+@contextlib.contextmanager
+def restored_torch_flags() -> Iterator[None]:
+    """Within the block anything may change :func:`torch_flags`; on leaving, they are as they were."""
+    saved = torch_flags()
+    try:
+        yield
+    finally:
+        set_torch_flags(saved)

@@ -93,15 +93,17 @@ class LossWatch:
 
     def __init__(self, meter: Meter, epoch: int, last_checkpoint: object | None):
         self.meter, self.epoch, self.last_checkpoint = meter, epoch, last_checkpoint
-        self.pending: tuple[Tensor, Tensor, int, int] | None = None
+        self.pending: tuple[Tensor, Tensor, int, int, Tensor | None] | None = None
         self.last_loss = math.nan
+        self.stop_voted = False  # a stop vote read so far was positive
 
     @property
     def accuracy(self) -> float:
         return self.meter.correct / max(1.0, self.meter.count)
 
-    def push(self, loss: Tensor, correct: Tensor, n: int, step: int) -> None:
-        previous, self.pending = self.pending, (loss, correct, n, step)
+    def push(self, loss: Tensor, correct: Tensor, n: int, step: int, stop_vote: Tensor | None = None) -> None:
+        """Queue this step's sums (and, with several processes, its stop vote) and read the previous step's."""
+        previous, self.pending = self.pending, (loss, correct, n, step, stop_vote)
         if previous is not None:
             self._take(*previous)
 
@@ -110,8 +112,10 @@ class LossWatch:
             self._take(*self.pending)
             self.pending = None
 
-    def _take(self, loss: Tensor, correct: Tensor, n: int, step: int) -> None:
-        value, right = torch.stack([loss.float(), correct.float()]).tolist()  # the step's one sync
+    def _take(self, loss: Tensor, correct: Tensor, n: int, step: int, stop_vote: Tensor | None) -> None:
+        read = [loss.float(), correct.float()] + ([stop_vote.float()] if stop_vote is not None else [])
+        value, right, *vote = torch.stack(read).tolist()  # the step's one sync
+        self.stop_voted = self.stop_voted or bool(vote and vote[0] > 0)
         if not math.isfinite(value):
             where = f"at epoch {self.epoch + 1} step {step + 1}"  # 1-based, as epochs are
             raise diverged(f"the training loss became {value} {where}", self.last_checkpoint)
