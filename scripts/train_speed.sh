@@ -2,6 +2,7 @@
 # train.py's images/s with the old CPU default (fp32, NCHW: amp=false channels_last=false) against
 # today's (amp=auto channels_last=auto), in ABBA order so a slow phase of a shared machine hits both.
 # One epoch of 2,560 training images (20 steps of 128) per run; its images/s includes the first steps.
+# MODELS picks the models (default: both), e.g. MODELS=metaformer for the MetaFormer alone.
 #   ZOO_CIFAR10=../shared/data/cifar10-jpeg.tar.gz bash scripts/train_speed.sh [out dir]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ out=${1:-outputs/train_speed}
 mkdir -p "$out"
 for model in "resnet56 optim=sgd lr=0.1" "metaformer"; do
   name=${model%% *}
+  case " ${MODELS:-resnet56 metaformer} " in *" $name "*) ;; *) continue ;; esac
   for cfg in old new new old; do
     if [ "$cfg" = old ]; then flags="amp=false channels_last=false"; else flags="amp=auto channels_last=auto"; fi
     dir=$out/${name}_${cfg}_$(date +%H%M%S%N)

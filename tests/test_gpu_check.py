@@ -1,13 +1,48 @@
-"""scripts/gpu_check.sh, the prepared GPU run, in its CPU dry mode: every stage runs (tiny models, a
-data subset) and writes its files, so the script does not break between the sessions lent a GPU."""
+"""scripts/gpu_check.sh, the prepared GPU run: its budget table matches what the script enforces and fits
+8 minutes, and its CPU dry mode runs every stage (tiny models, a data subset) and writes its files, so
+the script does not break between the sessions that have a GPU."""
 
+import functools
+import importlib.util
 import json
 import os
+import re
 import subprocess
+import sys
 
 import pytest
 
 from conftest import REPO
+
+
+@functools.cache
+def gpu_check_module():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_header_budget_is_the_plan_and_fits_eight_minutes():
+    plan = gpu_check_module().REAL
+    text = (REPO / "scripts" / "gpu_check.sh").read_text()
+    table = dict(re.findall(r"^#\s{5}(\S[^\n]*?)\s{2,}(\d+)$", text, re.M))
+    stages = [plan.setup_s, plan.tests_s, plan.throughput_s, plan.claim_s, plan.compare_s, plan.margin_s]
+    assert [int(v) for k, v in table.items() if k != "total"] == stages, table
+    assert sum(stages) == int(table["total"]) == plan.total_s <= 480
+    assert f"timeout {plan.total_s:.0f} python3" in text
+    assert plan.claim == ("resnet110", 512) and plan.compare_s >= 120
+
+
+def test_the_comparison_is_sized_from_the_solo_rate_shared_by_the_runs():
+    module = gpu_check_module()
+    plan, report = module.REAL, module.Report()
+    report.throughput = [{"model": "resnet20", "batch": 512, "compiled": False, "mode": "mask", "images_per_s": 36_000.0}]
+    # 6 runs at once: 6,000 images/s each, (145 - 60) s -> 510,000 images -> 8 epochs of 60,000
+    assert module.compare_epochs(plan, report, 145, 6) == 8
+    report.throughput[0]["batch"] = 128  # no row at the comparison's batch: the floor
+    assert module.compare_epochs(plan, report, 145, 6) == plan.min_epochs
 
 
 @pytest.mark.slow
@@ -22,5 +57,8 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path, cifar10_archive):
     assert report["tests"]["status"] == "passed" and "skipped" in report["tests"]["summary"]
     eager = [r for r in report["throughput"] if not r["compiled"]]
     assert len(eager) == 4 and all(r["images_per_s"] > 0 for r in eager)
+    claim = [(r["model"], r["batch"], r["mode"]) for r in report["throughput"] if r["compiled"] and "images_per_s" in r]
+    assert claim == [("resnet8", 16, "mask"), ("resnet8", 16, "skip")]
     assert report["comparison"]["runs"] == 4 and len(report["comparison"]["summaries"]) >= 2
-    assert "| resnet8 | 16 | False | mask |" in (tmp_path / "out" / "gpu_check.md").read_text()
+    md = (tmp_path / "out" / "gpu_check.md").read_text()
+    assert "| resnet8 | 16 | False | mask |" in md and "Compiled, resnet8 at batch 16: skip / mask step time" in md
