@@ -183,7 +183,7 @@ def table(results: list[dict]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=os.environ.get("ZOO_CIFAR10"), help="CIFAR-10 image folder or .tar.gz of one")
-    ap.add_argument("--models", nargs="+", default=["resnet20", "metaformer"])
+    ap.add_argument("--models", nargs="+", help="default: resnet20 metaformer (--tiny: resnet8 convformer_tiny)")
     ap.add_argument("--images", type=int, default=2560, help="training images (a balanced subset)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=2, help="per run; the last one is timed")
@@ -196,8 +196,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tiny", action="store_true", help="tiny models and sizes: checks that it runs (CI)")
     args = ap.parse_args(argv)
     if args.tiny:
-        args.models, args.images, args.batch, args.epochs, args.repeats = ["resnet8", "convformer_tiny"], 40, 8, 1, 1
-        args.workers, args.calibration_steps = [0, 1], 1
+        args.images, args.batch, args.epochs, args.repeats, args.workers, args.calibration_steps = 40, 8, 1, 1, [0, 1], 1
+    args.models = args.models or (["resnet8", "convformer_tiny"] if args.tiny else ["resnet20", "metaformer"])
     if not args.data or not Path(args.data).exists():
         ap.error(f"--data {args.data!r}: not found (the CIFAR-10 image folder or .tar.gz; or set ZOO_CIFAR10)")
     if args.images < args.batch or args.images % len(CLASSES):
