@@ -173,8 +173,8 @@ def header(args: argparse.Namespace) -> str:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| model | precision (both) | zoo images/s, median [min, max] | hand loop images/s | hand num_workers "
-             "| zoo / hand (median of per-repeat ratios) |", "|---|---|---|---|---|---|"]
+    lines = [("| model | precision (both) | zoo images/s, median [min, max] | hand loop images/s | hand num_workers "
+              "| zoo / hand (median of per-repeat ratios) |"), "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['precision']} | {spread(r['zoo'])} | {spread(r['hand'])} | {r['num_workers']} | "
               f"**{r['ratio']:.2f}x** |" for r in results]
     return "\n".join(lines)
