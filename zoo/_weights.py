@@ -72,7 +72,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     obj = load_file(file)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         config = obj.get("config") if isinstance(obj.get("config"), dict) else None
-        # The trainer saves torch.optim.swa_utils.AveragedModel's state: the model's keys behind "module.".
+        # The trainer saves its EMA in torch.optim.swa_utils.AveragedModel's layout: the model's keys behind "module.".
         ema = {k.removeprefix("module."): v for k, v in obj["ema"].items() if k.startswith("module.")} \
             if isinstance(obj.get("ema"), dict) else None
         return Checkpoint(file, obj["model"], obj.get("model_name"), config, ema)
