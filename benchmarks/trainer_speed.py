@@ -76,7 +76,7 @@ def overrides(args: argparse.Namespace, model: str) -> list[str]:
     cache = [f"data.cache_dir={args.cache_dir}"] if args.cache_dir else []  # else the trainer's default cache
     return [f"model={model}", "data=cifar10_folder", f"data.path={args.data}", *cache, f"data.subset={args.images}",
             "data.test_subset=100", f"epochs={args.epochs}", f"batch_size={args.batch}", "sched.warmup_epochs=0",
-            "log_every_s=0", f"device={args.device}"]
+            "log_every_s=0", f"device={args.device}", *args.set]
 
 
 def zoo_rate(args: argparse.Namespace, model: str, run_dir: Path) -> float:
@@ -165,7 +165,8 @@ def cpu_model() -> str:
 def header(args: argparse.Namespace) -> str:
     device = resolve_device(args.device)
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return (f"# zoo trainer vs hand-written loop, {time.strftime('%Y-%m-%d %H:%M')}\n"
+    return (f"# zoo trainer vs hand-written loop, {time.strftime('%Y-%m-%d %H:%M')}"
+            f"{'; trainer overrides: ' + ' '.join(args.set) if args.set else ''}\n"
             f"CPU {cpu_model()} x {os.cpu_count()}, {torch.get_num_threads()} torch threads{gpu}; load average "
             f"{os.getloadavg()[0]:.2f} (1 min)\ntorch {torch.__version__}, torchvision {torchvision.__version__}, "
             f"python {platform.python_version()}\n{args.images} training images, batch {args.batch}, the last of "
@@ -192,6 +193,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--calibration-steps", type=int, default=6, help="batches timed per num_workers candidate")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--cache-dir", help="the decoded data set's cache (default: the trainer's, ~/.cache/zoo)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="trainer overrides beyond zoo's defaults, e.g. compile=true (the hand loop reads the "
+                         "model, amp, channels_last, lr, weight_decay and label_smoothing from the same config)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--tiny", action="store_true", help="tiny models and sizes: checks that it runs (CI)")
     args = ap.parse_args(argv)
