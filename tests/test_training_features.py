@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import zoo
-from conftest import REPO, compose_train, train_cut_and_resumed
+from conftest import NO_CUDA, REPO, compose_train, train_cut_and_resumed
 from zoo.train import loop
 from zoo.train.checkpoint import load_checkpoint
 from zoo.train.ema import build_ema
@@ -81,6 +81,23 @@ def test_ema_equals_swa_utils_bit_for_bit_and_saves_the_same_keys(device):
     assert int(a["n_averaged"]) == 4 and a["n_averaged"].device.type == "cpu"
     assert not torch.equal(a["module.head.weight"], net.head.weight.detach())  # it averaged, not copied
     assert a["module.stem.1.num_batches_tracked"] > 0
+
+
+@pytest.mark.cuda
+@NO_CUDA
+def test_cuda_ema_updates_without_a_sync():
+    """No host read and no blocking copy per update (swa_utils copies its CPU step counter to the device)."""
+    net = zoo.create_model("resnet8", drop_path_rate=0.2).cuda()
+    ema = build_ema(net, decay=0.9)
+    ema.update_parameters(net)  # the first update copies
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            ema.update_parameters(net)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert int(ema.n_averaged) == 3
 
 
 def test_a_run_with_ema_reports_saves_and_resumes_it(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
