@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from .._weights import one_line
+from .._weights import BEST_NAME, one_line
 from ..layers import time_factor
 from ..models import ZooModel
 from . import distributed as dist
@@ -74,6 +74,7 @@ class TrainState:
     compiled: set[Callable[..., Any]] = field(default_factory=set)  # compiled calls that ran once
     ema: AveragedModel | None = None  # cfg.ema: the weights' moving average, evaluated beside them
     mixing: Mixing | None = None  # mixup / cutmix of each batch
+    val_data: Split | None = None  # data.val_size: held-out training images, what best.pt is chosen on
 
     @property
     def steps_per_epoch(self) -> int:
@@ -94,6 +95,7 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
                 meter = train_one_epoch(s, epoch, stop)
                 row = evaluate_epoch(s, epoch, meter)
                 s.history.append(row)
+                save_best(s)  # before last.pt: a resume from last.pt never lacks the best.pt it implies
                 save(s, epoch + 1, 0, Meter())
                 s.run.metrics(row)
                 log.info(epoch_line(row, s.cfg.epochs))
@@ -128,13 +130,14 @@ def setup(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
 def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any] | None) -> TrainState:
     """Load the data, build the model, optimizer, EMA and mixing, and restore a resumed run's state."""
     if ctx.is_main:
-        remove_stale_temporaries(run.dir / CHECKPOINT_NAME)  # left by a save killed mid-write; never read
+        for name in (CHECKPOINT_NAME, BEST_NAME):  # temporaries of a save killed mid-write; never read
+            remove_stale_temporaries(run.dir / name)
     if saved is None and (run.dir / CHECKPOINT_NAME).exists() and ctx.is_main:
         raise ConfigError(f"{run.dir} already holds a run; continue it with resume={run.dir} or pick another hydra.run.dir")
     precision = device_settings(cfg, ctx.device)
     kept = f"{run.dir / CHECKPOINT_NAME} is as it was" if saved else "no checkpoint was due yet"
     with StopAtOnce("loading the data set", f"nothing was lost ({kept}; a data cache is written whole or not at all)"):
-        train_data, test_data, source = load_data(cfg, ctx)
+        train_data, test_data, source, val_data = load_data(cfg, ctx)
     torch.manual_seed(cfg.seed)  # initialization
     fmt = torch.channels_last if precision.channels_last else torch.preserve_format
     net = build_model(cfg).to(ctx.device, memory_format=fmt)
@@ -146,6 +149,7 @@ def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any]
                    precision.amp, precision.channels_last, precision.why)
     s.ema = build_ema(net, cfg.ema_decay) if cfg.ema else None
     s.mixing = build_mixing(cfg.mixup_alpha, cfg.cutmix_alpha)
+    s.val_data = val_data
     if saved is not None:
         restore(s, saved)
     run.config(cfg)
@@ -153,9 +157,9 @@ def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any]
     if cfg.tensorboard:
         run.open_tensorboard()
     log.info(
-        "%s: %.2fM params, %d train / %d test images, %d steps/epoch, %s x%d, %s",
-        cfg.model.name, sum(p.numel() for p in net.parameters()) / 1e6, len(train_data), len(test_data),
-        s.steps_per_epoch, ctx.device, ctx.world, precision.describe(),
+        "%s: %.2fM params, %d train / %d validation / %d test images, %d steps/epoch, %s x%d, %s",
+        cfg.model.name, sum(p.numel() for p in net.parameters()) / 1e6, len(train_data),
+        len(val_data) if val_data else 0, len(test_data), s.steps_per_epoch, ctx.device, ctx.world, precision.describe(),
     )
     return s
 
@@ -174,15 +178,16 @@ def device_settings(cfg: DictConfig, device: torch.device) -> Precision:
     return resolve_precision(cfg.amp, cfg.channels_last, device)
 
 
-def load_data(cfg: DictConfig, ctx: dist.Context) -> tuple[Split, Split, str]:
-    """Both splits on the training device. Rank 0 decodes (and caches) first, so N processes do not
-    decode the same archive at once."""
+def load_data(cfg: DictConfig, ctx: dist.Context) -> tuple[Split, Split, str, Split | None]:
+    """The train, test (and validation) splits on the training device. Rank 0 decodes (and caches)
+    first, so N processes do not decode the same archive at once."""
     if not ctx.is_main:
         dist.barrier()
     data = load_cifar10(cfg.data)
     if ctx.is_main:
         dist.barrier()
-    return data.train.to(ctx.device), data.test.to(ctx.device), data.source
+    val = data.val.to(ctx.device) if data.val is not None else None
+    return data.train.to(ctx.device), data.test.to(ctx.device), data.source, val
 
 
 def wrap(net: nn.Module, compile: bool | str, world: int, unused_parameters: bool = False) -> tuple[nn.Module, nn.Module]:
@@ -301,15 +306,21 @@ def interrupted(s: TrainState, stop: StopOnSignal, epoch: int, step: int) -> Tra
 
 
 def evaluate_epoch(s: TrainState, epoch: int, meter: Meter) -> dict[str, Any]:
-    """The metrics.jsonl line of a finished epoch: its training sums and the test split's, summed over
-    ranks (and, with EMA, the averaged weights' test loss and accuracy)."""
+    """The metrics.jsonl line of a finished epoch: its training sums and the test split's (and the
+    validation split's), summed over ranks (and, with EMA, the averaged weights' test loss and accuracy)."""
     start = time.perf_counter()
     test = dist.all_sum(first_compiled_call(s, evaluate, s.eval_model, s.test_data, EVAL_BATCH, s.amp, s.channels_last,
                                             s.ctx.rank, s.ctx.world)).tolist()
+    val = None
+    if s.val_data is not None:
+        val = dist.all_sum(evaluate(s.eval_model, s.val_data, EVAL_BATCH, s.amp, s.channels_last, s.ctx.rank,
+                                    s.ctx.world)).tolist()
     ema = None
     if s.ema is not None:
         ema = dist.all_sum(evaluate(s.ema, s.test_data, EVAL_BATCH, s.amp, s.channels_last, s.ctx.rank, s.ctx.world))
     row = epoch_row(s, epoch, meter, test, time.perf_counter() - start)
+    if val is not None:
+        row.update(val_loss=val[0] / val[2], val_acc=val[1] / val[2])
     if ema is not None:
         ema_loss, ema_correct, count = ema.tolist()
         row.update(ema_test_loss=ema_loss / count, ema_test_acc=ema_correct / count)
@@ -332,13 +343,43 @@ def epoch_row(s: TrainState, epoch: int, meter: Meter, test: list[float], eval_s
     }
 
 
+def best_val_epoch(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The metrics line of the epoch with the highest validation accuracy (ties: the earliest); None
+    without a validation split."""
+    rows = [r for r in history if "val_acc" in r]
+    return max(rows, key=lambda r: r["val_acc"]) if rows else None  # max keeps the first of equals
+
+
+def save_best(s: TrainState) -> None:
+    """Write best.pt (rank 0) when the epoch just finished is the best validation epoch so far: its
+    weights (and EMA), config and metrics line, a file :func:`zoo.load_run` reads with ``which="best"``."""
+    best = best_val_epoch(s.history)
+    if best is None or best is not s.history[-1] or not s.ctx.is_main:
+        return
+    config = OmegaConf.to_container(s.cfg, resolve=True)
+    save_checkpoint({"model": s.net.state_dict(), "ema": s.ema.state_dict() if s.ema is not None else None,
+                     "model_name": config["model"]["name"], "config": config, "epoch": best["epoch"],
+                     "metrics": dict(best)}, s.run.dir / BEST_NAME)
+
+
+def selection_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """summary.json's selection keys: ``best_test_acc``, the highest test accuracy of any epoch (chosen
+    on the test set: a record, not a result); with a validation split, the best validation epoch, its
+    validation accuracy and the test accuracy at that epoch (chosen without looking at the test set)."""
+    out: dict[str, Any] = {"best_test_acc": max(r["test_acc"] for r in history)}
+    best = best_val_epoch(history)
+    if best is not None:
+        out.update(best_val_epoch=best["epoch"], best_val_acc=best["val_acc"], test_acc_at_best_val=best["test_acc"])
+    return out
+
+
 def make_summary(s: TrainState, wall_seconds: float) -> dict[str, Any]:
     cfg, history = s.cfg, s.history
     cuda = s.ctx.device.type == "cuda"
     return {
         "model": cfg.model.name,
         "final_test_acc": history[-1]["test_acc"],
-        "best_test_acc": max(r["test_acc"] for r in history),
+        **selection_summary(history),
         **({"final_ema_test_acc": history[-1]["ema_test_acc"]} if "ema_test_acc" in history[-1] else {}),
         "params": sum(p.numel() for p in s.net.parameters()),
         "total_seconds": sum(r["epoch_seconds"] for r in history),
@@ -361,6 +402,7 @@ def make_summary(s: TrainState, wall_seconds: float) -> dict[str, Any]:
         "images_per_second": history[-1]["images_per_second"],
         "data": s.data_source,
         "train_images": len(s.train_data),
+        "val_images": len(s.val_data) if s.val_data is not None else 0,
         "test_images": len(s.test_data),
     }
 
@@ -368,6 +410,7 @@ def make_summary(s: TrainState, wall_seconds: float) -> dict[str, Any]:
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
     return (
         f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}  "
-        f"test_loss {row['test_loss']:.4f}  test_acc {row['test_acc']:.4f}  lr {row['lr']:.4g}  "
+        + (f"val_acc {row['val_acc']:.4f}  " if "val_acc" in row else "")
+        + f"test_loss {row['test_loss']:.4f}  test_acc {row['test_acc']:.4f}  lr {row['lr']:.4g}  "
         f"drop_path {row['drop_path_rate']:.3f}  {row['epoch_seconds']:.1f}s  {row['images_per_second']:.0f} img/s"
     )
