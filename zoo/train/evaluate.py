@@ -11,6 +11,7 @@ image folder is not on this machine. A mistake is one line on stderr and exit 2.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -87,11 +88,17 @@ class Loaded:
 
 
 def load_for_eval(run: str | Path, device: torch.device, data_path: str | None, test_subset: int | None,
-                  ema: bool = False, which: str = "last") -> Loaded:
+                  ema: bool = False, which: str = "last", loaded: dict[str, Split] | None = None) -> Loaded:
     """The run's model and test split, with the settings it trained with on this device type (bf16
-    autocast and channels_last)."""
+    autocast and channels_last). ``loaded`` keeps the test splits read so far, for runs of one sweep."""
     model, config = load_run(run, device, ema=ema, which=which)
-    test: Split = load_cifar10(data_config(config, data_path)).test.subset(test_subset, "--test-subset")
+    data = data_config(config, data_path)
+    key = json.dumps(data, sort_keys=True, default=str)
+    if loaded is None or key not in loaded:
+        full = load_cifar10(data).test
+        if loaded is not None:
+            loaded[key] = full
+    test: Split = (loaded[key] if loaded is not None else full).subset(test_subset, "--test-subset")
     precision = resolve_precision(config.get("amp", "auto"), config.get("channels_last", "auto"), device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)

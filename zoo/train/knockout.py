@@ -124,7 +124,7 @@ def _cpu_model() -> str | None:
 def _method(args: argparse.Namespace, images: int) -> str:
     return (f"Test accuracy on {images} test images ({args.which}.pt weights) with residual blocks removed at test "
             "time: the branch skipped, the shortcut kept (`zoo.remove_blocks`); blocks whose shortcut changes the "
-            f"shape (downsampling) are never removed. Random removals: {args.draws} seeded draws for each k "
+            f"shape (downsampling) are never removed. Random removals: {args.draws} seeded draw(s) for each k "
             f"(seed {args.seed}; one draw when k is every removable block), the same block sets for every run of "
             "the same model.")
 
@@ -275,8 +275,8 @@ def non_negative(text: str) -> int:
     return int(text)
 
 
-def _knock_run(run: Path, args: argparse.Namespace, device: torch.device) -> tuple[Knockout, int]:
-    loaded = load_for_eval(run, device, args.data_path, None, which=args.which)
+def _knock_run(run: Path, args: argparse.Namespace, device: torch.device, splits: dict) -> tuple[Knockout, int]:
+    loaded = load_for_eval(run, device, args.data_path, None, which=args.which, loaded=splits)
     subset = args.test_subset or (loaded.config.get("data") or {}).get("test_subset")
     if subset and subset != len(loaded.test):
         loaded.test = loaded.test.subset(subset, "--test-subset")
@@ -288,7 +288,7 @@ def write_knockout(args: argparse.Namespace) -> list[Path]:
     path = Path(args.path)
     device = resolve_device(args.device)
     if (path / CHECKPOINT_NAME).is_file():
-        result, images = _knock_run(path, args, device)
+        result, images = _knock_run(path, args, device, {})
         lines = run_markdown(path, result, args, images)
         fig = None if args.no_plot else run_plot(result)
     elif path.is_dir():
@@ -296,9 +296,9 @@ def write_knockout(args: argparse.Namespace) -> list[Path]:
         runs = [r.path for r in sweep.runs if r.finished and (r.path / CHECKPOINT_NAME).is_file()]
         if not runs:
             raise ReportError(f"{str(path)!r}: no finished run with a {CHECKPOINT_NAME} to knock blocks out of")
-        results, images = {}, 0
+        results, images, splits = {}, 0, {}
         for run in runs:
-            results[run], images = _knock_run(run, args, device)
+            results[run], images = _knock_run(run, args, device, splits)
         lines = sweep_markdown(sweep, results, args, images)
         fig = None if args.no_plot else sweep_plot(sweep, results)
     else:
