@@ -80,6 +80,16 @@ def test_bad_val_size_on_the_command_line_is_one_line_and_no_run_dir(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("experiment, val_size", [
+    ("compare", 5000), ("paper_resnet110", 5000), ("study_gpu", 5000), ("study_metaformer_gpu", 5000),
+    ("study_cpu", 1000), ("study_cpu_late", 1000), ("study_metaformer", 1000),
+])
+def test_experiments_that_make_claims_select_on_a_validation_split(experiment, val_size):
+    cfg = compose_train(f"experiment={experiment}")
+    validate_config(cfg)
+    assert cfg.data.val_size == val_size
+
+
 def test_best_epoch_is_the_first_argmax_of_validation_accuracy():
     history = [{"epoch": e + 1, "val_acc": a, "test_acc": 0.5} for e, a in enumerate([0.1, 0.3, 0.3, 0.2])]
     assert best_val_epoch(history)["epoch"] == 2
