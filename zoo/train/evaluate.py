@@ -72,7 +72,7 @@ def data_config(saved: dict[str, Any], data_path: str | None) -> dict[str, Any]:
         if not data["path"]:
             raise DataError("no data path: pass --data-path <CIFAR-10 image folders or .tar.gz> or set ZOO_CIFAR10")
     cache = data.get("cache_dir")  # the run's cache, when it is on this machine
-    data.update(subset=None, test_subset=None, val_size=0, cache_dir=cache if cache and Path(str(cache)).is_dir() else None)
+    data.update(subset=None, test_subset=None, cache_dir=cache if cache and Path(str(cache)).is_dir() else None)
     return data
 
 
