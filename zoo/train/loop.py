@@ -356,6 +356,8 @@ def save_best(s: TrainState) -> None:
     best = best_val_epoch(s.history)
     if best is None or best is not s.history[-1] or not s.ctx.is_main:
         return
+    if not finite_state(s.net):  # never kept as the best: save() raises the divergence error next
+        return
     config = OmegaConf.to_container(s.cfg, resolve=True)
     save_checkpoint({"model": s.net.state_dict(), "ema": s.ema.state_dict() if s.ema is not None else None,
                      "model_name": config["model"]["name"], "config": config, "epoch": best["epoch"],
