@@ -146,10 +146,9 @@ def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any]
     # skip mode can leave a branch without gradients on a rank (all its samples dropped): DDP must know
     model, eval_model = wrap(net, cfg.compile, ctx.world, unused_parameters=cfg.drop_path_mode != "mask")
     s = TrainState(cfg, ctx, run, net, model, eval_model, optimizer, criterion, train_data, test_data, source,
-                   precision.amp, precision.channels_last, precision.why)
+                   precision.amp, precision.channels_last, precision.why, val_data=val_data)
     s.ema = build_ema(net, cfg.ema_decay) if cfg.ema else None
     s.mixing = build_mixing(cfg.mixup_alpha, cfg.cutmix_alpha)
-    s.val_data = val_data
     if saved is not None:
         restore(s, saved)
     run.config(cfg)
