@@ -411,3 +411,55 @@ def test_micro_sweep_through_train_py(tmp_path):
     assert "| 0 | 2 |" in rows[0] and "baseline" in rows[0]
     assert "| 0.1 | 2 |" in rows[1] and "| 0, 1 |" in rows[1]
     assert "every run finished" in md
+
+
+# ---------------------------------------------------------------- selection, and the rate response
+
+
+def test_without_a_validation_split_the_test_selected_column_says_so(sweep_dir):
+    md = render_markdown(load_sweep(sweep_dir))
+    assert "| final test acc % | best test acc % (chosen on the test set) | final train acc % |" in md
+    assert "chosen on the test set, so it overstates what the run reaches" in md
+    assert "## Rate response" not in md  # one rate above 0: its row in the table says it all
+
+
+def test_with_a_validation_split_the_report_selects_on_it(sweep_dir):
+    at_best = {0.0: [0.79, 0.81, 0.83], 0.1: [0.84, 0.84, 0.86]}
+    for num, (rate, seed) in enumerate([(rate, seed) for rate in (0.0, 0.1) for seed in (0, 1, 2)]):
+        job = sweep_dir / str(num)
+        summary = json.loads((job / "summary.json").read_text())
+        summary.update(best_val_epoch=2, best_val_acc=0.5, test_acc_at_best_val=at_best[rate][seed])
+        (job / "summary.json").write_text(json.dumps(summary))
+        rows = [dict(json.loads(line), val_acc=0.5) for line in (job / "metrics.jsonl").read_text().splitlines()]
+        (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sweep = load_sweep(sweep_dir)
+    md = render_markdown(sweep)
+    assert "best test acc" not in md.lower()
+    assert "| final test acc % | test acc at best val epoch % | final train acc % |" in md
+    assert "| Δ at best val vs rate 0 (pp) | 95% interval (pp) | paired seeds |" in md
+    # baseline 79, 81, 83 -> 81.00 ± 2.00; differences 5, 3, 3 pp: mean 3.67, sd sqrt(8/3 / 2) = 1.155
+    half = T_975_DF2 * math.sqrt(4 / 3) / math.sqrt(3)
+    assert "| `drop_path_rate=0` | 0 | 3 | 82.00 ± 2.00 | 81.00 ± 2.00 |" in md
+    assert f"| +3.67 | {11 / 3 - half:+.2f} to {11 / 3 + half:+.2f} | 0, 1, 2 |" in md
+    dotted = [line for line in plot(sweep).axes[0].get_lines() if line.get_linestyle() == ":"]
+    assert [line.get_label() for line in dotted] == ["_val drop_path_rate=0", "_val drop_path_rate=0.1"]
+
+
+def test_rate_response_table_and_panel(tmp_path, monkeypatch):
+    from zoo.train.report_plot import TITLE_RATE
+
+    for table, value in ((TRAIN_GAP, 0.02), (EPOCH_SECONDS, [1.0, 1.0]), (IMAGES_PER_SECOND, [10.0, 10.0])):
+        monkeypatch.setitem(table, 0.2, value)
+    finals = {0.0: [0.80, 0.82], 0.1: [0.83, 0.84], 0.2: [0.81, 0.81]}  # Δ: +3, +2 at 0.1; +1, -1 at 0.2
+    sweep = tmp_path / "sweep"
+    for num, (rate, seed) in enumerate([(r, s) for r in finals for s in (0, 1)]):
+        write_job(sweep / str(num), rate, seed, accs=[finals[rate][seed] - 0.1, finals[rate][seed]])
+    md = render_markdown(load_sweep(sweep))
+    section = md.split("## Rate response")[1]
+    assert "| 0.1 | `drop_path_rate=0.1` | 2 | +2.50 | -3.85 to +8.85 (n = 2: t = 12.71) |" in section
+    assert "| 0.2 | `drop_path_rate=0.2` | 2 | +0.00 | -12.71 to +12.71 (n = 2: t = 12.71) |" in section
+    fig = plot(load_sweep(sweep))
+    assert [ax.get_title() for ax in fig.axes][3] == TITLE_RATE
+    (line,) = fig.axes[3].get_lines()[:1]
+    assert list(line.get_xdata()) == [0.0, 0.1, 0.2]
+    assert list(line.get_ydata()) == pytest.approx([0.0, 2.5, 0.0])

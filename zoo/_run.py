@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ._registry import create_model
-from ._weights import LoadError, load_weights, read_checkpoint
+from ._weights import WHICH, LoadError, load_weights, read_checkpoint
 
 # Top-level training-config keys that are create_model arguments (the model group holds the rest).
 DROP_PATH_KEYS = ("drop_path_rate", "drop_path_schedule", "drop_path_mode", "drop_path_skip_draw")
@@ -31,7 +31,8 @@ def model_from_config(config: Mapping[str, Any], num_classes: int = NUM_CLASSES)
 
 
 def load_run(
-    run_dir_or_checkpoint: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = False
+    run_dir_or_checkpoint: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = False,
+    which: str = "last",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model a training run saved, rebuilt from its saved config with its weights, in eval mode on
     ``device``; and that config (plain dicts: ``config["model"]["name"]``, ``config["drop_path_rate"]``, ...).
@@ -41,13 +42,18 @@ def load_run(
         device: where the model goes (the file is read onto the CPU first).
         ema: load the moving average of the weights (a run trained with ``ema=true``) instead of the
             weights themselves.
+        which: from a run dir, ``"last"`` (``last.pt``, the last epoch) or ``"best"`` (``best.pt``, the
+            epoch of the best validation accuracy, kept by a run trained with ``data.val_size``). A
+            checkpoint file is read as it is.
 
     Raises:
         LoadError: the path is missing or unreadable, holds a plain state dict (it records no config:
             use ``zoo.create_model(name, checkpoint_path=...)``), its config no longer builds a model, or
-            ``ema=True`` and the run kept no EMA weights.
+            ``ema=True`` and the run kept no EMA weights, or ``which="best"`` and the run kept no best.pt.
     """
-    ckpt = read_checkpoint(run_dir_or_checkpoint)
+    if which not in WHICH:
+        raise LoadError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
+    ckpt = read_checkpoint(run_dir_or_checkpoint, WHICH[which])
     config = ckpt.config
     if config is None or not isinstance(config.get("model"), dict) or "name" not in config["model"]:
         raise LoadError(

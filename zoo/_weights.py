@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 
 CHECKPOINT_NAME = "last.pt"  # what a run dir holds
+BEST_NAME = "best.pt"  # the weights of the best validation epoch, in a run trained with data.val_size
+WHICH = {"last": CHECKPOINT_NAME, "best": BEST_NAME}  # load_run(which=...): the file read from a run dir
 SHOW_KEYS = 3  # keys named per kind of mismatch; the rest are counted
 
 
@@ -37,15 +39,17 @@ class Checkpoint:
     ema: dict[str, Tensor] | None = None  # the weights' moving average, from a run trained with ema=true
 
 
-def checkpoint_file(path: str | os.PathLike) -> Path:
-    """The file ``path`` names: the file itself, or the run dir's ``last.pt``."""
+def checkpoint_file(path: str | os.PathLike, name: str = CHECKPOINT_NAME) -> Path:
+    """The file ``path`` names: the file itself, or the run dir's ``name`` (``last.pt``)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise LoadError(f"{str(path)!r}: no such run dir or checkpoint file")
     if p.is_dir():
-        if not (p / CHECKPOINT_NAME).is_file():
-            raise LoadError(f"{str(path)!r}: the run dir holds no {CHECKPOINT_NAME} (did the run save one?)")
-        p = p / CHECKPOINT_NAME
+        if not (p / name).is_file():
+            why = ("the run kept no best epoch: it trained without data.val_size" if name == BEST_NAME
+                   else "did the run save one?")
+            raise LoadError(f"{str(path)!r}: the run dir holds no {name} ({why})")
+        p = p / name
     return p.resolve()
 
 
@@ -65,10 +69,10 @@ def load_file(file: Path) -> Any:
                         f"{one_line(e)}") from None
 
 
-def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a run dir, a training checkpoint (``{"model": state_dict, "model_name": ..., "config": ...}``)
-    or a plain state dict (``{"stem.0.weight": tensor, ...}``) onto the CPU."""
-    file = checkpoint_file(path)
+def read_checkpoint(path: str | os.PathLike, name: str = CHECKPOINT_NAME) -> Checkpoint:
+    """Read a run dir (its file ``name``), a training checkpoint (``{"model": state_dict, "model_name":
+    ..., "config": ...}``) or a plain state dict (``{"stem.0.weight": tensor, ...}``) onto the CPU."""
+    file = checkpoint_file(path, name)
     obj = load_file(file)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         config = obj.get("config") if isinstance(obj.get("config"), dict) else None

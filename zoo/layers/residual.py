@@ -45,6 +45,9 @@ class DropPathBlock(nn.Module):
     - ``"auto"``: "skip" where the block's built rate is at least ``AUTO_SKIP_MIN_RATE`` and its
       branch is not cheap, else "mask".
 
+    A block with ``removed`` set (:func:`zoo.remove_blocks`) returns the shortcut alone: its branches
+    are not called.
+
     Args:
         drop_path: this block's drop path rate, in [0, 1].
         drop_path_mode: "mask", "skip" or "auto".
@@ -52,6 +55,8 @@ class DropPathBlock(nn.Module):
         drop_path_skip_draw: how skip mode picks the kept samples: "auto", "bernoulli" or "fixed"
             (see :func:`zoo.layers.drop_path_skip_add`).
     """
+
+    removed: bool = False  # set on a copy by zoo.remove_blocks: every residual is its shortcut alone
 
     def __init__(
         self,
@@ -82,6 +87,8 @@ class DropPathBlock(nn.Module):
     ) -> Tensor:
         """``shortcut + drop_path(branch_fn(x))``; ``skip`` overrides the block's form for this residual
         (a block with a cheap and an expensive branch skips only the expensive one)."""
+        if self.removed:
+            return shortcut
         dp = self.drop_path
         if dp is None:
             return shortcut + branch_fn(x)

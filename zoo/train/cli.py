@@ -48,8 +48,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         dist.cleanup()
     if int(os.environ.get("RANK", "0")) == 0:
         world = f" x{s['world_size']}" if s["world_size"] > 1 else ""
+        at_best = f"test_acc_at_best_val={s['test_acc_at_best_val']:.4f} " if "test_acc_at_best_val" in s else ""
         print(
-            f"done: {s['model']} test_acc={s['final_test_acc']:.4f} best={s['best_test_acc']:.4f} "
+            f"done: {s['model']} test_acc={s['final_test_acc']:.4f} {at_best}"
             f"epochs={s['epochs']} in {s['wall_seconds_last_invocation']:.1f}s ({s['device']}{world})"
         )
     return s

@@ -20,6 +20,7 @@ from ..layers import (
     check_skip_draw,
     check_time_schedule,
 )
+from .data import check_val_size
 from .errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -131,6 +132,8 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("data.subset", "data.test_subset"):
         if _select(cfg, key) is not None:
             _integer(cfg, key, 0)
+    if _select(cfg, "data.val_size") is not None:  # absent from configs saved before it existed: off
+        check_val_size(_integer(cfg, "data.val_size", 0), _select(cfg, "data.subset"))
 
 
 def build_model(cfg: DictConfig, num_classes: int = 10) -> nn.Module:

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS = ("train", "test")
+TRAIN_PER_CLASS = 5000  # CIFAR-10's training images of each class (what a config is checked against)
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 _CACHE_VERSION = 1  # bump when the cache layout changes, so old files are not read
@@ -58,6 +59,7 @@ class Cifar10:
     train: Split
     test: Split
     source: str  # where it came from, for logs and summaries
+    val: Split | None = None  # training images held out for selection (data.val_size), never trained on
 
 
 def balanced_subset(labels: Tensor, n: int, name: str = "data.subset") -> Tensor:
@@ -77,8 +79,43 @@ def balanced_subset(labels: Tensor, n: int, name: str = "data.subset") -> Tensor
     return torch.cat(picked).sort().values
 
 
+def check_val_size(val_size: int, subset: int | None, per_class: int = TRAIN_PER_CLASS) -> None:
+    """A ConfigError unless ``val_size`` validation images (a multiple of the class count, the same
+    number of each class) fit beside ``data.subset`` in ``per_class`` training images of each class."""
+    num_classes = len(CLASSES)
+    if val_size < 0 or val_size % num_classes:
+        raise ConfigError(f"data.val_size must be a multiple of the {num_classes} classes (the same number of "
+                          f"each), >= 0 (0: no validation split), got {val_size}")
+    need = -(-(subset or 0) // num_classes)  # the subset's images of its largest class
+    if subset and need + val_size // num_classes > per_class:
+        most = (per_class - need) * num_classes
+        raise ConfigError(f"data.val_size={val_size} does not fit beside data.subset={subset}: {per_class} training "
+                          f"images of each class leave at most {most} for validation")
+    if not subset and val_size // num_classes >= per_class:
+        raise ConfigError(f"data.val_size={val_size} leaves no training images ({per_class} of each class); "
+                          f"at most {(per_class - 1) * num_classes}")
+
+
+def hold_out(train: Split, val_size: int) -> tuple[Split, Split | None]:
+    """(the training images left, the validation images): the last ``val_size / C`` images of each
+    class, in data order. The subset takes the first images of each class from those left, so a
+    validation split changes neither which images a ``data.subset`` trains on nor how many."""
+    if not val_size:
+        return train, None
+    per_class = val_size // len(CLASSES)
+    counts = torch.bincount(train.labels, minlength=len(CLASSES))
+    check_val_size(val_size, None, int(counts.min()))
+    held = torch.zeros(len(train), dtype=torch.bool)
+    for c in range(len(CLASSES)):
+        held[(train.labels == c).nonzero().squeeze(1)[-per_class:]] = True
+    keep = (~held).nonzero().squeeze(1)
+    val = held.nonzero().squeeze(1)
+    return Split(train.images[keep], train.labels[keep]), Split(train.images[val], train.labels[val])
+
+
 def load_cifar10(data_cfg) -> Cifar10:
-    """Load the dataset a ``data`` config group describes, with its subsets applied."""
+    """Load the dataset a ``data`` config group describes: its validation split held out of the
+    training images first (``data.val_size``), then its subsets taken."""
     name = data_cfg.get("name", "cifar10")
     if name == "cifar10":
         data = load_torchvision(str(data_cfg.get("root") or "./data"))
@@ -86,10 +123,12 @@ def load_cifar10(data_cfg) -> Cifar10:
         data = load_image_folder(data_cfg.get("path"), data_cfg.get("cache_dir"))
     else:
         raise ConfigError(f"data.name must be cifar10 or cifar10_folder, got {name!r}")
+    train, val = hold_out(data.train, data_cfg.get("val_size") or 0)
     return Cifar10(
-        data.train.subset(data_cfg.get("subset"), "data.subset"),
+        train.subset(data_cfg.get("subset"), "data.subset"),
         data.test.subset(data_cfg.get("test_subset"), "data.test_subset"),
         data.source,
+        val,
     )
 
 

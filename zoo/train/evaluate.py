@@ -1,7 +1,7 @@
 """Evaluate a trained run on the CIFAR-10 test split, as the trainer does after each epoch:
 
-    python -m zoo.train.evaluate <run dir or last.pt> [--data-path P] [--device auto|cpu|cuda]
-                                 [--batch-size N] [--test-subset N]
+    python -m zoo.train.evaluate <run dir or last.pt> [--which last|best] [--data-path P]
+                                 [--device auto|cpu|cuda] [--batch-size N] [--test-subset N]
 
 prints one line (``eval: model=... images=... correct=... test_acc=... test_loss=...``). The data is
 ``--data-path``, else the run's own (its saved ``data`` config), else ``$ZOO_CIFAR10`` when the run's
@@ -11,9 +11,11 @@ image folder is not on this machine. A mistake is one line on stderr and exit 2.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -46,6 +48,8 @@ def positive(text: str) -> int:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = OneLineParser(prog="python -m zoo.train.evaluate", description="Evaluate a trained run on the CIFAR-10 test split and print one line.")
     p.add_argument("run", help="a run dir (its last.pt) or a training checkpoint file")
+    p.add_argument("--which", choices=("last", "best"), default="last",
+                   help="from a run dir: last.pt (the last epoch) or best.pt (the best validation epoch)")
     p.add_argument("--data-path",
                    help="CIFAR-10 image folders or a .tar.gz of them (default: the run's, else $ZOO_CIFAR10)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available")
@@ -72,19 +76,49 @@ def data_config(saved: dict[str, Any], data_path: str | None) -> dict[str, Any]:
     return data
 
 
-def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    """Load the run, its test split and settings (bf16 autocast and channels_last as it trained on this
-    device type), and evaluate; returns the line's values."""
-    device = resolve_device(args.device)
-    model, config = load_run(args.run, device, ema=args.ema)
-    test: Split = load_cifar10(data_config(config, args.data_path)).test.subset(args.test_subset, "--test-subset")
+@dataclass
+class Loaded:
+    """A trained run ready to evaluate: its model (eval mode, on ``device``), config and test split."""
+
+    model: torch.nn.Module
+    config: dict[str, Any]
+    test: Split  # on the device
+    amp: bool
+    channels_last: bool
+
+
+def load_for_eval(run: str | Path, device: torch.device, data_path: str | None, test_subset: int | None,
+                  ema: bool = False, which: str = "last", loaded: dict[str, Split] | None = None) -> Loaded:
+    """The run's model and test split, with the settings it trained with on this device type (bf16
+    autocast and channels_last). ``loaded`` keeps the test splits read so far, for runs of one sweep."""
+    model, config = load_run(run, device, ema=ema, which=which)
+    data = data_config(config, data_path)
+    key = json.dumps(data, sort_keys=True, default=str)
+    if loaded is None or key not in loaded:
+        full = load_cifar10(data).test
+        if loaded is not None:
+            loaded[key] = full
+    test: Split = (loaded[key] if loaded is not None else full).subset(test_subset, "--test-subset")
     precision = resolve_precision(config.get("amp", "auto"), config.get("channels_last", "auto"), device)
-    amp, channels_last = precision.amp, precision.channels_last
-    if channels_last:
+    if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_sum, correct, count = evaluate(model, test.to(device), args.batch_size, amp, channels_last).tolist()
-    return {"model": config["model"]["name"] + (" (EMA)" if args.ema else ""), "images": int(count), "correct": int(correct),
-            "test_acc": correct / count, "test_loss": loss_sum / count, "device": device.type}
+    return Loaded(model, config, test.to(device), precision.amp, precision.channels_last)
+
+
+def accuracy(loaded: Loaded, model: torch.nn.Module, batch_size: int = EVAL_BATCH) -> tuple[float, float, int]:
+    """(accuracy, mean loss, images) of ``model`` (``loaded.model`` or a variant of it) on the test split."""
+    loss_sum, correct, count = evaluate(model, loaded.test, batch_size, loaded.amp, loaded.channels_last).tolist()
+    return correct / count, loss_sum / count, int(count)
+
+
+def run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    """Load the run and its test split, and evaluate; returns the line's values."""
+    device = resolve_device(args.device)
+    loaded = load_for_eval(args.run, device, args.data_path, args.test_subset, args.ema, args.which)
+    acc, loss, count = accuracy(loaded, loaded.model, args.batch_size)
+    name = loaded.config["model"]["name"] + (" (EMA)" if args.ema else "") + (" (best.pt)" if args.which == "best" else "")
+    return {"model": name, "images": count, "correct": round(acc * count), "test_acc": acc, "test_loss": loss,
+            "device": device.type}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

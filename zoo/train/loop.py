@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .._weights import one_line
+from .._weights import BEST_NAME, one_line
 from ..layers import time_factor
 from ..layers.drop import resolve_draw
 from ..models import ZooModel
@@ -75,6 +75,7 @@ class TrainState:
     ema: EMA | None = None  # cfg.ema: the weights' moving average, evaluated beside them
     mixing: Mixing | None = None  # mixup / cutmix of each batch
     stop_voted: bool = False  # with several processes: a rank asked to stop (read with a step's loss)
+    val_data: Split | None = None  # data.val_size: held-out training images, what best.pt is chosen on
 
     @property
     def steps_per_epoch(self) -> int:
@@ -96,6 +97,7 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
                     meter = train_one_epoch(s, epoch, stop)
                     row = evaluate_epoch(s, epoch, meter)
                     s.history.append(row)
+                    save_best(s)  # before last.pt: a resume from last.pt never lacks the best.pt it implies
                     save(s, epoch + 1, 0, Meter())
                     s.run.metrics(row)
                     log.info(epoch_line(row, s.cfg.epochs))
@@ -130,13 +132,14 @@ def setup(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
 def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any] | None) -> TrainState:
     """Load the data, build the model, optimizer, EMA and mixing, and restore a resumed run's state."""
     if ctx.is_main:
-        remove_stale_temporaries(run.dir / CHECKPOINT_NAME)  # left by a save killed mid-write; never read
+        for name in (CHECKPOINT_NAME, BEST_NAME):  # temporaries of a save killed mid-write; never read
+            remove_stale_temporaries(run.dir / name)
     if saved is None and (run.dir / CHECKPOINT_NAME).exists() and ctx.is_main:
         raise ConfigError(f"{run.dir} already holds a run; continue it with resume={run.dir} or pick another hydra.run.dir")
     precision = device_settings(cfg, ctx.device)
     kept = f"{run.dir / CHECKPOINT_NAME} is as it was" if saved else "no checkpoint was due yet"
     with StopAtOnce("loading the data set", f"nothing was lost ({kept}; a data cache is written whole or not at all)"):
-        train_data, test_data, source = load_data(cfg, ctx)
+        train_data, test_data, source, val_data = load_data(cfg, ctx)
     torch.manual_seed(cfg.seed)  # initialization
     fmt = torch.channels_last if precision.channels_last else torch.preserve_format
     net = build_model(cfg).to(ctx.device, memory_format=fmt)
@@ -144,7 +147,7 @@ def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any]
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     model, eval_model = wrap(net, cfg.compile, ctx.world, unused_parameters(cfg, ctx.device))
     s = TrainState(cfg, ctx, run, net, model, eval_model, optimizer, criterion, train_data, test_data, source,
-                   precision.amp, precision.channels_last, precision.why)
+                   precision.amp, precision.channels_last, precision.why, val_data=val_data)
     s.ema = build_ema(net, cfg.ema_decay) if cfg.ema else None
     s.mixing = build_mixing(cfg.mixup_alpha, cfg.cutmix_alpha)
     if saved is not None:
@@ -154,9 +157,9 @@ def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any]
     if cfg.tensorboard:
         run.open_tensorboard()
     log.info(
-        "%s: %.2fM params, %d train / %d test images, %d steps/epoch, %s x%d, %s",
-        cfg.model.name, sum(p.numel() for p in net.parameters()) / 1e6, len(train_data), len(test_data),
-        s.steps_per_epoch, ctx.device, ctx.world, precision.describe(),
+        "%s: %.2fM params, %d train / %d validation / %d test images, %d steps/epoch, %s x%d, %s",
+        cfg.model.name, sum(p.numel() for p in net.parameters()) / 1e6, len(train_data),
+        len(val_data) if val_data else 0, len(test_data), s.steps_per_epoch, ctx.device, ctx.world, precision.describe(),
     )
     return s
 
@@ -175,15 +178,16 @@ def device_settings(cfg: DictConfig, device: torch.device) -> Precision:
     return resolve_precision(cfg.amp, cfg.channels_last, device)
 
 
-def load_data(cfg: DictConfig, ctx: dist.Context) -> tuple[Split, Split, str]:
-    """Both splits on the training device. Rank 0 decodes (and caches) first, so N processes do not
-    decode the same archive at once."""
+def load_data(cfg: DictConfig, ctx: dist.Context) -> tuple[Split, Split, str, Split | None]:
+    """The train, test (and validation) splits on the training device. Rank 0 decodes (and caches)
+    first, so N processes do not decode the same archive at once."""
     if not ctx.is_main:
         dist.barrier()
     data = load_cifar10(cfg.data)
     if ctx.is_main:
         dist.barrier()
-    return data.train.to(ctx.device), data.test.to(ctx.device), data.source
+    val = data.val.to(ctx.device) if data.val is not None else None
+    return data.train.to(ctx.device), data.test.to(ctx.device), data.source, val
 
 
 def unused_parameters(cfg: DictConfig, device: torch.device) -> bool:
@@ -318,15 +322,21 @@ def interrupted(s: TrainState, stop: StopOnSignal, epoch: int, step: int) -> Tra
 
 
 def evaluate_epoch(s: TrainState, epoch: int, meter: Meter) -> dict[str, Any]:
-    """The metrics.jsonl line of a finished epoch: its training sums and the test split's, summed over
-    ranks (and, with EMA, the averaged weights' test loss and accuracy)."""
+    """The metrics.jsonl line of a finished epoch: its training sums and the test split's (and the
+    validation split's), summed over ranks (and, with EMA, the averaged weights' test loss and accuracy)."""
     start = time.perf_counter()
     test = dist.all_sum(first_compiled_call(s, evaluate, s.eval_model, s.test_data, EVAL_BATCH, s.amp, s.channels_last,
                                             s.ctx.rank, s.ctx.world)).tolist()
+    val = None
+    if s.val_data is not None:
+        val = dist.all_sum(evaluate(s.eval_model, s.val_data, EVAL_BATCH, s.amp, s.channels_last, s.ctx.rank,
+                                    s.ctx.world)).tolist()
     ema = None
     if s.ema is not None:
         ema = dist.all_sum(evaluate(s.ema, s.test_data, EVAL_BATCH, s.amp, s.channels_last, s.ctx.rank, s.ctx.world))
     row = epoch_row(s, epoch, meter, test, time.perf_counter() - start)
+    if val is not None:
+        row.update(val_loss=val[0] / val[2], val_acc=val[1] / val[2])
     if ema is not None:
         ema_loss, ema_correct, count = ema.tolist()
         row.update(ema_test_loss=ema_loss / count, ema_test_acc=ema_correct / count)
@@ -349,13 +359,45 @@ def epoch_row(s: TrainState, epoch: int, meter: Meter, test: list[float], eval_s
     }
 
 
+def best_val_epoch(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The metrics line of the epoch with the highest validation accuracy (ties: the earliest); None
+    without a validation split."""
+    rows = [r for r in history if "val_acc" in r]
+    return max(rows, key=lambda r: r["val_acc"]) if rows else None  # max keeps the first of equals
+
+
+def save_best(s: TrainState) -> None:
+    """Write best.pt (rank 0) when the epoch just finished is the best validation epoch so far: its
+    weights (and EMA), config and metrics line, a file :func:`zoo.load_run` reads with ``which="best"``."""
+    best = best_val_epoch(s.history)
+    if best is None or best is not s.history[-1] or not s.ctx.is_main:
+        return
+    if not finite_state(s.net):  # never kept as the best: save() raises the divergence error next
+        return
+    config = OmegaConf.to_container(s.cfg, resolve=True)
+    save_checkpoint({"model": s.net.state_dict(), "ema": s.ema.state_dict() if s.ema is not None else None,
+                     "model_name": config["model"]["name"], "config": config, "epoch": best["epoch"],
+                     "metrics": dict(best)}, s.run.dir / BEST_NAME)
+
+
+def selection_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """summary.json's selection keys: ``best_test_acc``, the highest test accuracy of any epoch (chosen
+    on the test set: a record, not a result); with a validation split, the best validation epoch, its
+    validation accuracy and the test accuracy at that epoch (chosen without looking at the test set)."""
+    out: dict[str, Any] = {"best_test_acc": max(r["test_acc"] for r in history)}
+    best = best_val_epoch(history)
+    if best is not None:
+        out.update(best_val_epoch=best["epoch"], best_val_acc=best["val_acc"], test_acc_at_best_val=best["test_acc"])
+    return out
+
+
 def make_summary(s: TrainState, wall_seconds: float) -> dict[str, Any]:
     cfg, history = s.cfg, s.history
     cuda = s.ctx.device.type == "cuda"
     return {
         "model": cfg.model.name,
         "final_test_acc": history[-1]["test_acc"],
-        "best_test_acc": max(r["test_acc"] for r in history),
+        **selection_summary(history),
         **({"final_ema_test_acc": history[-1]["ema_test_acc"]} if "ema_test_acc" in history[-1] else {}),
         "params": sum(p.numel() for p in s.net.parameters()),
         "total_seconds": sum(r["epoch_seconds"] for r in history),
@@ -378,6 +420,7 @@ def make_summary(s: TrainState, wall_seconds: float) -> dict[str, Any]:
         "images_per_second": history[-1]["images_per_second"],
         "data": s.data_source,
         "train_images": len(s.train_data),
+        "val_images": len(s.val_data) if s.val_data is not None else 0,
         "test_images": len(s.test_data),
     }
 
@@ -385,6 +428,7 @@ def make_summary(s: TrainState, wall_seconds: float) -> dict[str, Any]:
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
     return (
         f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}  "
-        f"test_loss {row['test_loss']:.4f}  test_acc {row['test_acc']:.4f}  lr {row['lr']:.4g}  "
+        + (f"val_acc {row['val_acc']:.4f}  " if "val_acc" in row else "")
+        + f"test_loss {row['test_loss']:.4f}  test_acc {row['test_acc']:.4f}  lr {row['lr']:.4g}  "
         f"drop_path {row['drop_path_rate']:.3f}  {row['epoch_seconds']:.1f}s  {row['images_per_second']:.0f} img/s"
     )

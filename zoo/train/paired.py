@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .sweep import Configuration
+from .sweep import Configuration, Run, Sweep, baseline_of
 
 CONFIDENCE = 0.95
 # Accuracies are fractions of a test set (steps of 1e-4 for CIFAR-10's 10,000 images). Differences
@@ -92,16 +93,29 @@ class Paired:
         return None
 
 
-def _final_by_seed(config: Configuration) -> dict[Any, float]:
+def final_acc(run: Run) -> float | None:
+    return run.final_acc
+
+
+def at_best_val(run: Run) -> float | None:
+    """Test accuracy at the best validation epoch (None: the run kept no validation split)."""
+    return run.at_best_val
+
+
+def _final_by_seed(config: Configuration, metric: Callable[[Run], float | None] = final_acc) -> dict[Any, float]:
     by_seed: dict[Any, list[float]] = {}
     for run in config.finished:
-        by_seed.setdefault(run.seed, []).append(run.final_acc)
+        value = metric(run)
+        if value is not None:
+            by_seed.setdefault(run.seed, []).append(value)
     return {seed: statistics.fmean(v) for seed, v in by_seed.items()}  # repeated seeds: their mean
 
 
-def paired_difference(config: Configuration, baseline: Configuration) -> Paired:
-    """Final test accuracy minus the baseline's, over the seeds finished on both sides."""
-    mine, base = _final_by_seed(config), _final_by_seed(baseline)
+def paired_difference(config: Configuration, baseline: Configuration,
+                      metric: Callable[[Run], float | None] = final_acc) -> Paired:
+    """``metric`` of a finished run (default: final test accuracy) minus the baseline's, over the seeds
+    finished on both sides (and for which both have the metric)."""
+    mine, base = _final_by_seed(config, metric), _final_by_seed(baseline, metric)
     seeds = sorted((s for s in mine if s in base), key=str)
     return Paired(seeds, [mine[s] - base[s] for s in seeds])
 
@@ -136,3 +150,13 @@ def paired_by_epoch(config: Configuration, baseline: Configuration, key: str = "
             pair.seeds.append(seed)
             pair.diffs.append(mine[seed][epoch] - base[seed][epoch])
     return dict(sorted(by_epoch.items()))
+
+
+def rate_response(sweep: Sweep, metric: Callable[[Run], float | None] = final_acc) -> list[tuple[Configuration, Paired]]:
+    """Each configuration with a rate above 0 and a baseline, with its paired difference of ``metric``,
+    ordered by rate; empty unless that gives two or more rates (one rate is a row of the main table)."""
+    found = [(c, paired_difference(c, b, metric)) for c in sweep.configurations
+             if not c.is_baseline and c.rate is not None and (b := baseline_of(c, sweep)) is not None]
+    found = [(c, p) for c, p in found if p.diffs]
+    rates = {c.rate for c, _ in found}
+    return sorted(found, key=lambda cp: (cp[0].rate, cp[0].label)) if len(rates) >= 2 else []

@@ -1,6 +1,11 @@
 """The comparison report of a sweep: comparison.md (a table per configuration: final test and train
-accuracy and their gap, paired differences against drop_path_rate=0 with 95% intervals) and
-comparison.png (test and train accuracy, train loss, and the paired difference per epoch).
+accuracy and their gap, paired differences against drop_path_rate=0 with 95% intervals; with a
+validation split, the test accuracy at the best validation epoch and its paired difference too; for
+several rates, the rate response) and comparison.png (test, validation and train accuracy, train loss,
+the paired difference per epoch, and the rate response).
+
+Nothing in it is selected on the test set: without a validation split the highest test accuracy of a
+run is shown only under a label that says it was chosen on the test set.
 
     python -m zoo.train.report multirun/2026-11-26/10-00-00
 
@@ -16,12 +21,14 @@ import shlex
 import statistics
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Sequence
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .paired import CONFIDENCE, Paired, paired_by_epoch, paired_difference, t_quantile, unpaired_seeds
+from .paired import (CONFIDENCE, Paired, at_best_val, final_acc, paired_by_epoch, paired_difference, rate_response,
+                     t_quantile, unpaired_seeds)
 from .report_plot import plot
 from .sweep import Configuration, ReportError, Run, Sweep, baseline_of, load_sweep
 
@@ -86,34 +93,79 @@ def _interval_cell(paired: Paired) -> str:
     return text
 
 
-def _paired_cells(config: Configuration, sweep: Sweep) -> list[str]:
-    """Δ final vs rate 0, its interval, and the seeds paired."""
+def has_validation(sweep: Sweep) -> bool:
+    """Whether a finished run of the sweep kept a validation split (then the report selects on it)."""
+    return any(r.at_best_val is not None for r in sweep.runs if r.finished)
+
+
+def _delta_cells(config: Configuration, sweep: Sweep, metric: Callable[[Run], float | None]) -> list[str]:
+    """Δ vs rate 0 of ``metric`` and its interval (the first cell says why there is none)."""
     if config.is_baseline:
-        return ["baseline", "", ""]
+        return ["baseline", ""]
     baseline = baseline_of(config, sweep)
     if baseline is None:
-        return ["no baseline", "", ""]
-    paired = paired_difference(config, baseline)
+        return ["no baseline", ""]
+    paired = paired_difference(config, baseline, metric)
     if not paired.diffs:
-        return ["no finished pairs", "", ""]
-    return [_pp(paired.mean), _interval_cell(paired), ", ".join(str(s) for s in paired.seeds)]
+        return ["no finished pairs", ""]
+    return [_pp(paired.mean), _interval_cell(paired)]
 
 
-def _row(config: Configuration, sweep: Sweep) -> list[str]:
+def _paired_seeds(config: Configuration, sweep: Sweep) -> str:
+    baseline = None if config.is_baseline else baseline_of(config, sweep)
+    return ", ".join(str(s) for s in paired_difference(config, baseline).seeds) if baseline else ""
+
+
+def _row(config: Configuration, sweep: Sweep, validation: bool) -> list[str]:
     done = config.finished
     runs = f"{len(done)}" + (f" (+{len(config.runs) - len(done)} unfinished)" if len(done) < len(config.runs) else "")
     train = [(acc, r.final_acc) for r in done if (acc := final_train_acc(r)) is not None]
-    return [
+    selected = [v for r in done if (v := r.at_best_val) is not None] if validation else [r.best_acc for r in done]
+    row = [
         f"`{config.label}`",
         "?" if config.rate is None else f"{config.rate:g}",
         runs,
         _acc_cell([r.final_acc for r in done], True),
-        _acc_cell([r.best_acc for r in done], False),
+        _acc_cell(selected, validation),
         _acc_cell([acc for acc, _ in train], False),
         _pp(statistics.fmean(acc - test for acc, test in train)) if train else "n/a",
         _num(mean_metric(config, "epoch_seconds"), ".2f"),
         _num(mean_metric(config, "images_per_second"), ",.0f"),
-    ] + _paired_cells(config, sweep)
+    ] + _delta_cells(config, sweep, final_acc)
+    if validation:
+        row += _delta_cells(config, sweep, at_best_val)
+    return row + [_paired_seeds(config, sweep)]
+
+
+def _header(validation: bool) -> list[str]:
+    interval = f"{CONFIDENCE:.0%} interval (pp)"
+    selected = "test acc at best val epoch %" if validation else "best test acc % (chosen on the test set)"
+    header = ["configuration", "drop_path_rate", "runs", "final test acc %", selected, "final train acc %",
+              "train − test (pp)", "epoch s", "images/s", "Δ final vs rate 0 (pp)", interval]
+    if validation:
+        header += ["Δ at best val vs rate 0 (pp)", interval]
+    return header + ["paired seeds"]
+
+
+def _rate_response_lines(sweep: Sweep, validation: bool) -> list[str]:
+    final = rate_response(sweep)
+    if not final:
+        return []
+    best = dict((c.key, p) for c, p in rate_response(sweep, at_best_val)) if validation else {}
+    rows = []
+    for config, paired in final:
+        row = [f"{config.rate:g}", f"`{config.label}`", str(paired.n), _pp(paired.mean), _interval_cell(paired)]
+        if validation:
+            other = best.get(config.key)
+            row += [_pp(other.mean), _interval_cell(other)] if other else ["n/a", ""]
+        rows.append(row)
+    interval = f"{CONFIDENCE:.0%} interval (pp)"
+    header = ["drop_path_rate", "configuration", "seed pairs", "Δ final test acc vs rate 0 (pp)", interval]
+    if validation:
+        header += ["Δ at best val vs rate 0 (pp)", interval]
+    return (["", "## Rate response", "",
+             "Each rate against rate 0, paired by seed (the table above, by rate; the plot's last panel):", ""]
+            + _table(header, rows))
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -188,7 +240,18 @@ def reproduce_command(sweep: Sweep) -> str:
     return " ".join(["python", "train.py", "-m"] + [shlex.quote(f"{k}={','.join(v)}") for k, v in values.items()])
 
 
-def _explanation() -> list[str]:
+def _selection_note(validation: bool) -> str:
+    if validation:
+        return ("Test acc at best val epoch is each run's test accuracy at the epoch of its highest validation "
+                "accuracy (images held out of training by data.val_size; ties: the earlier epoch, the weights "
+                "in best.pt), chosen without looking at the test set; mean ± sample std across seeds, and its "
+                "own paired Δ and interval.")
+    return ("Best test acc is each run's highest test accuracy over its epochs: chosen on the test set, so it "
+            "overstates what the run reaches and no Δ is computed from it; train with data.val_size for a "
+            "selection that does not look at the test set.")
+
+
+def _explanation(validation: bool = False) -> list[str]:
     t2, t3 = (t_quantile(0.5 + CONFIDENCE / 2, df) for df in (1, 2))
     return [
         "Accuracies are in percent over the finished runs (mean ± sample std across seeds). Final train acc is "
@@ -206,14 +269,18 @@ def _explanation() -> list[str]:
         "mean the spread was not measured, not that it is zero. Epoch seconds and images/s average every epoch "
         "but each run's first (warm-up).",
         "",
+        _selection_note(validation),
+        "",
     ]
 
 
 def _caption(plot_name: str) -> str:
-    return (f"`{plot_name}`, per configuration: test accuracy (solid, mean over seeds, band = min to max) and train "
-            "accuracy (dashed, mean); train loss (mean, band = min to max); test accuracy minus the rate-0 run of "
-            f"the same seed at each epoch where both have one (mean over the seed pairs, band = {CONFIDENCE:.0%} "
-            "t interval where there is one, n marked where it changes).")
+    return (f"`{plot_name}`, per configuration: test accuracy (solid, mean over seeds, band = min to max), train "
+            "accuracy (dashed, mean) and validation accuracy where there is a split (dotted, mean); train loss "
+            "(mean, band = min to max); test accuracy minus the rate-0 run of the same seed at each epoch where "
+            f"both have one (mean over the seed pairs, band = {CONFIDENCE:.0%} t interval where there is one, n "
+            "marked where it changes); with two or more rates above 0, the rate response: Δ final test accuracy "
+            f"against drop_path_rate (mean, {CONFIDENCE:.0%} t interval as error bars).")
 
 
 def render_markdown(sweep: Sweep, plot_name: str | None = REPORT_PNG) -> str:
@@ -225,11 +292,11 @@ def render_markdown(sweep: Sweep, plot_name: str | None = REPORT_PNG) -> str:
         f"Sweep dir `{sweep.path}`: {len(sweep.runs)} run(s) in {len(sweep.configurations)} configuration(s), "
         f"{n_done} finished." + (f" Shared by every job: `{common}`." if common else ""),
         "",
-    ] + _explanation()
-    header = ["configuration", "drop_path_rate", "runs", "final test acc %", "best test acc %", "final train acc %",
-              "train − test (pp)", "epoch s", "images/s", "Δ final vs rate 0 (pp)", f"{CONFIDENCE:.0%} interval (pp)",
-              "paired seeds"]
-    lines += _table(header, [_row(c, sweep) for c in sweep.configurations])
+    ]
+    validation = has_validation(sweep)
+    lines += _explanation(validation)
+    lines += _table(_header(validation), [_row(c, sweep, validation) for c in sweep.configurations])
+    lines += _rate_response_lines(sweep, validation)
     if plot_name:
         lines += ["", f"![accuracy, train loss and paired difference per epoch]({plot_name})", "", _caption(plot_name)]
     unfinished = [r for r in sweep.runs if not r.finished]

@@ -1,5 +1,5 @@
-"""comparison.png: per configuration, test and train accuracy, train loss, and the paired difference
-against drop_path_rate=0 at every epoch."""
+"""comparison.png: per configuration, test, train and validation accuracy, train loss, and the paired
+difference against drop_path_rate=0 at every epoch; with two or more rates above 0, the rate response."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .paired import CONFIDENCE, Paired, paired_by_epoch
+from .paired import CONFIDENCE, Paired, paired_by_epoch, rate_response
 from .sweep import Configuration, Run, Sweep, baseline_of
 
 if TYPE_CHECKING:
@@ -17,9 +17,10 @@ if TYPE_CHECKING:
 
 Curve = tuple[list[float], list[float], list[float], list[float]]  # epochs, mean, low, high
 
-TITLE_ACC = "Accuracy: test (solid, min-max band), train (dashed)"
+TITLE_ACC = "Accuracy: test (solid, min-max band), train (dashed), validation (dotted)"
 TITLE_LOSS = "Train loss (mean, min-max band)"
 TITLE_DIFF = f"Test accuracy minus rate 0, same seed (mean, {CONFIDENCE:.0%} t band)"
+TITLE_RATE = f"Rate response: final test accuracy minus rate 0 (mean, {CONFIDENCE:.0%} t interval)"
 
 
 def _curve(runs: list[Run], key: str) -> Curve:
@@ -53,9 +54,10 @@ def _plot_runs(ax_acc: Axes, ax_loss: Axes, config: Configuration, color: str) -
         if xs:
             ax.plot(xs, _scaled(mean, scale), color=color, marker="." if len(xs) < 30 else None, label=label)
             ax.fill_between(xs, _scaled(lo, scale), _scaled(hi, scale), color=color, alpha=0.2, linewidth=0)
-    xs, mean, _, _ = _curve(config.runs, "train_acc")
-    if xs:  # no band: two per configuration would hide each other; "_": out of the legend, the title says it
-        ax_acc.plot(xs, _scaled(mean, 100.0), color=color, linestyle="--", label=f"_train {config.label}")
+    for name, style in (("train", "--"), ("val", ":")):
+        xs, mean, _, _ = _curve(config.runs, f"{name}_acc")
+        if xs:  # no band: several per configuration would hide each other; "_": out of the legend, the title says it
+            ax_acc.plot(xs, _scaled(mean, 100.0), color=color, linestyle=style, label=f"_{name} {config.label}")
 
 
 def _plot_paired(ax: Axes, pairs: dict[float, Paired], label: str, color: str) -> None:
@@ -72,14 +74,33 @@ def _plot_paired(ax: Axes, pairs: dict[float, Paired], label: str, color: str) -
                             fontsize="x-small", color=color)
 
 
+def _plot_rate_response(ax: Axes, sweep: Sweep) -> None:
+    """Δ final test accuracy against drop_path_rate, one line per family of configurations (those that
+    differ only in the rate), from (0, 0) at the baseline; error bars: the t interval where there is one."""
+    families: dict[tuple, list[tuple[float, Paired]]] = {}
+    for config, paired in rate_response(sweep):
+        families.setdefault(config.without_rate(), []).append((config.rate or 0.0, paired))
+    for i, (key, points) in enumerate(families.items()):
+        xs = [0.0] + [rate for rate, _ in points]
+        ys = [0.0] + [100 * p.mean for _, p in points]
+        intervals = [(0.0, 0.0)] + [p.interval() or (p.mean, p.mean) for _, p in points]
+        err = [[y - 100 * lo for y, (lo, _) in zip(ys, intervals)], [100 * hi - y for y, (_, hi) in zip(ys, intervals)]]
+        label = " ".join(f"{k}={v}" for k, v in key if (k, v) not in sweep.common) or "all runs"
+        ax.errorbar(xs, ys, yerr=err, color=f"C{i % 10}", marker="o", capsize=4, label=label)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set(xlabel="drop_path_rate", ylabel="Δ final test accuracy (pp)", title=TITLE_RATE)
+
+
 def plot(sweep: Sweep, path: Path | None = None) -> Figure:
     """Draw comparison.png (saved to ``path`` when given); returns the figure."""
     # The object-oriented API renders with Agg and leaves pyplot's global backend alone.
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(18, 4.8), layout="constrained")
-    ax_acc, ax_loss, ax_diff = fig.subplots(1, 3)
+    rates = bool(rate_response(sweep))
+    fig = Figure(figsize=(24 if rates else 18, 4.8), layout="constrained")
+    axes = fig.subplots(1, 4 if rates else 3)
+    ax_acc, ax_loss, ax_diff = axes[:3]
     for i, config in enumerate(sweep.configurations):
         color = f"C{i % 10}"
         _plot_runs(ax_acc, ax_loss, config, color)
@@ -95,8 +116,11 @@ def plot(sweep: Sweep, path: Path | None = None) -> Figure:
         ax_diff.text(0.5, 0.5, "no seed pairs with a drop_path_rate=0 baseline", transform=ax_diff.transAxes,
                      ha="center", va="center")
     for ax in (ax_acc, ax_loss, ax_diff):
-        ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if rates:
+        _plot_rate_response(axes[3], sweep)
+    for ax in axes:
+        ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
     if path is not None:

@@ -77,7 +77,14 @@ class Run:
 
     @property
     def best_acc(self) -> float:
+        """The highest test accuracy of any epoch: chosen on the test set (reported only with that label)."""
         return float(self.summary["best_test_acc"])  # type: ignore[index]
+
+    @property
+    def at_best_val(self) -> float | None:
+        """Test accuracy at the epoch of the best validation accuracy; None for a run without a validation split."""
+        value = (self.summary or {}).get("test_acc_at_best_val")
+        return None if value is None else float(value)
 
     def label(self) -> str:
         return " ".join(self.overrides) if self.overrides else f"job {self.name}"
