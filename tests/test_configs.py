@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_train
 
 import zoo
+from conftest import compose_train
 from zoo.train.config import build_model, validate_config
 from zoo.train.errors import ConfigError
 

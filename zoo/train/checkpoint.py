@@ -10,14 +10,14 @@ running sums of the epoch under way), ``history`` (the metrics.jsonl lines so fa
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .._weights import CHECKPOINT_NAME, LoadError, checkpoint_file, load_file, load_weights
+from .._weights import CHECKPOINT_NAME, LoadError, checkpoint_file, load_file, load_weights  # noqa: F401 (CHECKPOINT_NAME: re-exported)
 from .atomic import save_atomic
 from .config import REMOVED_KEYS
 from .errors import CheckpointError
