@@ -74,12 +74,12 @@ def check_cli(*args: str) -> str:
     import contextlib
     import io
 
-    from zoo.train.cli import prepare_argv
+    from zoo.train.cli import check_argv
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
-            prepare_argv(["train.py", *args], REPO / "configs")
+            check_argv(["train.py", *args], REPO / "configs")
         except SystemExit as e:
             assert e.code == 2, e.code
             lines = err.getvalue().strip().splitlines()

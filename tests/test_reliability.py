@@ -23,7 +23,7 @@ from PIL import Image
 from conftest import check_cli, compose_train
 from zoo.train import loop
 from zoo.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from zoo.train.cli import hydra_argv
+from zoo.train.cli import resumed_run_dir
 from zoo.train.config import validate_config
 from zoo.train.data import CLASSES
 from zoo.train.errors import CheckpointError, CompileFailed, ConfigError, DataError, TrainingDiverged
@@ -131,12 +131,13 @@ def test_valid_overrides_are_left_to_hydra(tmp_path):
 
 
 def test_resume_of_a_mistyped_path_writes_nothing_next_to_it(tmp_path):
-    argv = hydra_argv(["train.py", f"resume={tmp_path / 'typo'}"])
-    assert not any(a.startswith("hydra.run.dir=") for a in argv)  # Hydra's own dir, not tmp_path
+    typo = compose_train(f"resume={tmp_path / 'typo'}", hydra=True).hydra
+    assert resumed_run_dir(str(tmp_path / "typo")) is None and typo.run.dir.startswith("outputs/")  # Hydra's own dir
+    assert typo.output_subdir == ".hydra"
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("{}")
-    argv = hydra_argv(["train.py", f"resume={tmp_path / 'run'}"])
-    assert f"hydra.run.dir='{tmp_path / 'run'}'" in argv
+    resumed = compose_train(f"resume={tmp_path / 'run'}", hydra=True).hydra
+    assert resumed.run.dir == str(tmp_path / "run") and resumed.output_subdir.startswith(".hydra/resume-")
 
 
 # --- the command line: exit 2, one line, no traceback --------------------------------------------

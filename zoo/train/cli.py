@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import compose_config, validate_config
 from .errors import ConfigError, ZooError
-from .overrides import expand
+from .overrides import ENVIRONMENT_KEYS, expand
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -59,15 +59,41 @@ def _exit(line: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def prepare_argv(argv: list[str], config_dir: str | os.PathLike) -> list[str]:
-    """``argv`` checked before Hydra creates a run dir (:func:`check_jobs`: a mistake exits 2 with one line
-    and leaves nothing behind) and adjusted for Hydra (:func:`hydra_argv`)."""
+def check_argv(argv: list[str], config_dir: str | os.PathLike) -> None:
+    """:func:`check_jobs`, before Hydra creates a run dir: a mistake exits 2 with one line and leaves nothing behind."""
     try:
         check_jobs(argv, config_dir)
     except ZooError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    return hydra_argv(argv)
+
+
+def resumed_run_dir(resume: str | None) -> Path | None:
+    """The run dir ``resume=`` (a run dir or a checkpoint in one) names; None when it holds no run, so that a
+    mistyped path gets no .hydra/ written next to it."""
+    path = Path(resume).expanduser() if resume else None
+    run_dir = None if path is None else path if path.is_dir() else path.parent
+    return run_dir.resolve() if run_dir and ((run_dir / "config.yaml").is_file() or (run_dir / ".hydra").is_dir()) else None
+
+
+def _register_resolvers() -> None:
+    """What configs/train.yaml's hydra node asks of Python: a resumed run runs in its own dir (this
+    invocation's .hydra/ files in .hydra/resume-<time>/); torchrun ranks above 0 create no run dir, write no
+    log file and log only warnings (rank 0 writes every file); the keys job-dir names leave out."""
+    worker = int(os.environ.get("RANK", "0")) > 0
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    resolvers = {
+        "zoo.run_dir": lambda resume, default: "." if worker else str(resumed_run_dir(resume) or default),
+        "zoo.output_subdir": lambda resume: None if worker else f".hydra/resume-{stamp}" if resumed_run_dir(resume) else ".hydra",
+        "zoo.log_file": lambda default: os.devnull if worker else default,
+        "zoo.log_level": lambda: "WARNING" if worker else "INFO",
+        "zoo.environment_keys": lambda: list(ENVIRONMENT_KEYS),
+    }
+    for name, resolver in resolvers.items():
+        OmegaConf.register_new_resolver(name, resolver, replace=True)
+
+
+_register_resolvers()
 
 
 MAX_CHECKED_JOBS = 256  # a bigger sweep is checked job by job as it runs
@@ -107,33 +133,3 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
             return
         if local and cfg.data.name == "cifar10_folder":
             source_path(cfg.data.path)
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def hydra_argv(argv: list[str]) -> list[str]:
-    """Add Hydra overrides so that:
-
-    - ``resume=<run dir or checkpoint>`` runs in that run dir (its .hydra/ keeps the original
-      overrides; this invocation's go to .hydra/resume-<time>/);
-    - under torchrun, ranks other than 0 create no run dir, write no log file and log only warnings
-      (rank 0's timestamped dir may differ by a second from theirs; rank 0 writes every file).
-    """
-    args = list(argv[1:])
-    if any(a in ("-m", "--multirun") or a.startswith(("--help", "-h", "--cfg", "-c", "--info")) for a in args):
-        return argv
-    has_run_dir = any(a.startswith("hydra.run.dir=") for a in args)
-    if int(os.environ.get("RANK", "0")) > 0:
-        return [argv[0], *args, "hydra.run.dir=.", "hydra.output_subdir=null",
-                f"hydra.job_logging.handlers.file.filename={_quote(os.devnull)}", "hydra.job_logging.root.level=WARNING"]
-    resume = [a.partition("=")[2] for a in args if a.startswith("resume=")]
-    if resume and resume[-1] and not has_run_dir:
-        path = Path(resume[-1].strip("'\"")).expanduser()
-        run_dir = path if path.is_dir() else path.parent
-        # Only into a dir that holds a run: a mistyped path must not get a .hydra/ written next to it.
-        if (run_dir / "config.yaml").is_file() or (run_dir / ".hydra").is_dir():
-            args += [f"hydra.run.dir={_quote(str(run_dir.resolve()))}",
-                     f"hydra.output_subdir={_quote('.hydra/resume-' + time.strftime('%Y%m%d-%H%M%S'))}"]
-    return [argv[0], *args]

@@ -1,11 +1,9 @@
-"""The run config's schema and the model it describes.
+"""The run config's schema, and the model a config describes.
 
-The dataclasses below are the schema of configs/train.yaml (its defaults list starts with ``train_schema``)
-and of its groups: Hydra refuses a wrong type, an unknown key or a bad choice as it composes, and
-:func:`validate_config` merges any config (a resumed one too) into the same schema and checks the value
-ranges, one ``check`` per class. Every refusal is one :class:`ConfigError` line naming the key, the value
-and what is allowed. The YAML files hold the values: a field without a default takes its value from them.
-Every registered model is a ``model=<name>`` choice; ``model.<key>=`` sets any of its ``create_model`` arguments.
+The dataclasses are the schema of configs/train.yaml and its groups (the YAML files hold the values): Hydra
+refuses a wrong type, an unknown key or a bad choice as it composes, :func:`validate_config` merges any config
+(a resumed one too) into the schema and checks the ranges (one ``check`` per class), and every refusal is one
+:class:`ConfigError` line. Every registered model is a ``model=`` choice, its ``create_model`` arguments its keys.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ from .._registry import is_model, list_models, model_arguments, unknown_model_me
 from .._run import DROP_PATH_KEYS, model_from_config
 from ..layers import DEPTH_SCHEDULES, DROP_PATH_MODES, EARLY_MODES, SKIP_DRAWS, TIME_SCHEDULES, check_drop_prob
 from .errors import ConfigError
-from .overrides import ENVIRONMENT_KEYS
 
 # Keys that existed once, and what to do instead: the command line refuses them with this advice, and
 # a resumed run drops them from the config its checkpoint saved.
@@ -92,10 +89,6 @@ class SGDConfig:
     momentum: float
     nesterov: bool
 
-    @staticmethod
-    def check(c: DictConfig) -> None:
-        _need(0 <= c.momentum < 1, "optim.momentum", "in [0, 1)", c.momentum)
-
 
 @dataclass
 class AdamWConfig:
@@ -103,39 +96,29 @@ class AdamWConfig:
     betas: tuple[float, float]
     eps: float
 
-    @staticmethod
-    def check(c: DictConfig) -> None:
-        _need(all(0 <= b < 1 for b in c.betas), "optim.betas", "two numbers in [0, 1)", list(c.betas))
-        _need(c.eps > 0, "optim.eps", "> 0", c.eps)
-
 
 @dataclass
-class CosineConfig:
+class SchedConfig:
     name: Schedule
     warmup_epochs: float
-    min_lr_ratio: float
 
     @staticmethod
     def check(c: DictConfig) -> None:
         _need(c.warmup_epochs >= 0, "sched.warmup_epochs", ">= 0", c.warmup_epochs)
-        _need(0 <= c.min_lr_ratio <= 1, "sched.min_lr_ratio", "in [0, 1]", c.min_lr_ratio)
 
 
 @dataclass
-class StepConfig:
-    name: Schedule
-    warmup_epochs: float
+class CosineConfig(SchedConfig):
+    min_lr_ratio: float
+
+
+@dataclass
+class StepConfig(SchedConfig):
     milestones: list[float]
     gamma: float
 
-    @staticmethod
-    def check(c: DictConfig) -> None:
-        _need(c.warmup_epochs >= 0, "sched.warmup_epochs", ">= 0", c.warmup_epochs)
-        _need(all(0 <= m <= 1 for m in c.milestones), "sched.milestones", "fractions of training in [0, 1]",
-              list(c.milestones))
-        _need(c.gamma > 0, "sched.gamma", "> 0", c.gamma)
 
-
+# The optim and sched nodes take the schema of the choice their name names.
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "optim": {"sgd": SGDConfig, "adamw": AdamWConfig},
     "sched": {"cosine": CosineConfig, "step": StepConfig},
@@ -193,21 +176,15 @@ class TrainConfig:
 
 
 def check_model(c: DictConfig) -> None:
-    """``model.name`` is registered and every other ``model.<key>`` is one of its ``create_model`` arguments."""
-    name = c.get("name")
-    if not isinstance(name, str) or not is_model(name):
-        raise ConfigError(f"model.name: {unknown_model_message(name)}")
-    allowed = model_keys(name)
+    """``model.name`` is registered and every other ``model.<key>`` is one of its ``create_model`` arguments
+    (but those the trainer sets: num_classes and the drop path keys)."""
+    if not isinstance(c.get("name"), str) or not is_model(c.name):
+        raise ConfigError(f"model.name: {unknown_model_message(c.get('name'))}")
+    allowed = [k for k in model_arguments(c.name) if k not in ("num_classes", *DROP_PATH_KEYS)]
     for key in c:
         if key != "name" and key not in allowed:
             raise ConfigError(f"unknown key 'model.{key}'{_hint(str(key), allowed, 'model.')} "
-                              f"({name}'s keys: {', '.join(allowed)})")
-
-
-def model_keys(name: str) -> list[str]:
-    """The ``create_model`` arguments of model ``name`` a config sets as ``model.<key>`` (the trainer sets
-    num_classes and the drop path keys)."""
-    return [k for k in model_arguments(name) if k not in ("num_classes", *DROP_PATH_KEYS)]
+                              f"({c.name}'s keys: {', '.join(allowed)})")
 
 
 def validate_config(cfg: DictConfig) -> DictConfig:
@@ -228,7 +205,7 @@ def validate_config(cfg: DictConfig) -> DictConfig:
                 if isinstance(node[f.name], float):
                     key = f"{path}.{f.name}" if path else f.name
                     _need(math.isfinite(node[f.name]), key, "a finite number", node[f.name])
-            kind.check(node)
+            getattr(kind, "check", lambda c: None)(node)
     except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:
         raise _explain(e) from None
     check_model(typed.model)
@@ -291,18 +268,11 @@ def build_model(cfg: DictConfig, num_classes: int = 10) -> nn.Module:
         raise ConfigError(f"model {cfg.model.name} cannot be built from the config: {e}") from None
 
 
-def _model_node(name: str) -> DictConfig:
-    node = OmegaConf.create({"name": name})
-    OmegaConf.set_struct(node, False)  # any create_model argument may be set; check_model checks them
-    return node
-
-
 def _register() -> None:
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
-    for name in list_models():
-        store.store(group="model", name=name, node=_model_node(name))
-    OmegaConf.register_new_resolver("zoo.environment_keys", lambda: list(ENVIRONMENT_KEYS), replace=True)
+    for name in list_models():  # not struct: any create_model argument may be added; check_model checks them
+        store.store(group="model", name=name, node=OmegaConf.create({"name": name}, flags={"struct": False}))
 
 
 _register()
