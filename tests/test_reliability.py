@@ -23,8 +23,7 @@ from PIL import Image
 from conftest import check_cli, compose_train
 from zoo.train import loop
 from zoo.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from zoo.train.cli import resumed_run_dir
-from zoo.train.config import validate_config
+from zoo.train.config import resumed_run_dir, validate_config
 from zoo.train.data import CLASSES
 from zoo.train.errors import CheckpointError, CompileFailed, ConfigError, DataError, TrainingDiverged
 

@@ -1,5 +1,5 @@
-"""The command line of train.py: the checks and adjustments made before Hydra parses its arguments,
-and the Hydra task itself (:func:`run`), which lives here so that a launcher plugin can pickle it."""
+"""The command line of train.py: every job it asks for checked before Hydra makes a run dir, and the Hydra
+task itself (:func:`run`), which lives here so that a launcher plugin can pickle it."""
 
 from __future__ import annotations
 
@@ -7,15 +7,13 @@ import logging
 import os
 import signal
 import sys
-import time
-from pathlib import Path
 from typing import Any, NoReturn
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .config import compose_config, validate_config
 from .errors import ConfigError, ZooError
-from .overrides import ENVIRONMENT_KEYS, expand
+from .overrides import expand
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -66,34 +64,6 @@ def check_argv(argv: list[str], config_dir: str | os.PathLike) -> None:
     except ZooError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-
-
-def resumed_run_dir(resume: str | None) -> Path | None:
-    """The run dir ``resume=`` (a run dir or a checkpoint in one) names; None when it holds no run, so that a
-    mistyped path gets no .hydra/ written next to it."""
-    path = Path(resume).expanduser() if resume else None
-    run_dir = None if path is None else path if path.is_dir() else path.parent
-    return run_dir.resolve() if run_dir and ((run_dir / "config.yaml").is_file() or (run_dir / ".hydra").is_dir()) else None
-
-
-def _register_resolvers() -> None:
-    """What configs/train.yaml's hydra node asks of Python: a resumed run runs in its own dir (this
-    invocation's .hydra/ files in .hydra/resume-<time>/); torchrun ranks above 0 create no run dir, write no
-    log file and log only warnings (rank 0 writes every file); the keys job-dir names leave out."""
-    worker = int(os.environ.get("RANK", "0")) > 0
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    resolvers = {
-        "zoo.run_dir": lambda resume, default: "." if worker else str(resumed_run_dir(resume) or default),
-        "zoo.output_subdir": lambda resume: None if worker else f".hydra/resume-{stamp}" if resumed_run_dir(resume) else ".hydra",
-        "zoo.log_file": lambda default: os.devnull if worker else default,
-        "zoo.log_level": lambda: "WARNING" if worker else "INFO",
-        "zoo.environment_keys": lambda: list(ENVIRONMENT_KEYS),
-    }
-    for name, resolver in resolvers.items():
-        OmegaConf.register_new_resolver(name, resolver, replace=True)
-
-
-_register_resolvers()
 
 
 MAX_CHECKED_JOBS = 256  # a bigger sweep is checked job by job as it runs

@@ -12,9 +12,11 @@ import dataclasses
 import difflib
 import math
 import os
+import time
 import typing
 from dataclasses import dataclass, fields
 from enum import Enum
+from pathlib import Path
 from typing import Any, Optional, Union
 
 from hydra.core.config_store import ConfigStore
@@ -27,6 +29,7 @@ from .._registry import is_model, list_models, model_arguments, unknown_model_me
 from .._run import DROP_PATH_KEYS, model_from_config
 from ..layers import DEPTH_SCHEDULES, DROP_PATH_MODES, EARLY_MODES, SKIP_DRAWS, TIME_SCHEDULES, check_drop_prob
 from .errors import ConfigError
+from .overrides import ENVIRONMENT_KEYS
 
 # Keys that existed once, and what to do instead: the command line refuses them with this advice, and
 # a resumed run drops them from the config its checkpoint saved.
@@ -268,7 +271,30 @@ def build_model(cfg: DictConfig, num_classes: int = 10) -> nn.Module:
         raise ConfigError(f"model {cfg.model.name} cannot be built from the config: {e}") from None
 
 
+def resumed_run_dir(resume: str | None) -> Path | None:
+    """The run dir ``resume=`` (a run dir or a checkpoint in one) names; None when it holds no run, so that a
+    mistyped path gets no .hydra/ written next to it."""
+    path = Path(resume).expanduser() if resume else None
+    run_dir = None if path is None else path if path.is_dir() else path.parent
+    return run_dir.resolve() if run_dir and ((run_dir / "config.yaml").is_file() or (run_dir / ".hydra").is_dir()) else None
+
+
 def _register() -> None:
+    """The schema and the model choices into Hydra's ConfigStore, and the resolvers configs/train.yaml's hydra
+    node uses: a resumed run runs in its own dir (this invocation's .hydra/ files in .hydra/resume-<time>/);
+    torchrun ranks above 0 create no run dir, write no log file and log only warnings (rank 0 writes every
+    file); job-dir names leave out ENVIRONMENT_KEYS."""
+    worker = int(os.environ.get("RANK", "0")) > 0
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    resolvers = {
+        "zoo.run_dir": lambda resume, default: "." if worker else str(resumed_run_dir(resume) or default),
+        "zoo.output_subdir": lambda resume: None if worker else f".hydra/resume-{stamp}" if resumed_run_dir(resume) else ".hydra",
+        "zoo.log_file": lambda default: os.devnull if worker else default,
+        "zoo.log_level": lambda: "WARNING" if worker else "INFO",
+        "zoo.environment_keys": lambda: list(ENVIRONMENT_KEYS),
+    }
+    for name, resolver in resolvers.items():
+        OmegaConf.register_new_resolver(name, resolver, replace=True)
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     for name in list_models():  # not struct: any create_model argument may be added; check_model checks them
