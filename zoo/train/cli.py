@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from omegaconf import DictConfig
 
-from .config import compose_config, validate_config
+from .config import compose_configs, validate_config
 from .errors import ConfigError, ZooError
 from .overrides import expand
 
@@ -94,12 +94,11 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
             resolve_checkpoint(resume[-1])  # one line for a mistyped path, before any dir exists
         return
     local = not any(a.startswith("hydra/launcher=") for a in args)
-    for job in jobs:
-        try:
-            cfg = validate_config(compose_config(config_dir, job))
-        except ZooError:
-            raise
-        except Exception:  # not a config mistake: Hydra (or the run) says what is wrong, in its own words
-            return
-        if local and cfg.data.name == "cifar10_folder":
-            source_path(cfg.data.path)
+    try:
+        for cfg in map(validate_config, compose_configs(config_dir, jobs)):
+            if local and cfg.data.name == "cifar10_folder":
+                source_path(cfg.data.path)
+    except ZooError:
+        raise
+    except Exception:  # not a config mistake: Hydra (or the run) says what is wrong, in its own words
+        return

@@ -14,6 +14,7 @@ import math
 import os
 import time
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
@@ -218,21 +219,27 @@ def validate_config(cfg: DictConfig) -> DictConfig:
 def compose_config(config_dir: str | os.PathLike, overrides: list[str], hydra: bool = False) -> DictConfig:
     """configs/train.yaml composed with ``overrides`` as Hydra composes a run (Hydra's own config too with
     ``hydra=True``); a wrong type, an unknown key or a missing config file raises :class:`ConfigError`."""
+    return next(compose_configs(config_dir, [overrides], hydra))
+
+
+def compose_configs(config_dir: str | os.PathLike, jobs: list[list[str]], hydra: bool = False) -> Iterator[DictConfig]:
+    """:func:`compose_config` for each job's overrides, Hydra initialized once."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(os.path.abspath(config_dir)), version_base="1.3"):
-        try:
-            return compose("train", overrides=list(overrides), return_hydra_config=hydra)
-        except MissingConfigException as e:
-            group, _, name = (e.missing_cfg_file or "").rpartition("/")
-            if not group or e.options is None:
-                raise
-            raise ConfigError(f"{group}={name}: there is no {group} {name!r}{_hint(name, e.options)} "
-                              f"(choices: {', '.join(e.options)})") from None
-        except ConfigCompositionException as e:
-            if not isinstance(e.__cause__, (ValidationError, ConfigKeyError, ConfigAttributeError)):
-                raise
-            raise _explain(e.__cause__) from None
+        for overrides in jobs:
+            try:
+                yield compose("train", overrides=list(overrides), return_hydra_config=hydra)
+            except MissingConfigException as e:
+                group, _, name = (e.missing_cfg_file or "").rpartition("/")
+                if not group or e.options is None:
+                    raise
+                raise ConfigError(f"{group}={name}: there is no {group} {name!r}{_hint(name, e.options)} "
+                                  f"(choices: {', '.join(e.options)})") from None
+            except ConfigCompositionException as e:
+                if not isinstance(e.__cause__, (ValidationError, ConfigKeyError, ConfigAttributeError)):
+                    raise
+                raise _explain(e.__cause__) from None
 
 
 def _explain(e: ValidationError | ConfigKeyError | ConfigAttributeError) -> ConfigError:
