@@ -60,8 +60,6 @@ TimeSchedule = _choice("TimeSchedule", TIME_SCHEDULES)
 EarlyMode = _choice("EarlyMode", EARLY_MODES)
 Device = _choice("Device", ("auto", "cpu", "cuda"))
 Dataset = _choice("Dataset", ("cifar10", "cifar10_folder"))
-Optimizer = _choice("Optimizer", ("sgd", "adamw"))
-Schedule = _choice("Schedule", ("cosine", "step"))
 
 
 def _need(ok: bool, key: str, what: str, value: Any) -> None:
@@ -89,21 +87,21 @@ class DataConfig:
 
 @dataclass
 class SGDConfig:
-    name: Optimizer
+    name: str  # a key of GROUP_SCHEMAS["optim"]
     momentum: float
     nesterov: bool
 
 
 @dataclass
 class AdamWConfig:
-    name: Optimizer
+    name: str  # a key of GROUP_SCHEMAS["optim"]
     betas: tuple[float, float]
     eps: float
 
 
 @dataclass
 class SchedConfig:
-    name: Schedule
+    name: str  # a key of GROUP_SCHEMAS["sched"]
     warmup_epochs: float
 
     @staticmethod
