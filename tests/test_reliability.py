@@ -610,3 +610,10 @@ def test_two_runs_never_share_a_run_dir(tmp_path, cifar10_archive, cifar10_cache
         holder.wait()
     loop.train(cfg, tmp_path)
     assert load_checkpoint(tmp_path)["epoch"] == 1
+
+
+def test_resume_with_a_mistyped_override_is_one_line(tmp_path, finished_run):
+    """A resumed run's overrides go through the schema before Hydra starts; a bad one is one line."""
+    assert check_cli(f"resume={finished_run}", "lr=abc").startswith("error: lr must be a number, got 'abc'")
+    assert check_cli(f"resume={finished_run}", "drop_path_rat=0.1").startswith("error: unknown key 'drop_path_rat'")
+    assert check_cli(f"resume={finished_run}", "device=cpu") == ""

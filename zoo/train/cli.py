@@ -72,8 +72,9 @@ MAX_CHECKED_JOBS = 256  # a bigger sweep is checked job by job as it runs
 def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
     """Compose the config of every job the command line asks for through the schema and validate it, so
     that a bad value is refused before Hydra creates a run or sweep dir. Left to Hydra and to the run:
-    Hydra's flags, glob sweeps, a resumed run's checkpoint (checked when it starts; only a missing path is
-    refused here), and data that a launcher's machines may hold but this one does not."""
+    Hydra's flags, glob sweeps, a resumed run's checkpoint and ranges (checked when it starts, against the
+    saved config; a missing path is refused here), and data that a launcher's machines may hold but this one
+    does not."""
     from .checkpoint import resolve_checkpoint
     from .data import source_path
 
@@ -89,13 +90,15 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
         raise ConfigError(f"{sweep} is a sweep: add -m to run one job per value "
                           "(or quote it, key='a,b', for one string value)")
     resume = [a.partition("=")[2].strip("'\"") for a in args if a.startswith("resume=")]
-    if resume and resume[-1] not in ("", "null", "None"):
-        if not multirun:
-            resolve_checkpoint(resume[-1])  # one line for a mistyped path, before any dir exists
-        return
+    resuming = bool(resume) and resume[-1] not in ("", "null", "None")
+    if resuming and not multirun:
+        resolve_checkpoint(resume[-1])  # one line for a mistyped path, before any dir exists
     local = not any(a.startswith("hydra/launcher=") for a in args)
     try:
-        for cfg in map(validate_config, compose_configs(config_dir, jobs)):
+        for cfg in compose_configs(config_dir, jobs):  # types, keys and choices
+            if resuming:  # the rest is the saved config's, checked when the run has read it
+                continue
+            cfg = validate_config(cfg)
             if local and cfg.data.name == "cifar10_folder":
                 source_path(cfg.data.path)
     except ZooError:
