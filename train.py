@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from zoo.train.cli import prepare_argv, run
+from zoo.train.cli import check_argv, run
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -28,5 +28,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv = prepare_argv(sys.argv, CONFIGS)
+    check_argv(sys.argv, CONFIGS)
     main()

@@ -80,11 +80,31 @@ def cifar10_cache(cifar10_archive: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 def compose_train(*overrides: str, hydra: bool = False):
-    """configs/train.yaml composed with ``overrides`` (and Hydra's own config with ``hydra=True``)."""
-    from hydra import compose, initialize_config_dir
+    """configs/train.yaml composed with ``overrides`` through the schema, as train.py composes it (and
+    Hydra's own config with ``hydra=True``); a wrong type or an unknown key raises ConfigError."""
+    from zoo.train.config import compose_config
 
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=hydra)
+    return compose_config(REPO / "configs", list(overrides), hydra=hydra)
+
+
+def check_cli(*args: str) -> str:
+    """train.py's checks of its command line, in process: the one stderr line they print before Hydra
+    starts, and exit 2 (a refused run); "" when they let the command line through."""
+    import contextlib
+    import io
+
+    from zoo.train.cli import check_argv
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            check_argv(["train.py", *args], REPO / "configs")
+        except SystemExit as e:
+            assert e.code == 2, e.code
+            lines = err.getvalue().strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: "), err.getvalue()
+            return lines[0]
+    return ""
 
 
 def train_cut_and_resumed(monkeypatch: pytest.MonkeyPatch, overrides: tuple[str, ...], run_dir: Path,

@@ -1,4 +1,4 @@
-"""Every config file composes with Hydra's compose API, passes validation and builds its model."""
+"""Every config file and every model= choice composes through the schema, passes validation and builds its model."""
 
 from __future__ import annotations
 
@@ -6,26 +6,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 import zoo
+from conftest import compose_train
 from zoo.train.config import build_model, validate_config
 from zoo.train.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-MODEL_FILES = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
 EXPERIMENT_FILES = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 CONTRACT_KEYS = (
     "drop_path_rate", "drop_path_schedule", "drop_path_mode", "drop_path_time_schedule", "drop_path_time_cutoff",
     "drop_path_time_early_mode", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "seed", "device",
     "amp", "channels_last", "compile", "resume",
 )
-
-
-def compose_train(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
 
 
 def test_defaults_follow_the_contract(monkeypatch):
@@ -45,10 +38,9 @@ def test_data_path_comes_from_zoo_cifar10(monkeypatch, tmp_path):
     assert compose_train("data=cifar10_folder").data.path is None
 
 
-@pytest.mark.parametrize("name", MODEL_FILES)
-def test_model_config_builds_its_model(name):
-    cfg = compose_train(f"model={name}", "data=cifar10_folder")
-    validate_config(cfg)
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_every_model_choice_builds_its_model(name):
+    cfg = validate_config(compose_train(f"model={name}", "data=cifar10_folder"))
     if name in ("resnet1202", "resnet164"):  # deep: building is enough
         assert isinstance(build_model(cfg), zoo.models.ZooModel)
         return
@@ -57,25 +49,32 @@ def test_model_config_builds_its_model(name):
     assert max(model.drop_path_rates()) == pytest.approx(0.1)  # drop_path_rate reached the blocks
 
 
-def test_every_registered_model_is_selectable_as_model_equals_its_name():
-    """``model=<name>`` works for every name zoo.list_models() gives (configs/model/<name>.yaml)."""
-    for name in zoo.list_models():
-        path = CONFIGS / "model" / f"{name}.yaml"
-        assert path.is_file(), f"no configs/model/{name}.yaml"
-        assert OmegaConf.load(path).name == name
+def test_the_model_group_is_the_registry():
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        assert GlobalHydra.instance().config_loader().get_group_options("model") == zoo.list_models()
 
 
-def test_every_registered_family_has_a_model_config():
-    named = {OmegaConf.load(CONFIGS / "model" / f"{f}.yaml").name for f in MODEL_FILES}
-    families = {n.split("_")[0] for n in zoo.list_models()}
-    missing = [f for f in families if not any(n == f or n.startswith(f + "_") for n in named)]
-    assert not missing, f"no configs/model/*.yaml for {missing}"
+def test_any_create_model_argument_is_a_model_key():
+    model = build_model(validate_config(compose_train("model=metaformer", "model.stem_stride=2", "model.dims=[8,16,24,32]")))
+    assert model.forward_features(torch.randn(1, 3, 32, 32)).shape == (1, 32, 2, 2)  # 32 / (2 * 2**3)
+    with pytest.raises(ConfigError, match=r"unknown key 'model.stem_strid'; did you mean model.stem_stride\? "
+                                          r"\(metaformer's keys: depths, dims"):
+        validate_config(compose_train("model=metaformer", "model.stem_strid=2"))
+    with pytest.raises(ConfigError, match=r"unknown key 'model.stem_stride' \(resnet8's keys: depths, widths"):
+        validate_config(compose_train("model=resnet8", "model.stem_stride=2"))
+
+
+def test_data_path_without_a_folder_source_says_to_add_it():
+    with pytest.raises(ConfigError, match="data.path=/x is read from a folder data source only: add data=cifar10_folder"):
+        validate_config(compose_train("data.path=/x"))
 
 
 @pytest.mark.parametrize("name", EXPERIMENT_FILES)
 def test_experiment_composes_and_builds(name, tmp_path):
-    cfg = compose_train(f"experiment={name}", "data=cifar10_folder", f"hydra.run.dir={tmp_path}")
-    validate_config(cfg)
+    cfg = validate_config(compose_train(f"experiment={name}", "data=cifar10_folder", f"hydra.run.dir={tmp_path}"))
     assert isinstance(build_model(cfg), zoo.models.ZooModel)
 
 
@@ -102,6 +101,8 @@ def test_group_options_compose():
         ("batch_size=0", "batch_size must be an integer >= 1"),
         ("lr=0", "lr must be > 0"),
         ("lr=abc", "lr must be a number, got 'abc'"),
+        ("optim.momentum=0.5", r"unknown key 'optim.momentum' \(optim's keys: name, betas, eps\)"),
+        ("optim=sgd", None),
         ("device=tpu", "device must be one of auto, cpu, cuda"),
         ("optim.name=lamb", "optim.name must be one of sgd, adamw"),
         ("data.augment=maybe", "data.augment must be one of True, False, got 'maybe'"),
@@ -109,6 +110,9 @@ def test_group_options_compose():
     ],
 )
 def test_bad_values_are_config_errors(override, match):
+    if match is None:  # the same key in another choice is fine
+        validate_config(compose_train(override, "optim.momentum=0.5"))
+        return
     with pytest.raises(ConfigError, match=match):
         validate_config(compose_train(override))
 
@@ -121,6 +125,18 @@ def test_help_lists_the_keys_and_what_they_mean():
                          timeout=120, cwd=CONFIGS.parent)
     assert out.returncode == 0, out.stderr
     for text in ("drop_path_schedule        over depth: linear", "drop_path_mode            mask", "early (the rate until",
-                 "model: caformer, caformer_s12", "compile                   false | true"):
+                 "model: caformer_s12, caformer_s18", "compile                   false | true"):
         assert text in out.stdout, text
     assert "Powered by Hydra" not in out.stdout
+
+
+def test_the_keys_that_change_nothing_computed_are_declared_once():
+    """ENVIRONMENT_KEYS are keys of the schema, and the job-dir names leave out exactly them."""
+    from omegaconf import OmegaConf
+
+    from zoo.train.overrides import ENVIRONMENT_KEYS, flatten
+
+    cfg = compose_train("data=cifar10_folder", hydra=True)
+    assert list(cfg.hydra.job.config.override_dirname.exclude_keys) == list(ENVIRONMENT_KEYS)
+    keys = flatten(OmegaConf.to_container(validate_config(compose_train("data=cifar10_folder"))))
+    assert [k for k in ENVIRONMENT_KEYS if k not in keys] == []

@@ -18,24 +18,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from conftest import check_cli, compose_train
 from zoo.train import loop
 from zoo.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from zoo.train.cli import check_overrides, hydra_argv
-from zoo.train.config import validate_config
+from zoo.train.config import resumed_run_dir, validate_config
 from zoo.train.data import CLASSES
 from zoo.train.errors import CheckpointError, CompileFailed, ConfigError, DataError, TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
 TIMING = ("epoch_seconds", "images_per_second")
-
-
-def compose_train(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
 
 
 def tiny(archive: Path, cache: Path, *extra: str) -> tuple[str, ...]:
@@ -90,9 +83,9 @@ def make_tree(root: Path, classes=CLASSES) -> Path:
         ("drop_path_time_cutoff=-1", "drop_path_time_cutoff must be >= 0 epochs, got -1"),
         ("model.name=resnt20", "model.name: unknown model 'resnt20'; did you mean resnet20"),
         ("epochs=0", "epochs must be an integer >= 1, got 0"),
-        ("epochs=abc", "epochs must be an integer >= 1, got 'abc'"),
+        ("epochs=abc", "epochs must be an integer, got 'abc'"),
         ("batch_size=0", "batch_size must be an integer >= 1, got 0"),
-        ("batch_size=1.5", "batch_size must be an integer >= 1, got 1.5"),
+        ("batch_size=1.5", "batch_size must be an integer, got 1.5"),
         ("lr=0", "lr must be > 0, got 0"),
         ("lr=-0.1", "lr must be > 0, got -0.1"),
         ("lr=inf", "lr must be a finite number, got inf"),
@@ -113,36 +106,37 @@ def test_bad_values_name_the_key_and_what_is_allowed(override, message):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model=resnt20", "model=resnt20: there is no configs/model/resnt20.yaml; did you mean resnet20,"),
-        ("experiment=cpu_smok", "experiment=cpu_smok: there is no configs/experiment/cpu_smok.yaml; did you mean cpu_smoke?"),
-        ("optim=adam", "optim=adam: there is no configs/optim/adam.yaml; did you mean adamw?"),
-        ("sched=cosin", "sched=cosin: there is no configs/sched/cosin.yaml; did you mean cosine?"),
-        ("data=cifar10folder", "data=cifar10folder: there is no configs/data/cifar10folder.yaml; did you mean cifar10_folder"),
+        ("model=resnt20", "model=resnt20: there is no model 'resnt20'; did you mean resnet20,"),
+        ("experiment=cpu_smok", "experiment=cpu_smok: there is no experiment 'cpu_smok'; did you mean cpu_smoke?"),
+        ("optim=adam", "optim=adam: there is no optim 'adam'; did you mean adamw?"),
+        ("sched=cosin", "sched=cosin: there is no sched 'cosin'; did you mean cosine?"),
+        ("data=cifar10folder", "data=cifar10folder: there is no data 'cifar10folder'; did you mean cifar10_folder"),
         ("model=resnet8,resnt20", "model=resnt20: there is no"),  # a sweep is checked name by name
         ("drop_path_rat=0.1", "unknown key 'drop_path_rat'; did you mean drop_path_rate"),
         ("data.subst=100", "unknown key 'data.subst'; did you mean data.subset"),
         ("retain_freed_memory=false", "retain_freed_memory was removed: zoo no longer changes malloc's settings"),
+        ("+new_key=1", "unknown key 'new_key'"),  # the schema has no such key, with or without +
     ],
 )
 def test_mistyped_config_groups_and_keys_list_close_matches(override, message):
-    with pytest.raises(ConfigError) as info:
-        check_overrides(["train.py", override], CONFIGS)
-    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    assert check_cli("-m", override).startswith(f"error: {message}")
 
 
-def test_valid_overrides_are_left_to_hydra():
-    ok = ["model=resnet8", "model=metaformer,resnet20", "experiment=null", "data=cifar10_folder", "data.path=/x",
-          "model.name=convformer_tiny", "+new_key=1", "hydra.run.dir=out", "seed=range(3)", "lr=0.1", "-m"]
-    check_overrides(["train.py", *ok], CONFIGS)
+def test_valid_overrides_are_left_to_hydra(tmp_path):
+    ok = ["model=resnet8", "model=metaformer,resnet20", "experiment=null", "data=cifar10_folder",
+          f"data.path={make_tree(tmp_path / 'cifar')}", "model.name=convformer_tiny", "hydra.run.dir=out", "seed=range(3)",
+          "lr=0.1", "-m"]
+    assert check_cli(*ok) == ""
 
 
 def test_resume_of_a_mistyped_path_writes_nothing_next_to_it(tmp_path):
-    argv = hydra_argv(["train.py", f"resume={tmp_path / 'typo'}"])
-    assert not any(a.startswith("hydra.run.dir=") for a in argv)  # Hydra's own dir, not tmp_path
+    typo = compose_train(f"resume={tmp_path / 'typo'}", hydra=True).hydra
+    assert resumed_run_dir(str(tmp_path / "typo")) is None and typo.run.dir.startswith("outputs/")  # Hydra's own dir
+    assert typo.output_subdir == ".hydra"
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("{}")
-    argv = hydra_argv(["train.py", f"resume={tmp_path / 'run'}"])
-    assert f"hydra.run.dir='{tmp_path / 'run'}'" in argv
+    resumed = compose_train(f"resume={tmp_path / 'run'}", hydra=True).hydra
+    assert resumed.run.dir == str(tmp_path / "run") and resumed.output_subdir.startswith(".hydra/resume-")
 
 
 # --- the command line: exit 2, one line, no traceback --------------------------------------------
@@ -153,15 +147,17 @@ def test_cli_config_mistakes_are_one_line(tmp_path):
         "drop_path_rate=abc": "error: drop_path_rate must be a number, got 'abc'",
         "drop_path_mode=fast": "error: drop_path_mode must be one of mask, skip, auto, got 'fast'",
         "model.name=resnt20": "error: model.name: unknown model 'resnt20'; did you mean resnet20",
-        "model=resnt20": "error: model=resnt20: there is no configs/model/resnt20.yaml; did you mean resnet20",
+        "model=resnt20": "error: model=resnt20: there is no model 'resnt20'; did you mean resnet20",
         "model=metaformer,resnet20": "error: model=metaformer,resnet20 is a sweep: add -m to run one job per value",
     }
     for i, (override, line) in enumerate(cases.items()):
-        assert one_error_line(run_cli(override, f"hydra.run.dir={tmp_path / str(i)}")).startswith(line), override
+        assert check_cli(override, f"hydra.run.dir={tmp_path / str(i)}").startswith(line), override
         assert not (tmp_path / str(i)).exists(), "a run refused before it starts leaves nothing behind"
 
 
-def test_cli_data_mistakes_name_the_path(tmp_path):
+def test_cli_data_mistakes_name_the_path(tmp_path, monkeypatch):
+    """A missing path is refused before Hydra starts; what is wrong inside the data is found while the run
+    reads it: one line on stderr, and the run's train.log ends with the same line (end to end, once)."""
     (tmp_path / "notes.txt").write_text("hello")
     bad = make_tree(tmp_path / "bad")
     (bad / "train" / "cat" / "0001.png").write_bytes(b"\x89PNG broken")
@@ -169,17 +165,20 @@ def test_cli_data_mistakes_name_the_path(tmp_path):
         tmp_path / "nope": "no such file or directory",
         tmp_path / "notes.txt": "is neither a directory nor a readable .tar/.tar.gz archive",
         make_tree(tmp_path / "eight", CLASSES[:8]): "train/ lacks the class folders ship, truck",
-        bad: f"unreadable image {bad}/train/cat/0001.png: not an image format",
     }
     for i, (path, text) in enumerate(cases.items()):
-        out = run_cli("experiment=cpu_smoke", "data=cifar10_folder", f"data.path={path}",
-                      f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / str(i)}")
-        line = one_error_line(out)
-        assert text in line, path
+        args = ("experiment=cpu_smoke", "data=cifar10_folder", f"data.path={path}", f"data.cache_dir={tmp_path / 'cache'}")
         if i == 0:  # found before Hydra starts: no run dir
+            assert text in check_cli(*args, f"hydra.run.dir={tmp_path / '0'}")
             assert not (tmp_path / "0").exists()
-        else:  # found while the run reads its data: its train.log ends with the same line
-            assert (tmp_path / str(i) / "train.log").read_text().strip().endswith(line)
+            continue
+        with pytest.raises(DataError, match=re.escape(text)):  # found while the run reads its data
+            loop.train(compose_train(*args), tmp_path / str(i))
+    out = run_cli("experiment=cpu_smoke", "data=cifar10_folder", f"data.path={bad}", f"data.cache_dir={tmp_path / 'cache'}",
+                  f"hydra.run.dir={tmp_path / 'run'}")
+    line = one_error_line(out)
+    assert f"unreadable image {bad}/train/cat/0001.png: not an image format" in line
+    assert (tmp_path / "run" / "train.log").read_text().strip().endswith(line)
 
 
 def test_a_run_without_a_network_leaves_no_data_dir(tmp_path):
@@ -611,3 +610,10 @@ def test_two_runs_never_share_a_run_dir(tmp_path, cifar10_archive, cifar10_cache
         holder.wait()
     loop.train(cfg, tmp_path)
     assert load_checkpoint(tmp_path)["epoch"] == 1
+
+
+def test_resume_with_a_mistyped_override_is_one_line(tmp_path, finished_run):
+    """A resumed run's overrides go through the schema before Hydra starts; a bad one is one line."""
+    assert check_cli(f"resume={finished_run}", "lr=abc").startswith("error: lr must be a number, got 'abc'")
+    assert check_cli(f"resume={finished_run}", "drop_path_rat=0.1").startswith("error: unknown key 'drop_path_rat'")
+    assert check_cli(f"resume={finished_run}", "device=cpu") == ""

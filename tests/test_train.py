@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import zoo
+from conftest import compose_train
 from zoo.train import loop
 from zoo.train.batches import derive_seed
 from zoo.train.checkpoint import load_checkpoint, load_model_state, resumed_config, save_checkpoint
@@ -26,11 +26,6 @@ from zoo.train.step import LossWatch, Meter
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING = ("epoch_seconds", "images_per_second")
-
-
-def compose_train(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
 
 
 def small(archive: Path, cache: Path, *extra: str) -> tuple[str, ...]:

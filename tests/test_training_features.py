@@ -145,7 +145,7 @@ def test_a_run_with_mixup_and_cutmix_trains(tmp_path, cifar10_archive, cifar10_c
     assert all(r["train_loss"] > 0 for r in rows(tmp_path)) and 0 <= summary["final_test_acc"] <= 1
 
 
-@pytest.mark.parametrize("override, message", [("mixup_alpha=-1", "mixup_alpha must be >= 0, got -1"),
+@pytest.mark.parametrize("override, message", [("mixup_alpha=-1", "mixup_alpha must be >= 0, got -1.0"),
                                                ("ema_decay=1", "ema_decay must be in (0, 1), got 1.0"),
                                                ("ema=sometimes", "ema must be one of True, False, got 'sometimes'")])
 def test_bad_values_of_the_new_keys(override, message):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 import os
+import typing
 from typing import Callable, TypeVar
 
 from torch import nn
@@ -44,6 +46,13 @@ def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
     if pretrained:
         return []
     return sorted(n for n in _models if fnmatch.fnmatchcase(n, pattern))
+
+
+def model_arguments(name: str) -> list[str]:
+    """The keyword arguments ``create_model(name, ...)`` accepts: those of the class its builder returns."""
+    cls = typing.get_type_hints(_models[name]).get("return")
+    params = inspect.signature(cls).parameters.values() if isinstance(cls, type) else ()
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def unknown_model_message(name: str) -> str:

@@ -10,17 +10,18 @@ running sums of the epoch under way), ``history`` (the metrics.jsonl lines so fa
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .._weights import CHECKPOINT_NAME, LoadError, checkpoint_file, load_file, load_weights
+from .._weights import CHECKPOINT_NAME, LoadError, checkpoint_file, load_file, load_weights  # noqa: F401 (CHECKPOINT_NAME: re-exported)
 from .atomic import save_atomic
-from .config import REMOVED_KEYS, flatten
+from .config import REMOVED_KEYS
 from .errors import CheckpointError
+from .overrides import ENVIRONMENT_KEYS, flatten
 
 REQUIRED_KEYS = ("model", "optimizer", "epoch", "step", "global_step", "config", "model_name", "history")
 
@@ -100,28 +101,21 @@ def load_model_state(model: torch.nn.Module, state: dict[str, Any]) -> None:
         raise CheckpointError(str(e)) from None
 
 
-# Keys a resumed run may change: where it runs and where the data lies, not what it computes.
-RESUME_FREE_KEYS = (
-    "resume", "device", "amp", "channels_last", "compile", "data.path", "data.cache_dir", "data.root", "tensorboard",
-    "log_every_s",
-)
-
-
 def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: Sequence[str] = ()) -> DictConfig:
     """The config a resumed run continues with: the checkpoint's own, plus the command line's
-    ``RESUME_FREE_KEYS``. Any other override that changes the saved config is a CheckpointError
+    ``ENVIRONMENT_KEYS``. Any other override that changes the saved config is a CheckpointError
     (a different model, epochs or lr would silently make another run). Keys the project added after
     the run was saved take today's value: they did not exist, so the run never chose one; keys it
     saved that were removed since (``REMOVED_KEYS``) are dropped."""
     old = {k: v for k, v in state["config"].items() if k not in REMOVED_KEYS}
-    saved = OmegaConf.merge(OmegaConf.to_container(cfg, resolve=True), old)
+    saved = OmegaConf.merge(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), old)
     keys = [o.lstrip("+~").partition("=")[0] for o in overrides]
     for key in keys:
-        if key in RESUME_FREE_KEYS:
+        if key in ENVIRONMENT_KEYS:
             OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
-    checked = [k for k in keys if k not in RESUME_FREE_KEYS]
+    checked = [k for k in keys if k not in ENVIRONMENT_KEYS]
     if checked:
-        now = flatten(OmegaConf.to_container(cfg, resolve=True))
+        now = flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
         then = flatten(OmegaConf.to_container(saved, resolve=True))
         # An experiment may set any key, so it is checked against the whole config; other overrides
         # only against the keys they name (``model=x`` names every model.* key).
@@ -131,12 +125,12 @@ def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: Sequence[s
             return everything or any(k == c or k.startswith(c + ".") for c in checked)
 
         changed = [k for k in sorted(set(now) | set(then))
-                   if k not in RESUME_FREE_KEYS and named(k) and now.get(k) != then.get(k)]
+                   if k not in ENVIRONMENT_KEYS and named(k) and now.get(k) != then.get(k)]
         if changed:
             diffs = ", ".join(f"{k}={now.get(k)!r} (saved {then.get(k)!r})" for k in changed[:5])
             raise CheckpointError(
                 f"resume={cfg.resume} continues {state['path']} with its saved config, but the command line changes "
-                f"{diffs}; drop those overrides (only {', '.join(RESUME_FREE_KEYS[1:])} may change) or start a new run"
+                f"{diffs}; drop those overrides (only {', '.join(ENVIRONMENT_KEYS[1:])} may change) or start a new run"
             )
     saved.resume = cfg.resume
     return saved

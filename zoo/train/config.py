@@ -1,139 +1,272 @@
-"""The training config: checked before anything runs (one ConfigError that names the key, the value and
-what is allowed), and the model it describes."""
+"""The run config's schema, and the model a config describes.
+
+The dataclasses are the schema of configs/train.yaml and its groups (the YAML files hold the values): Hydra
+refuses a wrong type, an unknown key or a bad choice as it composes, :func:`validate_config` merges any config
+(a resumed one too) into the schema and checks the ranges (one ``check`` per class), and every refusal is one
+:class:`ConfigError` line. Every registered model is a ``model=`` choice, its ``create_model`` arguments its keys.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
-from collections.abc import Callable
-from numbers import Real
-from typing import Any
+import os
+import time
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional, Union
 
+from hydra.core.config_store import ConfigStore
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 from torch import nn
 
-from .._registry import is_model, unknown_model_message
+from .._registry import is_model, list_models, model_arguments, unknown_model_message
 from .._run import DROP_PATH_KEYS, model_from_config
-from ..layers import (
-    check_depth_schedule,
-    check_drop_path_mode,
-    check_drop_prob,
-    check_skip_draw,
-    check_time_schedule,
-)
+from ..layers import DEPTH_SCHEDULES, DROP_PATH_MODES, EARLY_MODES, SKIP_DRAWS, TIME_SCHEDULES, check_drop_prob
 from .data import check_val_size
 from .errors import ConfigError
+from .overrides import ENVIRONMENT_KEYS
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step")
-DEVICES = ("auto", "cpu", "cuda")
-DATASETS = ("cifar10", "cifar10_folder")
-AUTO_FLAGS = ("auto", True, False)
 # Keys that existed once, and what to do instead: the command line refuses them with this advice, and
 # a resumed run drops them from the config its checkpoint saved.
 REMOVED_KEYS = {
     "retain_freed_memory": "zoo no longer changes malloc's settings; set MALLOC_MMAP_THRESHOLD_ and "
     "MALLOC_TRIM_THRESHOLD_ in the environment for the same effect",
 }
+AUTO_FLAGS = ("auto", True, False)
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"name": "x"}}`` -> ``{"model.name": "x"}`` (plain dicts, as OmegaConf.to_container gives)."""
-    if isinstance(node, dict) and node:
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: node} if prefix else {}
+class Choice(str, Enum):
+    """One of a few strings; it compares, prints and saves as the string itself."""
+
+    def __str__(self) -> str:
+        return self.value
 
 
-def _select(cfg: DictConfig, key: str) -> Any:
-    node = cfg
-    for part in key.split("."):
-        node = node.get(part) if node is not None else None
-    return node
+def _choice(name: str, values: tuple[str, ...]) -> type[Choice]:
+    return Choice(name, [(v, v) for v in values], module=__name__, qualname=name)  # type: ignore[return-value]
 
 
-def _number(cfg: DictConfig, key: str) -> float:
-    value = _select(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    if not math.isfinite(float(value)):
-        raise ConfigError(f"{key} must be a finite number, got {value!r}")
-    return float(value)
+DepthSchedule = _choice("DepthSchedule", DEPTH_SCHEDULES)
+DropPathMode = _choice("DropPathMode", DROP_PATH_MODES)
+SkipDraw = _choice("SkipDraw", SKIP_DRAWS)
+TimeSchedule = _choice("TimeSchedule", TIME_SCHEDULES)
+EarlyMode = _choice("EarlyMode", EARLY_MODES)
+Device = _choice("Device", ("auto", "cpu", "cuda"))
+Dataset = _choice("Dataset", ("cifar10", "cifar10_folder"))
 
 
-def _integer(cfg: DictConfig, key: str, minimum: int) -> int:
-    value = _select(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    return value
+def _need(ok: bool, key: str, what: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {what}, got {value!r}")
 
 
-def _choice(cfg: DictConfig, key: str, allowed: tuple) -> None:
-    value = _select(cfg, key)
-    if value not in allowed:
-        raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+@dataclass
+class DataConfig:
+    name: Dataset
+    root: str
+    path: Optional[str]
+    subset: Optional[int]
+    test_subset: Optional[int]
+    augment: bool
+    cache_dir: Optional[str]
+    val_size: int = 0  # absent from configs saved before it existed: off
+
+    @staticmethod
+    def check(c: DictConfig) -> None:
+        for key in ("subset", "test_subset"):
+            _need(c[key] is None or c[key] >= 0, f"data.{key}", "an integer >= 0", c[key])
+        if c.path is not None and c.name != "cifar10_folder":
+            raise ConfigError(f"data.path={c.path} is read from a folder data source only: add data=cifar10_folder")
+        check_val_size(c.val_size, c.subset)
 
 
-def _library(check: Callable[..., object], *args: object) -> None:
-    """Run one of the library's own checks (their messages name the Hydra key: one name all the way down)."""
+@dataclass
+class SGDConfig:
+    name: str  # a key of GROUP_SCHEMAS["optim"]
+    momentum: float
+    nesterov: bool
+
+
+@dataclass
+class AdamWConfig:
+    name: str  # a key of GROUP_SCHEMAS["optim"]
+    betas: tuple[float, float]
+    eps: float
+
+
+@dataclass
+class SchedConfig:
+    name: str  # a key of GROUP_SCHEMAS["sched"]
+    warmup_epochs: float
+
+    @staticmethod
+    def check(c: DictConfig) -> None:
+        _need(c.warmup_epochs >= 0, "sched.warmup_epochs", ">= 0", c.warmup_epochs)
+
+
+@dataclass
+class CosineConfig(SchedConfig):
+    min_lr_ratio: float
+
+
+@dataclass
+class StepConfig(SchedConfig):
+    milestones: list[float]
+    gamma: float
+
+
+# The optim and sched nodes take the schema of the choice their name names.
+GROUP_SCHEMAS: dict[str, dict[str, type]] = {
+    "optim": {"sgd": SGDConfig, "adamw": AdamWConfig},
+    "sched": {"cosine": CosineConfig, "step": StepConfig},
+}
+
+
+@dataclass
+class TrainConfig:
+    model: Any  # {"name": <registered model>, <create_model argument>: value, ...}: checked by check_model
+    data: DataConfig
+    optim: Any  # one of GROUP_SCHEMAS["optim"], by its name
+    sched: Any  # one of GROUP_SCHEMAS["sched"], by its name
+    drop_path_rate: float
+    drop_path_schedule: DepthSchedule
+    drop_path_mode: DropPathMode
+    drop_path_skip_draw: SkipDraw
+    drop_path_time_schedule: TimeSchedule
+    drop_path_time_cutoff: float
+    drop_path_time_early_mode: EarlyMode
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    label_smoothing: float
+    mixup_alpha: float
+    cutmix_alpha: float
+    ema: bool
+    ema_decay: float
+    seed: int
+    device: Device
+    amp: Union[bool, str]  # one of AUTO_FLAGS
+    channels_last: Union[bool, str]  # one of AUTO_FLAGS
+    compile: Union[bool, str]  # one of COMPILE_MODES
+    deterministic: bool
+    resume: Optional[str]
+    tensorboard: bool
+    log_every_s: float
+
+    @staticmethod
+    def check(c: DictConfig) -> None:
+        try:
+            check_drop_prob(c.drop_path_rate, "drop_path_rate")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        _need(c.drop_path_time_cutoff >= 0, "drop_path_time_cutoff", ">= 0 epochs", c.drop_path_time_cutoff)
+        for key, least in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
+            _need(c[key] >= least, key, f"an integer >= {least}", c[key])
+        _need(c.lr > 0, "lr", "> 0", c.lr)
+        for key in ("weight_decay", "mixup_alpha", "cutmix_alpha", "log_every_s"):
+            _need(c[key] >= 0, key, ">= 0", c[key])
+        _need(0 <= c.label_smoothing < 1, "label_smoothing", "in [0, 1)", c.label_smoothing)
+        _need(0 < c.ema_decay < 1, "ema_decay", "in (0, 1)", c.ema_decay)
+        for key, allowed in (("amp", AUTO_FLAGS), ("channels_last", AUTO_FLAGS), ("compile", COMPILE_MODES)):
+            _need(c[key] in allowed, key, f"one of {', '.join(map(str, allowed))}", c[key])
+
+
+def check_model(c: DictConfig) -> None:
+    """``model.name`` is registered and every other ``model.<key>`` is one of its ``create_model`` arguments
+    (but those the trainer sets: num_classes and the drop path keys)."""
+    if not isinstance(c.get("name"), str) or not is_model(c.name):
+        raise ConfigError(f"model.name: {unknown_model_message(c.get('name'))}")
+    allowed = [k for k in model_arguments(c.name) if k not in ("num_classes", *DROP_PATH_KEYS)]
+    for key in c:
+        if key != "name" and key not in allowed:
+            raise ConfigError(f"unknown key 'model.{key}'{_hint(str(key), allowed, 'model.')} "
+                              f"({c.name}'s keys: {', '.join(allowed)})")
+
+
+def validate_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` checked against the schema (types, keys, choices, then ranges), as a plain config whose
+    choices are strings. Raises :class:`ConfigError` for the first bad value."""
+    schema = OmegaConf.structured(TrainConfig)
+    nodes: list[tuple[str, type]] = [("", TrainConfig), ("data", DataConfig)]
+    for group, options in GROUP_SCHEMAS.items():
+        name = OmegaConf.select(cfg, f"{group}.name")
+        _need(name in options, f"{group}.name", f"one of {', '.join(options)}", name)
+        schema[group] = OmegaConf.structured(options[name])
+        nodes.append((group, options[name]))
     try:
-        check(*args)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+        typed = OmegaConf.merge(schema, OmegaConf.to_container(cfg, enum_to_str=True))  # a plain copy: no key passes unchecked
+        for path, kind in nodes:
+            node = OmegaConf.select(typed, path) if path else typed
+            for f in fields(kind):
+                if isinstance(node[f.name], float):
+                    key = f"{path}.{f.name}" if path else f.name
+                    _need(math.isfinite(node[f.name]), key, "a finite number", node[f.name])
+            getattr(kind, "check", lambda c: None)(node)
+    except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:
+        raise _explain(e) from None
+    check_model(typed.model)
+    return OmegaConf.create(OmegaConf.to_container(typed, enum_to_str=True))
 
 
-def _check_drop_path(cfg: DictConfig) -> None:
-    _library(check_drop_prob, cfg.drop_path_rate, "drop_path_rate")
-    _library(check_depth_schedule, cfg.drop_path_schedule)
-    _library(check_drop_path_mode, cfg.drop_path_mode)
-    _library(check_skip_draw, cfg.drop_path_skip_draw)
-    _library(check_time_schedule, cfg.drop_path_time_schedule, cfg.drop_path_time_early_mode)
-    if _number(cfg, "drop_path_time_cutoff") < 0:
-        raise ConfigError(f"drop_path_time_cutoff must be >= 0 epochs, got {cfg.drop_path_time_cutoff}")
+def compose_config(config_dir: str | os.PathLike, overrides: list[str], hydra: bool = False) -> DictConfig:
+    """configs/train.yaml composed with ``overrides`` as Hydra composes a run (Hydra's own config too with
+    ``hydra=True``); a wrong type, an unknown key or a missing config file raises :class:`ConfigError`."""
+    return next(compose_configs(config_dir, [overrides], hydra))
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for the first bad value in a composed ``train.yaml`` config."""
-    _check_drop_path(cfg)
-    name = _select(cfg, "model.name")
-    if not isinstance(name, str) or not is_model(name):
-        raise ConfigError(f"model.name: {unknown_model_message(name)}")
-    _integer(cfg, "epochs", 1)
-    _integer(cfg, "batch_size", 1)
-    if _number(cfg, "lr") <= 0:
-        raise ConfigError(f"lr must be > 0, got {cfg.lr}")
-    if _number(cfg, "weight_decay") < 0:
-        raise ConfigError(f"weight_decay must be >= 0, got {cfg.weight_decay}")
-    smoothing = _number(cfg, "label_smoothing")
-    if not 0.0 <= smoothing < 1.0:
-        raise ConfigError(f"label_smoothing must be in [0, 1), got {smoothing}")
-    _integer(cfg, "seed", 0)
-    for key in ("mixup_alpha", "cutmix_alpha", "log_every_s"):
-        if _number(cfg, key) < 0:
-            raise ConfigError(f"{key} must be >= 0, got {_select(cfg, key)}")
-    decay = _number(cfg, "ema_decay")
-    if not 0.0 < decay < 1.0:
-        raise ConfigError(f"ema_decay must be in (0, 1), got {decay}")
-    for key in ("ema", "tensorboard", "deterministic"):
-        _choice(cfg, key, (True, False))
-    if "augment" in cfg.data:  # a config composed without the data group's file may lack it: then on
-        _choice(cfg, "data.augment", (True, False))
-    _choice(cfg, "device", DEVICES)
-    for key in ("amp", "channels_last"):
-        _choice(cfg, key, AUTO_FLAGS)
-    _choice(cfg, "compile", COMPILE_MODES)
-    _choice(cfg, "optim.name", OPTIMIZERS)
-    _choice(cfg, "sched.name", SCHEDULES)
-    if _number(cfg, "sched.warmup_epochs") < 0:
-        raise ConfigError(f"sched.warmup_epochs must be >= 0, got {cfg.sched.warmup_epochs}")
-    _choice(cfg, "data.name", DATASETS)
-    for key in ("data.subset", "data.test_subset"):
-        if _select(cfg, key) is not None:
-            _integer(cfg, key, 0)
-    if _select(cfg, "data.val_size") is not None:  # absent from configs saved before it existed: off
-        check_val_size(_integer(cfg, "data.val_size", 0), _select(cfg, "data.subset"))
+def compose_configs(config_dir: str | os.PathLike, jobs: list[list[str]], hydra: bool = False) -> Iterator[DictConfig]:
+    """:func:`compose_config` for each job's overrides, Hydra initialized once."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(os.path.abspath(config_dir)), version_base="1.3"):
+        for overrides in jobs:
+            try:
+                yield compose("train", overrides=list(overrides), return_hydra_config=hydra)
+            except MissingConfigException as e:
+                group, _, name = (e.missing_cfg_file or "").rpartition("/")
+                if not group or e.options is None:
+                    raise
+                raise ConfigError(f"{group}={name}: there is no {group} {name!r}{_hint(name, e.options)} "
+                                  f"(choices: {', '.join(e.options)})") from None
+            except ConfigCompositionException as e:
+                if not isinstance(e.__cause__, (ValidationError, ConfigKeyError, ConfigAttributeError)):
+                    raise
+                raise _explain(e.__cause__) from None
+
+
+def _explain(e: ValidationError | ConfigKeyError | ConfigAttributeError) -> ConfigError:
+    """OmegaConf's refusal as one line: the key, the value, and what the schema allows there."""
+    key = str(e.full_key)
+    head = key.partition(".")[0]
+    if head in REMOVED_KEYS:
+        return ConfigError(f"{head} was removed: {REMOVED_KEYS[head]}")
+    if not isinstance(e, ValidationError):
+        known = [str(k) for k in e.parent_node] if isinstance(e.parent_node, DictConfig) else []
+        group = key.rpartition(".")[0]
+        keys = f" ({group}'s keys: {', '.join(known)})" if group and known else ""
+        return ConfigError(f"unknown key {key!r}{_hint(str(e.key), known, group + '.' if group else '')}{keys}")
+    schema = e.object_type if dataclasses.is_dataclass(e.object_type) else None
+    kind = typing.get_type_hints(schema).get(str(e.key)) if schema else None
+    kind = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # Optional[int] -> int
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        what = f"one of {', '.join(m.value for m in kind)}"
+    else:
+        what = {bool: "one of True, False", int: "an integer", float: "a number"}.get(kind, f"of type {kind}")
+    return ConfigError(f"{key} must be {what}, got {e.value!r}")
+
+
+def _hint(name: str, options: typing.Iterable[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, sorted(options), n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
 
 
 def build_model(cfg: DictConfig, num_classes: int = 10) -> nn.Module:
@@ -144,3 +277,36 @@ def build_model(cfg: DictConfig, num_classes: int = 10) -> nn.Module:
         return model_from_config(config, num_classes)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model {cfg.model.name} cannot be built from the config: {e}") from None
+
+
+def resumed_run_dir(resume: str | None) -> Path | None:
+    """The run dir ``resume=`` (a run dir or a checkpoint in one) names; None when it holds no run, so that a
+    mistyped path gets no .hydra/ written next to it."""
+    path = Path(resume).expanduser() if resume else None
+    run_dir = None if path is None else path if path.is_dir() else path.parent
+    return run_dir.resolve() if run_dir and ((run_dir / "config.yaml").is_file() or (run_dir / ".hydra").is_dir()) else None
+
+
+def _register() -> None:
+    """The schema and the model choices into Hydra's ConfigStore, and the resolvers configs/train.yaml's hydra
+    node uses: a resumed run runs in its own dir (this invocation's .hydra/ files in .hydra/resume-<time>/);
+    torchrun ranks above 0 create no run dir, write no log file and log only warnings (rank 0 writes every
+    file); job-dir names leave out ENVIRONMENT_KEYS."""
+    worker = int(os.environ.get("RANK", "0")) > 0
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    resolvers = {
+        "zoo.run_dir": lambda resume, default: "." if worker else str(resumed_run_dir(resume) or default),
+        "zoo.output_subdir": lambda resume: None if worker else f".hydra/resume-{stamp}" if resumed_run_dir(resume) else ".hydra",
+        "zoo.log_file": lambda default: os.devnull if worker else default,
+        "zoo.log_level": lambda: "WARNING" if worker else "INFO",
+        "zoo.environment_keys": lambda: list(ENVIRONMENT_KEYS),
+    }
+    for name, resolver in resolvers.items():
+        OmegaConf.register_new_resolver(name, resolver, replace=True)
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for name in list_models():  # not struct: any create_model argument may be added; check_model checks them
+        store.store(group="model", name=name, node=OmegaConf.create({"name": name}, flags={"struct": False}))
+
+
+_register()

@@ -117,7 +117,7 @@ def setup(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
             saved = load_checkpoint(cfg.resume)
         cfg = resumed_config(cfg, saved, overrides)
         run_dir = Path(saved["path"]).parent
-    validate_config(cfg)
+    cfg = validate_config(cfg)
     ctx = dist.setup(cfg.device)
     if cfg.batch_size < ctx.world:
         raise ConfigError(f"batch_size={cfg.batch_size} is smaller than the {ctx.world} processes sharing each batch")

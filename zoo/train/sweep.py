@@ -10,7 +10,6 @@ config differs from it only in keys that change nothing at rate 0 (:func:`baseli
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import re
@@ -20,8 +19,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from .config import flatten
 from .errors import ZooError
+from .overrides import ENVIRONMENT_KEYS, expand, flatten
 
 SEED_KEY = "seed"
 RATE_KEY = "drop_path_rate"
@@ -219,30 +218,15 @@ def _run_keys(runs: list[Run]) -> list[Pairs]:
 
 
 def expected_jobs(multirun: dict[str, Any]) -> list[Pairs] | None:
-    """The jobs a BasicSweeper launches for this multirun.yaml (sweeper params, then command-line
-    overrides, later keys replacing earlier ones), or None when that cannot be worked out."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
+    """The jobs a BasicSweeper launches for this multirun.yaml (its sweeper params, then the command
+    line's overrides), or None when that cannot be worked out."""
     hydra = multirun.get("hydra", {})
     sweeper = hydra.get("sweeper", {}) or {}
     if "BasicSweeper" not in str(sweeper.get("_target_", "BasicSweeper")):
         return None
     items = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-    items += list(hydra.get("overrides", {}).get("task", []) or [])
-    try:
-        parsed = OverridesParser.create().parse_overrides(items)
-    except Exception:  # e.g. a glob choice sweep needs the config loader: just skip the check
-        return None
-    choices: dict[str, list[tuple[str, str]]] = {}
-    for o in parsed:
-        key = override_key(o.get_key_element())
-        if o.is_sweep_override():
-            if not o.is_discrete_sweep():
-                return None
-            choices[key] = [(key, v) for v in o.sweep_string_iterator()]
-        else:
-            choices[key] = [(key, o.get_value_element_as_str())]
-    return [tuple(sorted(job)) for job in itertools.product(*choices.values())]
+    jobs = expand(items + list(hydra.get("overrides", {}).get("task", []) or []))
+    return None if jobs is None else [tuple(sorted(override_pairs(job))) for job in jobs]
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -286,10 +270,9 @@ def _without_seed(overrides: list[str] | Pairs) -> list[tuple[str, str]]:
     return [(k, v) for k, v in pairs if k != SEED_KEY]  # type: ignore[misc]
 
 
-# Keys that compute nothing different at drop_path_rate 0 (every drop path key), or only say where
-# files lie and how progress is shown.
-_SAME_AT_RATE_0 = ("drop_path_", "seed", "resume", "data.path", "data.cache_dir", "data.root", "tensorboard",
-                   "log_every_s")
+# Keys that compute nothing different at drop_path_rate 0 (every drop path key), or change nothing a run
+# computes (ENVIRONMENT_KEYS).
+_SAME_AT_RATE_0 = ("drop_path_", "seed", *ENVIRONMENT_KEYS)
 
 
 def _what_it_computes(config: Configuration) -> dict[str, Any] | None:
