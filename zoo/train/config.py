@@ -81,7 +81,7 @@ class DataConfig:
 
     @staticmethod
     def check(c: DictConfig) -> None:
-        for key in ("subset", "test_subset"):
+        for key in ("subset", "test_subset", "val_size"):
             _need(c[key] is None or c[key] >= 0, f"data.{key}", "an integer >= 0", c[key])
         if c.path is not None and c.name != "cifar10_folder":
             raise ConfigError(f"data.path={c.path} is read from a folder data source only: add data=cifar10_folder")
