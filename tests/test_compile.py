@@ -12,7 +12,7 @@ import torch._dynamo.testing
 from torch import Tensor, nn
 
 import zoo
-from zoo.layers import DropPath, drop_path_add, drop_path_skip_add
+from zoo.layers import DropPath, drop_path_add, drop_path_from_kwargs, drop_path_skip_add
 from zoo.models import ResNetCifar
 
 MODES = ("mask", "skip", "auto")
@@ -21,7 +21,7 @@ MODES = ("mask", "skip", "auto")
 def tiny_models() -> dict[str, callable]:
     models = {name: (lambda name=name, **kw: zoo.create_model(name, **kw)) for name in zoo.list_models("*_tiny")}
     models["resnet8"] = lambda **kw: zoo.create_model("resnet8", **kw)
-    models["bottleneck"] = lambda **kw: ResNetCifar(depths=(1, 1, 1), widths=(4, 8, 16), block="bottleneck", **kw)
+    models["bottleneck"] = lambda **kw: ResNetCifar((1, 1, 1), (4, 8, 16), block="bottleneck", **drop_path_from_kwargs(kw))
     return models
 
 

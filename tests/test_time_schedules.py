@@ -77,7 +77,7 @@ def test_bad_values_are_named(args, words):
 
 class TinyBlock(DropPathBlock):
     def __init__(self, drop_path: float):
-        super().__init__(drop_path, "mask")
+        super().__init__(drop_path)
         self.fc = nn.Linear(8, 8)
 
     def forward(self, x):

@@ -11,8 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .._registry import is_model, unknown_model_message
-from .._run import DROP_PATH_KEYS, model_from_config
+from .._registry import create_model, is_model, unknown_model_message
 from ..layers import (
     check_depth_schedule,
     check_drop_path_mode,
@@ -34,6 +33,8 @@ REMOVED_KEYS = {
     "MALLOC_TRIM_THRESHOLD_ in the environment for the same effect",
 }
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# Top-level keys that are create_model arguments (the model group holds the rest).
+DROP_PATH_KEYS = ("drop_path_rate", "drop_path_schedule", "drop_path_mode", "drop_path_skip_draw")
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -133,11 +134,17 @@ def validate_config(cfg: DictConfig) -> None:
             _integer(cfg, key, 0)
 
 
+def model_args(cfg: DictConfig, num_classes: int = 10) -> dict[str, Any]:
+    """The ``create_model`` keyword arguments of ``cfg``'s model: the model group's keys besides its
+    name, and the top-level drop path keys. A checkpoint stores them to rebuild the model."""
+    group = OmegaConf.to_container(cfg.model, resolve=True)
+    group.pop("name")
+    return {"num_classes": num_classes, **{k: cfg[k] for k in DROP_PATH_KEYS}, **group}
+
+
 def build_model(cfg: DictConfig, num_classes: int = 10) -> nn.Module:
-    """``zoo.create_model`` with the top-level drop path keys and every other key of the model group
-    (:func:`zoo._run.model_from_config`, which :func:`zoo.load_run` rebuilds a saved run with)."""
-    config = {"model": OmegaConf.to_container(cfg.model, resolve=True), **{k: cfg[k] for k in DROP_PATH_KEYS}}
+    """``zoo.create_model(cfg.model.name, **model_args(cfg))``; the model records its arguments."""
     try:
-        return model_from_config(config, num_classes)
+        return create_model(cfg.model.name, **model_args(cfg, num_classes))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model {cfg.model.name} cannot be built from the config: {e}") from None
