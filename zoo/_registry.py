@@ -10,7 +10,6 @@ from typing import Callable, TypeVar
 from torch import nn
 
 from ._weights import load_weights, read_checkpoint
-from .layers import drop_path_from_kwargs
 
 _models: dict[str, Callable[..., nn.Module]] = {}
 
@@ -66,9 +65,8 @@ def create_model(
 ) -> nn.Module:
     """Build the registered model ``name`` with ``kwargs`` (num_classes, drop_path_rate, ...).
 
-    timm's ``drop_path_rate`` and zoo's other drop path keywords become the model's one ``drop_path``
-    argument (:func:`zoo.layers.drop_path_from_kwargs`). The model records its name
-    and ``kwargs`` (``model.model_name``, ``model.model_args``): what a checkpoint stores to rebuild it.
+    The model records its name and ``kwargs`` (``model.model_name``, ``model.model_args``): what a
+    checkpoint stores to rebuild it.
 
     Args:
         name: a registered name (:func:`list_models`).
@@ -85,7 +83,7 @@ def create_model(
     ckpt = read_checkpoint(checkpoint_path) if checkpoint_path not in (None, "") else None  # timm's default is ""
     if ckpt is not None and ckpt.model_name == name and ckpt.model_args is not None:
         kwargs = {**ckpt.model_args, **kwargs}
-    model = _models[name](**drop_path_from_kwargs(kwargs))
+    model = _models[name](**kwargs)
     model.model_name = name  # names the target in a load error
     model.model_args = dict(kwargs)
     if ckpt is not None:

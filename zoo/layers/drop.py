@@ -24,6 +24,10 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+# The fixed draw's keep fraction, 1 - rate, is held as an int count of 2**-24 (finer than any batch's
+# kept count can tell): torch.compile specialises a module's int attribute at once, where a float
+# that changes is first tried as a dynamic value, one wasted compile.
+KEEP_UNITS = 2**24
 DRAW_MODES = ("row", "batch")  # "row": one draw per sample; "batch": one draw for the whole batch
 SKIP_DRAWS = ("auto", "bernoulli", "fixed")
 
@@ -171,7 +175,7 @@ def drop_path_skip_add(
     host_rate = check_drop_prob(drop_prob)  # a tensor rate is read back: the count and scale live on the host
     check_skip_draw(skip_draw, mode)
     if resolve_draw(skip_draw, mode, x.device) == "fixed":
-        return _fixed_skip_add(shortcut, x, branch_fn, host_rate, scale_by_keep)
+        return _fixed_skip_add(shortcut, x, branch_fn, _keep_units(host_rate), scale_by_keep)
     return _bernoulli_skip_add(shortcut, x, branch_fn, drop_prob, host_rate, scale_by_keep, mode)
 
 
@@ -184,12 +188,16 @@ def resolve_draw(draw: str, mode: str, device: torch.device) -> str:
     return "bernoulli"
 
 
+def _keep_units(rate: float) -> int:
+    return round((1 - rate) * KEEP_UNITS)
+
+
 def _fixed_skip_add(
-    shortcut: Tensor, x: Tensor, branch_fn: Callable[[Tensor], Tensor], host_rate: float, scale_by_keep: bool
+    shortcut: Tensor, x: Tensor, branch_fn: Callable[[Tensor], Tensor], keep_units: int, scale_by_keep: bool
 ) -> Tensor:
     # The count and the scale come from a Python number, so neither reads the device.
     b = x.shape[0]
-    k = 0 if host_rate >= 1 else max(1, round(b * (1 - host_rate)))
+    k = 0 if keep_units == 0 else max(1, round(b * keep_units / KEEP_UNITS))
     if k == 0:
         return shortcut
     if k == b:
@@ -268,13 +276,22 @@ class DropPath(nn.Module):
     def drop_prob(self, value: float) -> None:
         value = check_drop_prob(value)
         self._drop_prob = value
-        # The rate the fixed draw keeps its count for: the rate itself, unless a block rounds it
-        # (DropPathBlock.set_drop_path_factor) to bound the graphs torch.compile makes.
         self.count_drop_prob = value
         self.active = value > 0.0
         with torch.no_grad():
             self.rate.fill_(value)
             self.inv_keep.fill_(_inv_keep(value))
+
+    @property
+    def count_drop_prob(self) -> float:
+        """The rate :meth:`skip_add`'s fixed draw keeps its count for: ``drop_prob``, unless a block
+        rounds it (:meth:`zoo.layers.DropPathBlock.set_drop_path_factor`) to bound the graphs
+        torch.compile makes."""
+        return 1 - self.keep_units / KEEP_UNITS
+
+    @count_drop_prob.setter
+    def count_drop_prob(self, value: float) -> None:
+        self.keep_units = _keep_units(check_drop_prob(value, "count_drop_prob"))
 
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and self.active):
@@ -294,7 +311,7 @@ class DropPath(nn.Module):
         if not (self.training and self.active):
             return shortcut + branch_fn(x)
         if resolve_draw(self.skip_draw, self.mode, x.device) == "fixed":
-            return _fixed_skip_add(shortcut, x, branch_fn, self.count_drop_prob, self.scale_by_keep)
+            return _fixed_skip_add(shortcut, x, branch_fn, self.keep_units, self.scale_by_keep)
         return _bernoulli_skip_add(shortcut, x, branch_fn, self.rate, self._drop_prob, self.scale_by_keep, self.mode)
 
     def extra_repr(self) -> str:

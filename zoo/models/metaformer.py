@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .._registry import register_model
 from ..blocks.metaformer import MetaFormerBlock
-from ..layers import DropPathArgs, LayerNorm, as_drop_path, drop_path_rates
+from ..layers import DropPathArgs, LayerNorm, as_drop_path, drop_path_from_kwargs, drop_path_rates
 from ..layers.mixers import TokenMixer, check_token_mixer
 from ..layers.mlp import check_act_layer
 from ._base import ZooModel
@@ -158,8 +158,8 @@ class MetaFormer(ZooModel):
         stem_stride: stride of the stem (1: stages at 32/16/8/4 for 32x32 inputs; 2: 16/8/4/2).
         drop_path: the largest per-block drop path rate, or a :class:`zoo.layers.DropPathArgs` with
             it, the mode ("mask", "skip": branches run on kept samples only, or "auto") and skip
-            mode's draw. ``create_model`` takes it as timm's keywords (``drop_path_rate`` and the
-            like: :func:`zoo.layers.drop_path_from_kwargs`).
+            mode's draw. The registered builders (``create_model``) take it as timm's keywords
+            (``drop_path_rate`` and the like: :func:`zoo.layers.drop_path_from_kwargs`).
         drop_path_schedule: how rates grow with depth (see :func:`zoo.layers.drop_path_rates`).
         layer_scale_init_values: LayerScale init per stage; None turns it off.
         res_scale_init_values: ResScale init per stage; None turns it off (the paper: stages 3-4).
@@ -258,7 +258,7 @@ VARIANTS["metaformer"] = VARIANTS["convformer_s12"]  # the recommended default
 
 def _register(name: str, config: dict[str, Any]) -> None:
     def build(**kwargs: Any) -> MetaFormer:
-        return MetaFormer(**{**config, **kwargs})
+        return MetaFormer(**{**config, **drop_path_from_kwargs(kwargs)})
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = f"MetaFormer for 32x32 inputs: {config}."

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .._registry import register_model
 from ..blocks.resnet import BasicBlock, Bottleneck
-from ..layers import DropPathArgs, as_drop_path, drop_path_rates
+from ..layers import DropPathArgs, as_drop_path, drop_path_from_kwargs, drop_path_rates
 from ._base import ZooModel
 from ._features import FeatureInfo, run_blocks
 
@@ -62,8 +62,8 @@ class ResNetCifar(ZooModel):
         out_indices: with ``features_only``, the stages returned (None: all three).
         drop_path: the largest per-block drop path rate, or a :class:`zoo.layers.DropPathArgs` with
             it, the mode ("mask", "skip": branch computed for kept samples only, or "auto") and skip
-            mode's draw. ``create_model`` takes it as timm's keywords (``drop_path_rate`` and the
-            like: :func:`zoo.layers.drop_path_from_kwargs`).
+            mode's draw. The registered builders (``create_model``) take it as timm's keywords
+            (``drop_path_rate`` and the like: :func:`zoo.layers.drop_path_from_kwargs`).
         drop_path_schedule: how rates grow with depth (see :func:`zoo.layers.drop_path_rates`).
         shortcut: "A" (zero-padding, parameter-free) or "B" (1x1 conv) where the shape changes.
         zero_init_last: start every branch's last BatchNorm at gamma = 0, so each block starts as
@@ -132,7 +132,7 @@ BASIC_VARIANTS = {"resnet8": 1, "resnet20": 3, "resnet32": 5, "resnet44": 7, "re
 
 def _register_basic(name: str, n: int) -> None:
     def build(**kwargs) -> ResNetCifar:
-        return ResNetCifar(depths=(n, n, n), block="basic", **kwargs)
+        return ResNetCifar(depths=(n, n, n), block="basic", **drop_path_from_kwargs(kwargs))
 
     build.__name__ = name
     build.__doc__ = f"CIFAR ResNet-{6 * n + 2} (BasicBlocks, n = {n}){'; the tiny test variant' if n == 1 else ''}."
@@ -147,4 +147,4 @@ for _name, _n in BASIC_VARIANTS.items():
 def resnet164(**kwargs) -> ResNetCifar:
     """Bottleneck blocks, 9n + 2 layers with n = 18."""
     kwargs.setdefault("shortcut", "B")
-    return ResNetCifar(depths=(18, 18, 18), block="bottleneck", **kwargs)
+    return ResNetCifar(depths=(18, 18, 18), block="bottleneck", **drop_path_from_kwargs(kwargs))
