@@ -20,9 +20,9 @@ AUTO_SKIP_MIN_RATE = 0.1
 
 # Skip mode's fixed draw keeps ``round(B * (1 - rate))`` samples: a shape, so torch.compile makes a
 # graph per kept count. The kept count therefore follows the time factor rounded to the nearest
-# 1/FIXED_DRAW_FACTOR_STEPS, which bounds a compiled run to FIXED_DRAW_FACTOR_STEPS + 2 graphs
-# whatever its schedule (one per rounded factor, 0 to 1, and one for factor 0 itself, where the
-# drop path is off), under torch._dynamo's default recompile limit of 8.
+# 1/FIXED_DRAW_FACTOR_STEPS, which bounds a compiled run to FIXED_DRAW_FACTOR_STEPS + 2 graphs per
+# input shape whatever its schedule (one per rounded factor, 0 to 1, and one for factor 0 itself,
+# where the drop path is off), under torch._dynamo's default recompile limit of 8.
 FIXED_DRAW_FACTOR_STEPS = 4
 
 
@@ -63,7 +63,8 @@ class DropPathArgs:
 
 def drop_path_from_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """``kwargs`` with timm-style ``drop_path_rate``, ``drop_path_mode`` and ``drop_path_skip_draw`` (the
-    names ``create_model`` takes) turned into one ``drop_path``: :class:`DropPathArgs`; other keys as given."""
+    names zoo's registered builders take through ``create_model``) turned into one ``drop_path``:
+    :class:`DropPathArgs`; other keys as given."""
     names = {"drop_path_rate": "rate", "drop_path_mode": "mode", "drop_path_skip_draw": "skip_draw"}
     given = {names[k]: v for k, v in kwargs.items() if k in names}
     if not given:

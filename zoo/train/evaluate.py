@@ -83,7 +83,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_sum, correct, count = evaluate(model, test.to(device), args.batch_size, amp, channels_last).tolist()
-    return {"model": config["model"]["name"] + (" (EMA)" if args.ema else ""), "images": int(count), "correct": int(correct),
+    return {"model": model.model_name + (" (EMA)" if args.ema else ""), "images": int(count), "correct": int(correct),
             "test_acc": correct / count, "test_loss": loss_sum / count, "device": device.type}
 
 
