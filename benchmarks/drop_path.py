@@ -226,11 +226,11 @@ def bench_train(name: str, rate: float, modes: tuple[str, ...], batch: int, comp
 def bench_sweep(args, device: torch.device) -> None:
     """skip / mask for one BasicBlock and one MLP block against the rate: where skipping pays."""
     from zoo.blocks.resnet import BasicBlock
-    from zoo.layers import DropPathBlock
+    from zoo.layers import DropPathArgs, DropPathBlock
 
     class MlpBlock(DropPathBlock):
-        def __init__(self, dim: int, drop_path: float, drop_path_mode: str):
-            super().__init__(drop_path, drop_path_mode)
+        def __init__(self, dim: int, drop_path: DropPathArgs):
+            super().__init__(drop_path)
             self.norm = nn.LayerNorm(dim)
             self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
@@ -238,9 +238,9 @@ def bench_sweep(args, device: torch.device) -> None:
             return self.residual(x, x, lambda t: self.mlp(self.norm(t)))
 
     cases = {
-        "BasicBlock 16ch (128,16,32,32)": (lambda r, m: BasicBlock(16, 16, 1, r, m), (128, 16, 32, 32)),
-        "BasicBlock 64ch (128,64,8,8)": (lambda r, m: BasicBlock(64, 64, 1, r, m), (128, 64, 8, 8)),
-        "MLP block (128,64,64)": (lambda r, m: MlpBlock(64, r, m), (128, 64, 64)),
+        "BasicBlock 16ch (128,16,32,32)": (lambda r, m: BasicBlock(16, 16, drop_path=DropPathArgs(r, m)), (128, 16, 32, 32)),
+        "BasicBlock 64ch (128,64,8,8)": (lambda r, m: BasicBlock(64, 64, drop_path=DropPathArgs(r, m)), (128, 64, 8, 8)),
+        "MLP block (128,64,64)": (lambda r, m: MlpBlock(64, DropPathArgs(r, m)), (128, 64, 64)),
     }
     print(f"\n## Sweep: one block, fwd + bwd, skip / mask against the rate (AUTO_SKIP_MIN_RATE = {AUTO_SKIP_MIN_RATE})")
     rates = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)

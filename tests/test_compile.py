@@ -12,7 +12,15 @@ import torch._dynamo.testing
 from torch import Tensor, nn
 
 import zoo
-from zoo.layers import DropPath, drop_path_add, drop_path_skip_add
+from zoo.layers import (
+    FIXED_DRAW_FACTOR_STEPS,
+    DropPath,
+    drop_path_add,
+    drop_path_blocks,
+    drop_path_from_kwargs,
+    drop_path_skip_add,
+    time_factor,
+)
 from zoo.models import ResNetCifar
 
 MODES = ("mask", "skip", "auto")
@@ -21,7 +29,7 @@ MODES = ("mask", "skip", "auto")
 def tiny_models() -> dict[str, callable]:
     models = {name: (lambda name=name, **kw: zoo.create_model(name, **kw)) for name in zoo.list_models("*_tiny")}
     models["resnet8"] = lambda **kw: zoo.create_model("resnet8", **kw)
-    models["bottleneck"] = lambda **kw: ResNetCifar(depths=(1, 1, 1), widths=(4, 8, 16), block="bottleneck", **kw)
+    models["bottleneck"] = lambda **kw: ResNetCifar((1, 1, 1), (4, 8, 16), block="bottleneck", **drop_path_from_kwargs(kw))
     return models
 
 
@@ -100,23 +108,52 @@ def test_functional_forms_with_a_float_rate_trace_to_one_graph(form):
 
 
 def test_a_new_rate_in_the_fixed_draw_is_a_new_graph_but_a_new_mask_rate_is_not():
-    """What the DropPath docstring promises: the mask reads its rate from a buffer; the fixed draw's
-    kept count is a shape, so a rate that changes it compiles again."""
+    """What the DropPath docstring promises, under AOT autograd (which specialises as Inductor does):
+    the mask reads its rate from a buffer; the fixed draw's kept count is a shape, so a rate that
+    changes it compiles again."""
     dp = DropPath(0.5, skip_draw="fixed").train()
-    x = torch.randn(8, 3)
-    counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
+    x = torch.randn(8, 3, requires_grad=True)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     mask = torch.compile(lambda t: dp.add(t, t.sin()), backend=counter, fullgraph=True)
     for p in (0.5, 0.3, 0.2):
         dp.drop_prob = p
         mask(x)
     assert counter.frame_count == 1
     torch._dynamo.reset()
-    counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     skip = torch.compile(lambda t: dp.skip_add(t, t, torch.sin), backend=counter, fullgraph=True)
-    for p in (0.5, 0.5, 0.25):
+    for p in (0.5, 0.5, 0.25):  # kept counts 4, 4, 6
         dp.drop_prob = p
         skip(x)
     assert counter.frame_count == 2
+
+
+def ramp_graphs(mode: str) -> tuple[int, set, set]:
+    """resnet8 (rates 0, 0.25, 0.5) compiled with AOT autograd, trained 13 steps of a ``ramp`` time
+    schedule (factor 0, 1/12, ..., 1): the graphs compiled, and the distinct rate tuples (over blocks)
+    the fixed draw kept its count for and the blocks installed."""
+    torch.manual_seed(0)
+    model = zoo.create_model("resnet8", drop_path_rate=0.5, drop_path_mode=mode, drop_path_skip_draw="fixed").train()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    x, steps, counted, installed = torch.randn(32, 3, 32, 32), 12, set(), set()
+    for step in range(steps + 1):
+        model.set_drop_path_factor(time_factor("ramp", step / steps, cutoff=1.0))
+        counted.add(tuple(b.drop_path.count_drop_prob for b in drop_path_blocks(model) if b.drop_path))
+        installed.add(tuple(model.drop_path_rates()))
+        compiled(x).square().mean().backward()
+    return counter.frame_count, counted, installed
+
+
+def test_a_ramp_compiles_a_bounded_number_of_graphs_in_skip_mode():
+    """Skip mode's fixed draw keeps its count for the time factor rounded to quarters: under a ramp
+    over 13 distinct rates a compiled model makes one graph per rounded factor (0 to 1) and one
+    where the factor is 0 (drop path off): at most FIXED_DRAW_FACTOR_STEPS + 2, within Dynamo's
+    recompile limit. Mask mode (rate in a buffer) makes 2: off at factor 0, on after."""
+    graphs, counted, installed = ramp_graphs("skip")
+    assert len(installed) == 13 and len(counted) == FIXED_DRAW_FACTOR_STEPS + 1  # rates 0 (off) .. 1
+    assert graphs == FIXED_DRAW_FACTOR_STEPS + 2 == 6 < torch._dynamo.config.recompile_limit
+    assert ramp_graphs("mask")[0] == 2
 
 
 @pytest.mark.slow

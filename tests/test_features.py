@@ -8,13 +8,14 @@ import torch
 from torch import Tensor, nn
 
 import zoo
+from zoo.layers import drop_path_from_kwargs
 from zoo.models import MetaFormer, ResNetCifar
 
 
 def tiny_models() -> dict[str, callable]:
     models = {name: (lambda name=name, **kw: zoo.create_model(name, **kw)) for name in zoo.list_models("*_tiny")}
     models["resnet8"] = lambda **kw: zoo.create_model("resnet8", **kw)
-    models["bottleneck"] = lambda **kw: ResNetCifar(depths=(1, 1, 1), widths=(8, 16, 32), block="bottleneck", **kw)
+    models["bottleneck"] = lambda **kw: ResNetCifar((1, 1, 1), (8, 16, 32), block="bottleneck", **drop_path_from_kwargs(kw))
     return models
 
 

@@ -15,9 +15,12 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import zoo
+from conftest import compose_train
 from zoo.train import evaluate as evaluate_cli
 from zoo.train import loop
+from zoo.layers import drop_path_blocks
 from zoo.train.checkpoint import load_checkpoint, load_model_state
+from zoo.train.config import build_model, model_args
 from zoo.train.errors import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,11 +156,11 @@ def test_load_run_ema_loads_the_moving_average_of_the_weights(tmp_path):
 
 def test_load_run_needs_a_training_checkpoint(tmp_path):
     torch.save(zoo.create_model("resnet8").state_dict(), tmp_path / "weights.pt")
-    with pytest.raises(zoo.LoadError, match=r"weights.pt records no training config .* zoo.create_model\(<name>, "
+    with pytest.raises(zoo.LoadError, match=r"weights.pt records no model \(model_name and model_args\); .* zoo.create_model\(<name>, "
                                             r"checkpoint_path=\.\.\.\)"):
         zoo.load_run(tmp_path / "weights.pt")
     torch.save(training_checkpoint("resnet8", drop_path_mode="sideways"), tmp_path / "last.pt")
-    with pytest.raises(zoo.LoadError, match="its saved config no longer builds model resnet8: .*sideways"):
+    with pytest.raises(zoo.LoadError, match="its saved arguments no longer build model resnet8: .*sideways"):
         zoo.load_run(tmp_path)
 
 
@@ -180,6 +183,54 @@ print(config["model"]["name"], model.training)
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["resnet8", "False"]
+
+
+FIXTURE = REPO / "tests" / "data" / "resnet8_before_model_args.pt"
+
+
+def test_a_checkpoint_written_before_model_args_still_loads():
+    """tests/data holds a checkpoint the trainer wrote before checkpoints stored ``model_args`` (commit
+    68c62d6: ``model=resnet8 model.shortcut=B +model.widths=[4,8,16] drop_path_rate=0.2
+    drop_path_schedule=paper seed=3``, one step on 64 images): its saved training config still
+    rebuilds the model, through load_run and create_model(checkpoint_path=) alike."""
+    saved = torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    assert "model_args" not in saved and saved["config"]["model"] == {"name": "resnet8", "shortcut": "B",
+                                                                      "widths": [4, 8, 16]}
+    model, config = zoo.load_run(FIXTURE)
+    assert same_weights(model, saved["model"]) and config == saved["config"]
+    assert model.feature_info.channels() == [4, 8, 16] and model.num_classes == 10
+    assert model.drop_path_rates() == pytest.approx([0.2 * 1 / 3, 0.2 * 2 / 3, 0.2])  # "paper": r * l / L
+    again = zoo.create_model("resnet8", checkpoint_path=FIXTURE).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model(x), again(x))
+    assert again.model_args["widths"] == [4, 8, 16] and again.model_args["shortcut"] == "B"
+
+
+def test_a_checkpoint_rebuilds_its_model_from_model_args_alone(tmp_path):
+    """load_run reads the name and create_model arguments a checkpoint stores, not the trainer's config;
+    create_model(checkpoint_path=) takes them too, its own keyword arguments first."""
+    torch.manual_seed(0)
+    args = {"num_classes": 5, "widths": [4, 8, 16], "shortcut": "B", "drop_path_rate": 0.3, "drop_path_mode": "skip"}
+    net = zoo.create_model("resnet8", **args)
+    assert net.model_args == args
+    torch.save({"model": net.state_dict(), "model_name": "resnet8", "model_args": args, "config": {}}, tmp_path / "last.pt")
+    model, config = zoo.load_run(tmp_path)
+    assert same_weights(model, net.state_dict()) and config == {}
+    assert model.drop_path_rates() == pytest.approx(net.drop_path_rates()) and model.num_classes == 5
+    assert all(b.drop_path_mode == "skip" for b in drop_path_blocks(model))
+    lighter = zoo.create_model("resnet8", checkpoint_path=tmp_path, drop_path_rate=0.0)
+    assert same_weights(lighter, net.state_dict()) and lighter.drop_path_rates() == [0.0, 0.0, 0.0]
+    assert lighter.model_args == {**args, "drop_path_rate": 0.0}
+    with pytest.raises(zoo.LoadError, match=r"\(resnet8 weights\) does not fit model resnet20"):  # no args for another model
+        zoo.create_model("resnet20", checkpoint_path=tmp_path)
+
+
+def test_the_trainer_builds_its_model_from_the_arguments_it_saves():
+    cfg = compose_train("model=resnet8", "model.shortcut=B", "drop_path_rate=0.1", "drop_path_mode=skip")
+    args = model_args(cfg)
+    assert args == {"num_classes": 10, "drop_path_rate": 0.1, "drop_path_schedule": "linear", "drop_path_mode": "skip",
+                    "drop_path_skip_draw": "auto", "shortcut": "B"}
+    assert build_model(cfg).model_args == args
 
 
 # --- python -m zoo.train.evaluate ----------------------------------------------------------------
@@ -262,6 +313,9 @@ def test_a_trained_run_loads_back_as_the_model_it_saved(tiny_run):
     assert same_weights(model, saved["model"]) and not model.training
     assert config["model"]["name"] == "resnet8" and config["drop_path_rate"] == 0.2
     assert model.drop_path_rates() == pytest.approx([0.0, 0.1, 0.2])
+    # the create_model arguments the run built its model with, as the trainer composed them
+    assert saved["model_args"] == {"num_classes": 10, "drop_path_rate": 0.2, "drop_path_schedule": "linear",
+                                   "drop_path_mode": "mask", "drop_path_skip_draw": "auto", "shortcut": "A"}
     again = zoo.create_model("resnet8", checkpoint_path=tiny_run).eval()
     x = torch.randn(4, 3, 32, 32)
     assert torch.equal(model(x), again(x))

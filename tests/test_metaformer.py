@@ -10,6 +10,7 @@ from zoo.blocks import MetaFormerBlock
 from zoo.layers import (
     TOKEN_MIXERS,
     Attention,
+    DropPathArgs,
     LayerNorm,
     LayerNorm2d,
     LayerScale,
@@ -199,7 +200,7 @@ def test_block_is_usable_standalone_inside_an_nchw_network_with_a_custom_mixer()
 
 @pytest.mark.parametrize("mode", ["mask", "skip", "auto"])
 def test_drop_path_one_drops_both_branches_in_training_only(mode):
-    block = MetaFormerBlock(16, "sepconv", drop_path=1.0, drop_path_mode=mode).train()
+    block = MetaFormerBlock(16, "sepconv", drop_path=DropPathArgs(1.0, mode=mode)).train()
     x = maps(c=16)
     torch.testing.assert_close(block(x), x)  # mixer and MLP residuals both dropped
     assert not torch.allclose(block.eval()(x), x)
@@ -209,9 +210,9 @@ def test_drop_path_one_drops_both_branches_in_training_only(mode):
 def test_auto_mode_skips_only_expensive_branches_and_matches_mask_mode(mixer, mixer_skip):
     x = maps(b=8, c=16)
     torch.manual_seed(0)
-    auto = MetaFormerBlock(16, mixer, drop_path=0.5, drop_path_mode="auto").train()
+    auto = MetaFormerBlock(16, mixer, drop_path=DropPathArgs(0.5, mode="auto")).train()
     assert auto.skip and auto.mixer_skip == mixer_skip
-    mask = MetaFormerBlock(16, mixer, drop_path=0.5, drop_path_mode="mask").train()
+    mask = MetaFormerBlock(16, mixer, drop_path=DropPathArgs(0.5, mode="mask")).train()
     mask.load_state_dict(auto.state_dict())
     assert not mask.skip and not mask.mixer_skip
     torch.manual_seed(1)
@@ -251,7 +252,7 @@ def test_every_family_has_a_tiny_variant_and_two_sizes_and_metaformer_is_registe
 
 
 def test_rates_are_installed_one_per_block_in_forward_order():
-    model = MetaFormer(depths=(1, 2, 3), dims=(8, 16, 32), token_mixers="pooling", drop_path_rate=0.25,
+    model = MetaFormer(depths=(1, 2, 3), dims=(8, 16, 32), token_mixers="pooling", drop_path=0.25,
                        res_scale_init_values=None)
     blocks = [b for stage in model.stages for b in stage.blocks]
     expected = [r for stage in drop_path_rates(0.25, (1, 2, 3)) for r in stage]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from zoo.layers import DropPath, DropPathBlock, drop_path, drop_path_add, drop_path_skip_add, resolve_skip
+from zoo.layers import DropPath, DropPathArgs, DropPathBlock, drop_path, drop_path_add, drop_path_skip_add, resolve_skip
 from zoo.layers.drop import resolve_draw
 from zoo.layers.residual import AUTO_SKIP_MIN_RATE
 
@@ -313,7 +313,7 @@ def test_skip_supports_double_backward():
 
 class ConvBlock(DropPathBlock):
     def __init__(self, drop_path: float, drop_path_mode: str = "mask", bn: bool = False, draw: str = "bernoulli"):
-        super().__init__(drop_path, drop_path_mode, drop_path_skip_draw=draw)
+        super().__init__(DropPathArgs(drop_path, drop_path_mode, draw))
         self.conv = nn.Conv2d(4, 4, 3, padding=1)
         self.bn = nn.BatchNorm2d(4) if bn else nn.Identity()
 
@@ -376,7 +376,7 @@ def test_forward_hooks_see_the_branch_output_not_the_sum(rate):
     from zoo.blocks.resnet import BasicBlock
 
     torch.manual_seed(0)
-    block = BasicBlock(4, 4, 1, drop_path=rate)
+    block = BasicBlock(4, 4, drop_path=rate)
     nn.init.ones_(block.conv_bn2[-1].weight)  # zero_init_last would make the branch output all zeros
     block.eval()
     kept = []

@@ -77,7 +77,7 @@ def test_bad_values_are_named(args, words):
 
 class TinyBlock(DropPathBlock):
     def __init__(self, drop_path: float):
-        super().__init__(drop_path, "mask")
+        super().__init__(drop_path)
         self.fc = nn.Linear(8, 8)
 
     def forward(self, x):
@@ -149,3 +149,18 @@ def test_the_model_owns_its_factor():
     with pytest.raises(ValueError, match=r"drop_path_factor must be in \[0, 1\], got 1.5"):
         model.set_drop_path_factor(1.5)
     assert model.drop_path_rates() == pytest.approx(built)
+
+
+@pytest.mark.parametrize("first, then", [("function", "method"), ("method", "function")])
+def test_the_function_and_the_method_share_one_installed_factor(first, then):
+    """zoo.layers.set_drop_path_factor and model.set_drop_path_factor install the same factor, so either
+    one undoes the other, in both orders."""
+    set_factor = {"function": lambda m, f: set_drop_path_factor(m, f), "method": lambda m, f: m.set_drop_path_factor(f)}
+    model = zoo.create_model("resnet8", drop_path_rate=0.3)
+    set_factor[first](model, 0.5)
+    assert model.drop_path_rates() == pytest.approx([0.0, 0.075, 0.15]) and model.drop_path_factor == 0.5
+    set_factor[then](model, 1.0)
+    assert model.drop_path_rates() == pytest.approx([0.0, 0.15, 0.3]) and model.drop_path_factor == 1.0
+    set_factor[first](model, 0.5)
+    set_factor[then](model, 0.5)  # asked again: nothing changes
+    assert model.drop_path_rates() == pytest.approx([0.0, 0.075, 0.15])

@@ -11,7 +11,7 @@ from typing import Callable, TypeVar
 
 from torch import nn
 
-from ._weights import load_checkpoint_into
+from ._weights import load_weights, read_checkpoint
 
 _models: dict[str, Callable[..., nn.Module]] = {}
 
@@ -74,19 +74,27 @@ def create_model(
 ) -> nn.Module:
     """Build the registered model ``name`` with ``kwargs`` (num_classes, drop_path_rate, ...).
 
+    The model records its name and ``kwargs`` (``model.model_name``, ``model.model_args``): what a
+    checkpoint stores to rebuild it.
+
     Args:
         name: a registered name (:func:`list_models`).
         pretrained: accepted as in timm; True raises, since zoo ships no weights.
         checkpoint_path: a run dir (its last.pt), a training checkpoint or a plain state-dict file whose
-            weights are loaded; the model is still built from ``kwargs`` (drop path settings included).
-            Weights that do not fit raise :class:`zoo.LoadError` naming both models and the keys.
+            weights are loaded. A training checkpoint of model ``name`` also gives the arguments it was
+            built with; ``kwargs`` override them. Weights that do not fit raise :class:`zoo.LoadError`
+            naming both models and the keys.
     """
     if name not in _models:
         raise ValueError(unknown_model_message(name))
     if pretrained:
         raise ValueError(no_pretrained_message(name))
+    ckpt = read_checkpoint(checkpoint_path) if checkpoint_path not in (None, "") else None  # timm's default is ""
+    if ckpt is not None and ckpt.model_name == name and ckpt.model_args is not None:
+        kwargs = {**ckpt.model_args, **kwargs}
     model = _models[name](**kwargs)
     model.model_name = name  # names the target in a load error
-    if checkpoint_path not in (None, ""):  # timm's default is ""
-        load_checkpoint_into(model, checkpoint_path)
+    model.model_args = dict(kwargs)
+    if ckpt is not None:
+        load_weights(model, ckpt.state_dict, str(ckpt.path), ckpt.model_name)
     return model

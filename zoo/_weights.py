@@ -35,6 +35,7 @@ class Checkpoint:
     path: Path
     state_dict: dict[str, Tensor]
     model_name: str | None = None  # None: a plain state dict, which does not record its model
+    model_args: dict[str, Any] | None = None  # the create_model keyword arguments that rebuild it
     config: dict[str, Any] | None = None  # the resolved training config (training checkpoints only)
     ema: dict[str, Tensor] | None = None  # the weights' moving average, from a run trained with ema=true
 
@@ -70,20 +71,33 @@ def load_file(file: Path) -> Any:
 
 
 def read_checkpoint(path: str | os.PathLike, name: str = CHECKPOINT_NAME) -> Checkpoint:
-    """Read a run dir (its file ``name``), a training checkpoint (``{"model": state_dict, "model_name":
-    ..., "config": ...}``) or a plain state dict (``{"stem.0.weight": tensor, ...}``) onto the CPU."""
+    """Read a run dir (its file ``name``), a training checkpoint (``{"model": state_dict, "model_name": ...,
+    "model_args": ..., "config": ...}``) or a plain state dict (``{"stem.0.weight": tensor, ...}``) onto the CPU."""
     file = checkpoint_file(path, name)
     obj = load_file(file)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         config = obj.get("config") if isinstance(obj.get("config"), dict) else None
-        # The trainer saves its EMA in torch.optim.swa_utils.AveragedModel's layout: the model's keys behind "module.".
+        model_args = obj.get("model_args") if isinstance(obj.get("model_args"), dict) else _legacy_model_args(config)
+        # The trainer saves torch.optim.swa_utils.AveragedModel's state: the model's keys behind "module.".
         ema = {k.removeprefix("module."): v for k, v in obj["ema"].items() if k.startswith("module.")} \
             if isinstance(obj.get("ema"), dict) else None
-        return Checkpoint(file, obj["model"], obj.get("model_name"), config, ema)
+        return Checkpoint(file, obj["model"], obj.get("model_name"), model_args, config, ema)
     if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
         return Checkpoint(file, obj)
     kind = f"a dict with keys {', '.join(map(str, list(obj)[:5]))}" if isinstance(obj, dict) else type(obj).__name__
     raise LoadError(f"{file} holds {kind}: neither a zoo training checkpoint (with 'model') nor a state dict of tensors")
+
+
+def _legacy_model_args(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ``create_model`` arguments of a checkpoint written before checkpoints stored them, read from
+    the training config it saved as it was laid out then (frozen here: later layouts store
+    ``model_args``): the model group's keys besides its name, four top-level drop path keys, and
+    CIFAR-10's 10 classes, the trainer's only dataset then."""
+    if config is None or not isinstance(config.get("model"), dict) or "name" not in config["model"]:
+        return None
+    drop_path = ("drop_path_rate", "drop_path_schedule", "drop_path_mode", "drop_path_skip_draw")
+    group = {k: v for k, v in config["model"].items() if k != "name"}
+    return {"num_classes": 10, **{k: config[k] for k in drop_path if k in config}, **group}
 
 
 def state_dict_mismatch(
@@ -132,10 +146,3 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str
     if missing or unexpected or shapes:
         raise LoadError(mismatch_message(source, checkpoint_model, model_label(model), missing, unexpected, shapes))
     model.load_state_dict(state_dict)
-
-
-def load_checkpoint_into(model: nn.Module, path: str | os.PathLike) -> Checkpoint:
-    """Load the weights of a run dir, training checkpoint or state-dict file into ``model``; returns what was read."""
-    ckpt = read_checkpoint(path)
-    load_weights(model, ckpt.state_dict, str(ckpt.path), ckpt.model_name)
-    return ckpt

@@ -13,7 +13,7 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from ..layers import DropPathBlock, LayerNorm, LayerScale, Mlp, ResScale, make_scale, resolve_skip
+from ..layers import DropPathArgs, DropPathBlock, LayerNorm, LayerScale, Mlp, ResScale, make_scale, resolve_skip
 from ..layers.mixers import TokenMixer, create_token_mixer
 
 
@@ -29,31 +29,29 @@ class MetaFormerBlock(DropPathBlock):
             ``dim -> module`` mapping (B, H, W, C) to the same shape.
         mlp_ratio: MLP hidden width over ``dim``.
         mlp_act: MLP activation: "starrelu" (MetaFormer's), "gelu", "relu", "silu" or a factory.
-        drop_path: this block's drop path rate, shared by both residuals.
-        drop_path_mode: "mask", "skip" (branches run on kept samples only) or "auto" (skip where it pays:
-            never for the cheap identity and pooling mixers).
+        drop_path: this block's drop path rate, shared by both residuals, or its
+            :class:`zoo.layers.DropPathArgs`, whose mode is "mask", "skip" (branches run on kept
+            samples only) or "auto" (skip where it pays: never for the cheap identity and pooling mixers).
         layer_scale_init_value: LayerScale on both branches with this init; None: off.
         res_scale_init_value: ResScale on both shortcuts with this init; None: off.
         num_tokens: H * W of the input maps; needed by the "random" mixer only.
         norm_eps: LayerNorm epsilon.
-        drop_path_skip_draw: how skip mode picks the kept samples: "auto", "bernoulli" or "fixed".
     """
 
     def __init__(
         self,
         dim: int,
         token_mixer: TokenMixer = "pooling",
+        *,
         mlp_ratio: float = 4.0,
         mlp_act: str | Callable[[], nn.Module] = "starrelu",
-        drop_path: float = 0.0,
-        drop_path_mode: str = "mask",
+        drop_path: float | DropPathArgs = 0.0,
         layer_scale_init_value: float | None = None,
         res_scale_init_value: float | None = None,
         num_tokens: int | None = None,
         norm_eps: float = 1e-6,
-        drop_path_skip_draw: str = "auto",
     ):
-        super().__init__(drop_path, drop_path_mode, drop_path_skip_draw=drop_path_skip_draw)  # the MLP is never cheap
+        super().__init__(drop_path)  # the MLP is never cheap
         self.norm1 = LayerNorm(dim, eps=norm_eps)
         self.token_mixer = create_token_mixer(token_mixer, dim, num_tokens)
         self.layer_scale1 = make_scale(LayerScale, dim, layer_scale_init_value)
@@ -64,7 +62,7 @@ class MetaFormerBlock(DropPathBlock):
         self.res_scale2 = make_scale(ResScale, dim, res_scale_init_value)
         # "auto" may pick skip for the MLP but not for a mixer too cheap to repay the gather and scatter.
         cheap_mixer = bool(getattr(self.token_mixer, "cheap", False))
-        self.mixer_skip = resolve_skip(drop_path_mode, self.base_drop_path, cheap_branch=cheap_mixer)
+        self.mixer_skip = resolve_skip(self.drop_path_mode, self.base_drop_path, cheap_branch=cheap_mixer)
 
     def mixer_branch(self, x: Tensor) -> Tensor:
         return self.layer_scale1(self.token_mixer(self.norm1(x)))

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import DropPathBlock
+from ..layers import DropPathArgs, DropPathBlock
 
 SHORTCUTS = ("A", "B")  # A: parameter-free (subsample + zero-pad channels), B: 1x1 conv + BN
 
@@ -66,10 +66,9 @@ class BasicBlock(_ResidualConvBlock):
         in_chs: input channels.
         out_chs: output channels (the branch width).
         stride: stride of the first convolution (2 where a stage starts).
-        drop_path: this block's drop path rate.
-        drop_path_mode: "mask", "skip" (branch on kept samples only) or "auto".
+        drop_path: this block's drop path rate, or its :class:`zoo.layers.DropPathArgs` (rate, mode
+            "mask" / "skip" (branch on kept samples only) / "auto", and skip mode's draw).
         shortcut: "A" (zero-pad, the CIFAR ResNets') or "B" (1x1 conv) where the shape changes.
-        drop_path_skip_draw: how skip mode picks the kept samples: "auto", "bernoulli" or "fixed".
     """
 
     expansion = 1
@@ -78,13 +77,12 @@ class BasicBlock(_ResidualConvBlock):
         self,
         in_chs: int,
         out_chs: int,
+        *,
         stride: int = 1,
-        drop_path: float = 0.0,
-        drop_path_mode: str = "mask",
+        drop_path: float | DropPathArgs = 0.0,
         shortcut: str = "A",
-        drop_path_skip_draw: str = "auto",
     ):
-        super().__init__(drop_path, drop_path_mode, drop_path_skip_draw=drop_path_skip_draw)
+        super().__init__(drop_path)
         self.conv_bn1 = conv_bn(in_chs, out_chs, 3, stride)
         self.conv_bn2 = conv_bn(out_chs, out_chs, 3)
         self.shortcut = make_shortcut(in_chs, out_chs, stride, shortcut)
@@ -99,7 +97,7 @@ class Bottleneck(_ResidualConvBlock):
     Args:
         in_chs: input channels.
         width: the inner width; the block outputs ``width * 4`` channels.
-        stride, drop_path, drop_path_mode, shortcut, drop_path_skip_draw: as in :class:`BasicBlock`.
+        stride, drop_path, shortcut: as in :class:`BasicBlock`.
     """
 
     expansion = 4
@@ -108,13 +106,12 @@ class Bottleneck(_ResidualConvBlock):
         self,
         in_chs: int,
         width: int,
+        *,
         stride: int = 1,
-        drop_path: float = 0.0,
-        drop_path_mode: str = "mask",
+        drop_path: float | DropPathArgs = 0.0,
         shortcut: str = "B",
-        drop_path_skip_draw: str = "auto",
     ):
-        super().__init__(drop_path, drop_path_mode, drop_path_skip_draw=drop_path_skip_draw)
+        super().__init__(drop_path)
         out_chs = width * self.expansion
         self.conv_bn1 = conv_bn(in_chs, width, 1)
         self.conv_bn2 = conv_bn(width, width, 3, stride)

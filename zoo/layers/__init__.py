@@ -13,10 +13,14 @@ from .drop import (
 )
 from .residual import (
     DROP_PATH_MODES,
+    FIXED_DRAW_FACTOR_STEPS,
+    DropPathArgs,
     DropPathBlock,
+    as_drop_path,
     block_drop_path_rates,
     check_drop_path_mode,
     drop_path_blocks,
+    drop_path_from_kwargs,
     resolve_skip,
     set_drop_path_factor,
 )

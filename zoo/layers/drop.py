@@ -12,7 +12,7 @@ Three forms of ``shortcut + drop_path(branch)``:
   branch compute: a resnet110 CPU training step at ``drop_path_rate=0.5`` ("paper" schedule) takes
   0.81x to 0.85x of mask mode's (three benchmark runs, README). Two draws: ``"bernoulli"`` (the
   same per-sample draw as the mask, which reads the kept count back to the host) and ``"fixed"``
-  (exactly ``k`` samples: no host sync, and one compiled graph).
+  (exactly ``k`` samples: no host sync, and one compiled graph per kept count).
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+# The fixed draw's keep fraction, 1 - rate, is held as an int count of 2**-24 (finer than any batch's
+# kept count can tell): torch.compile specialises a module's int attribute at once, where a float
+# that changes is first tried as a dynamic value, one wasted compile.
+KEEP_UNITS = 2**24
 DRAW_MODES = ("row", "batch")  # "row": one draw per sample; "batch": one draw for the whole batch
 SKIP_DRAWS = ("auto", "bernoulli", "fixed")
 
@@ -158,9 +162,10 @@ def drop_path_skip_add(
             (``nonzero``): one device sync per call on a GPU, and a graph break under torch.compile.
             ``"fixed"``: exactly ``k = max(1, round(B * (1 - p)))`` samples, uniformly without
             replacement, scaled by ``B / k`` (DINOv2's draw): every sample's expectation is the same,
-            there is no sync, and it compiles to one graph. Row mode only; rate 1 keeps no sample.
-            Under compile, the first rate that changes the kept count compiles once more, with the
-            count dynamic from then on.
+            there is no sync, and one rate compiles to one graph. Row mode only; rate 1 keeps no sample.
+            ``k`` is a shape: under torch.compile every kept count is a graph of its own, so a
+            rate that moves compiles again (a model's blocks round their time factor for this
+            count, which bounds the graphs: :class:`zoo.layers.DropPathBlock`).
             ``"auto"`` (default): ``"fixed"`` on a GPU and under torch.compile, ``"bernoulli"`` on
             the CPU and in batch mode.
     """
@@ -169,7 +174,9 @@ def drop_path_skip_add(
         return shortcut + branch_fn(x)
     host_rate = check_drop_prob(drop_prob)  # a tensor rate is read back: the count and scale live on the host
     check_skip_draw(skip_draw, mode)
-    return _skip_add(shortcut, x, branch_fn, drop_prob, host_rate, scale_by_keep, mode, skip_draw)
+    if resolve_draw(skip_draw, mode, x.device) == "fixed":
+        return _fixed_skip_add(shortcut, x, branch_fn, _keep_units(host_rate), scale_by_keep)
+    return _bernoulli_skip_add(shortcut, x, branch_fn, drop_prob, host_rate, scale_by_keep, mode)
 
 
 def resolve_draw(draw: str, mode: str, device: torch.device) -> str:
@@ -181,7 +188,25 @@ def resolve_draw(draw: str, mode: str, device: torch.device) -> str:
     return "bernoulli"
 
 
-def _skip_add(
+def _keep_units(rate: float) -> int:
+    return round((1 - rate) * KEEP_UNITS)
+
+
+def _fixed_skip_add(
+    shortcut: Tensor, x: Tensor, branch_fn: Callable[[Tensor], Tensor], keep_units: int, scale_by_keep: bool
+) -> Tensor:
+    # The count and the scale come from a Python number, so neither reads the device.
+    b = x.shape[0]
+    k = 0 if keep_units == 0 else max(1, round(b * keep_units / KEEP_UNITS))
+    if k == 0:
+        return shortcut
+    if k == b:
+        return shortcut + branch_fn(x)
+    idx = torch.randperm(b, device=x.device)[:k]
+    return _scatter_branch(shortcut, x, branch_fn, idx, b / k if scale_by_keep else 1.0)
+
+
+def _bernoulli_skip_add(
     shortcut: Tensor,
     x: Tensor,
     branch_fn: Callable[[Tensor], Tensor],
@@ -189,24 +214,19 @@ def _skip_add(
     host_rate: float,
     scale_by_keep: bool,
     mode: str,
-    draw: str,
 ) -> Tensor:
     # ``rate`` draws (a DropPath's buffer, as the mask forms draw); ``host_rate`` is the same rate as
-    # a Python number, for the fixed count and the scale, so neither reads the device.
-    b = x.shape[0]
-    if resolve_draw(draw, mode, x.device) == "fixed":
-        k = 0 if host_rate >= 1 else max(1, round(b * (1 - host_rate)))
-        if k == 0:
-            return shortcut
-        if k == b:
-            return shortcut + branch_fn(x)
-        idx = torch.randperm(b, device=x.device)[:k]
-        scale = b / k if scale_by_keep else 1.0
-    else:
-        idx = keep_mask(x, rate, mode).nonzero().squeeze(1)  # the host sync of this draw
-        if idx.numel() == 0:
-            return shortcut
-        scale = _inv_keep(host_rate) if scale_by_keep else 1.0
+    # a Python number, for the scale.
+    idx = keep_mask(x, rate, mode).nonzero().squeeze(1)  # the host sync of this draw
+    if idx.numel() == 0:
+        return shortcut
+    return _scatter_branch(shortcut, x, branch_fn, idx, _inv_keep(host_rate) if scale_by_keep else 1.0)
+
+
+def _scatter_branch(
+    shortcut: Tensor, x: Tensor, branch_fn: Callable[[Tensor], Tensor], idx: Tensor, scale: float
+) -> Tensor:
+    """``shortcut`` plus ``scale`` times the branch of the rows ``idx``, added into those rows."""
     branch = branch_fn(_rows(x, idx))
     out = shortcut.to(torch.promote_types(shortcut.dtype, branch.dtype), copy=True)  # keeps its memory format
     return out.index_add_(0, idx, branch.to(out.dtype), alpha=scale)
@@ -225,7 +245,9 @@ class DropPath(nn.Module):
 
     The rate lives in a (non-persistent) buffer and ``forward`` reads only that tensor and a bool,
     so setting ``m.drop_prob`` on a live module (a training-time schedule does it) does not make
-    torch.compile recompile; only switching between zero and non-zero does. Like every buffer, the
+    torch.compile recompile ``forward`` or :meth:`add`; only switching between zero and non-zero
+    does. :meth:`skip_add`'s fixed draw is the exception: its kept count is a shape, so each count
+    is a graph (see :attr:`count_drop_prob`). Like every buffer, the
     rate follows ``model.to(dtype)``: a bf16 model draws against 0.1 rounded to bf16 (0.1001).
 
     Args:
@@ -254,10 +276,22 @@ class DropPath(nn.Module):
     def drop_prob(self, value: float) -> None:
         value = check_drop_prob(value)
         self._drop_prob = value
+        self.count_drop_prob = value
         self.active = value > 0.0
         with torch.no_grad():
             self.rate.fill_(value)
             self.inv_keep.fill_(_inv_keep(value))
+
+    @property
+    def count_drop_prob(self) -> float:
+        """The rate :meth:`skip_add`'s fixed draw keeps its count for: ``drop_prob``, unless a block
+        rounds it (:meth:`zoo.layers.DropPathBlock.set_drop_path_factor`) to bound the graphs
+        torch.compile makes."""
+        return 1 - self.keep_units / KEEP_UNITS
+
+    @count_drop_prob.setter
+    def count_drop_prob(self, value: float) -> None:
+        self.keep_units = _keep_units(check_drop_prob(value, "count_drop_prob"))
 
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and self.active):
@@ -272,10 +306,13 @@ class DropPath(nn.Module):
 
     def skip_add(self, shortcut: Tensor, x: Tensor, branch_fn: Callable[[Tensor], Tensor]) -> Tensor:
         """``shortcut + self(branch_fn(x))``, computing the branch for kept samples only (see
-        :func:`drop_path_skip_add`); the draw is made against the buffer, as the mask forms make it."""
+        :func:`drop_path_skip_add`). The Bernoulli draw is made against the buffer, as the mask forms
+        make it; the fixed draw keeps its count for ``count_drop_prob``."""
         if not (self.training and self.active):
             return shortcut + branch_fn(x)
-        return _skip_add(shortcut, x, branch_fn, self.rate, self._drop_prob, self.scale_by_keep, self.mode, self.skip_draw)
+        if resolve_draw(self.skip_draw, self.mode, x.device) == "fixed":
+            return _fixed_skip_add(shortcut, x, branch_fn, self.keep_units, self.scale_by_keep)
+        return _bernoulli_skip_add(shortcut, x, branch_fn, self.rate, self._drop_prob, self.scale_by_keep, self.mode)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob:.3f}, mode={self.mode!r}, scale_by_keep={self.scale_by_keep}"

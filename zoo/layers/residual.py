@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 from torch import Tensor, nn
 
@@ -17,11 +18,67 @@ DROP_PATH_MODES = ("mask", "skip", "auto")
 # per-block sweep of ``benchmarks/drop_path.py --only sweep`` measures it on your machine.
 AUTO_SKIP_MIN_RATE = 0.1
 
+# Skip mode's fixed draw keeps ``round(B * (1 - rate))`` samples: a shape, so torch.compile makes a
+# graph per kept count. The kept count therefore follows the time factor rounded to the nearest
+# 1/FIXED_DRAW_FACTOR_STEPS, which bounds a compiled run to FIXED_DRAW_FACTOR_STEPS + 2 graphs per
+# input shape whatever its schedule (one per rounded factor, 0 to 1, and one for factor 0 itself,
+# where the drop path is off), under torch._dynamo's default recompile limit of 8.
+FIXED_DRAW_FACTOR_STEPS = 4
+
 
 def check_drop_path_mode(mode: str) -> str:
     if mode not in DROP_PATH_MODES:
         raise ValueError(f"drop_path_mode must be one of {', '.join(DROP_PATH_MODES)}, got {mode!r}")
     return mode
+
+
+@dataclass(frozen=True)
+class DropPathArgs:
+    """A drop path, described once and handed down a model's constructors as one argument.
+
+    For a block, ``rate`` is its own rate; for a model, the largest per-block rate, which the model
+    spreads over depth with its ``drop_path_schedule`` (each block gets a copy with its own rate).
+    The values are checked here, once.
+
+    Args:
+        rate: in [0, 1].
+        mode: "mask" (the fused mask), "skip" (the branch runs on kept samples only) or "auto" (skip
+            where it pays: see :class:`DropPathBlock`).
+        skip_draw: how skip mode picks the kept samples: "auto", "bernoulli" or "fixed" (see
+            :func:`zoo.layers.drop_path_skip_add`).
+    """
+
+    rate: float = 0.0
+    mode: str = "mask"
+    skip_draw: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rate", check_drop_prob(self.rate, "drop_path"))
+        check_drop_path_mode(self.mode)
+        check_skip_draw(self.skip_draw)
+
+    def with_rate(self, rate: float) -> DropPathArgs:
+        return replace(self, rate=rate)
+
+
+def drop_path_from_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with timm-style ``drop_path_rate``, ``drop_path_mode`` and ``drop_path_skip_draw`` (the
+    names zoo's registered builders take through ``create_model``) turned into one ``drop_path``:
+    :class:`DropPathArgs`; other keys as given."""
+    names = {"drop_path_rate": "rate", "drop_path_mode": "mode", "drop_path_skip_draw": "skip_draw"}
+    given = {names[k]: v for k, v in kwargs.items() if k in names}
+    if not given:
+        return kwargs
+    if "drop_path" in kwargs:
+        raise ValueError(f"give drop_path or {', '.join(names)}, not both (got drop_path and {', '.join(given)})")
+    if "rate" in given:  # named as the caller wrote it
+        given["rate"] = check_drop_prob(given["rate"], "drop_path_rate")
+    return {**{k: v for k, v in kwargs.items() if k not in names}, "drop_path": DropPathArgs(**given)}
+
+
+def as_drop_path(drop_path: float | DropPathArgs) -> DropPathArgs:
+    """A rate alone (timm's ``drop_path: float``) as the mask form's description."""
+    return drop_path if isinstance(drop_path, DropPathArgs) else DropPathArgs(drop_path)
 
 
 def resolve_skip(drop_path_mode: str, drop_prob: float, cheap_branch: bool = False) -> bool:
@@ -35,7 +92,7 @@ def resolve_skip(drop_path_mode: str, drop_prob: float, cheap_branch: bool = Fal
 class DropPathBlock(nn.Module):
     """Base of every zoo block with a residual drop path.
 
-    Holds ``self.drop_path`` (a DropPath when ``drop_path > 0``, else None). A block calls
+    Holds ``self.drop_path`` (a DropPath when the rate is above 0, else None). A block calls
     ``self.residual(shortcut, x, branch_fn)`` for ``shortcut + drop_path(branch_fn(x))``:
 
     - ``"mask"``: the fused form (:meth:`DropPath.add`); compiles to one graph.
@@ -49,28 +106,20 @@ class DropPathBlock(nn.Module):
     are not called.
 
     Args:
-        drop_path: this block's drop path rate, in [0, 1].
-        drop_path_mode: "mask", "skip" or "auto".
+        drop_path: this block's rate (the mask form), or its :class:`DropPathArgs`.
         cheap_branch: the branch costs less than skipping saves ("auto" then keeps mask).
-        drop_path_skip_draw: how skip mode picks the kept samples: "auto", "bernoulli" or "fixed"
-            (see :func:`zoo.layers.drop_path_skip_add`).
     """
 
     removed: bool = False  # set on a copy by zoo.remove_blocks: every residual is its shortcut alone
 
-    def __init__(
-        self,
-        drop_path: float = 0.0,
-        drop_path_mode: str = "mask",
-        cheap_branch: bool = False,
-        drop_path_skip_draw: str = "auto",
-    ):
+    def __init__(self, drop_path: float | DropPathArgs = 0.0, *, cheap_branch: bool = False):
         super().__init__()
-        self.base_drop_path = check_drop_prob(drop_path, "drop_path")  # set_drop_path_factor scales this
-        self.drop_path_mode = check_drop_path_mode(drop_path_mode)
-        check_skip_draw(drop_path_skip_draw)
-        self.drop_path = DropPath(self.base_drop_path, skip_draw=drop_path_skip_draw) if drop_path > 0 else None
-        self.skip = resolve_skip(drop_path_mode, self.base_drop_path, cheap_branch)
+        args = as_drop_path(drop_path)
+        self.base_drop_path = args.rate  # set_drop_path_factor scales this
+        self.drop_path_factor = 1.0  # the factor installed now: the one record of it
+        self.drop_path_mode = args.mode
+        self.drop_path = DropPath(args.rate, skip_draw=args.skip_draw) if args.rate > 0 else None
+        self.skip = resolve_skip(args.mode, args.rate, cheap_branch)
 
     @property
     def drop_path_rate(self) -> float:
@@ -78,9 +127,16 @@ class DropPathBlock(nn.Module):
         return self.drop_path.drop_prob if self.drop_path is not None else 0.0
 
     def set_drop_path_factor(self, factor: float) -> None:
-        """Install ``factor`` times the rate the block was built with (factor in [0, 1])."""
+        """Install ``factor`` times the rate the block was built with (factor in [0, 1]). Skip mode's
+        fixed draw keeps a count of samples for the factor rounded to the nearest
+        1 / ``FIXED_DRAW_FACTOR_STEPS`` (a bounded number of compiled graphs; unbiased either way)."""
+        if factor == self.drop_path_factor:  # a schedule asks every step; the buffers change when it moves
+            return
+        self.drop_path_factor = factor
         if self.drop_path is not None:
             self.drop_path.drop_prob = self.base_drop_path * factor
+            steps = FIXED_DRAW_FACTOR_STEPS
+            self.drop_path.count_drop_prob = self.base_drop_path * round(factor * steps) / steps
 
     def residual(
         self, shortcut: Tensor, x: Tensor, branch_fn: Callable[[Tensor], Tensor], skip: bool | None = None

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ..layers import block_drop_path_rates, set_drop_path_factor
+from ..layers import block_drop_path_rates, drop_path_blocks, set_drop_path_factor
 from ._features import FeatureInfo, check_output_fmt, take_indices
 
 
@@ -26,8 +26,8 @@ class ZooModel(nn.Module):
     """
 
     depths: tuple[int, ...]
-    drop_path_factor: float = 1.0  # set by set_drop_path_factor
     model_name: str | None = None  # the registered name, set by zoo.create_model
+    model_args: dict | None = None  # the keyword arguments create_model built it with, set by zoo.create_model
     num_classes: int
     num_features: int
     stem: nn.Module
@@ -165,11 +165,17 @@ class ZooModel(nn.Module):
         """The per-block drop path rates installed now, in forward order (a flat list)."""
         return block_drop_path_rates(self)
 
+    @property
+    def drop_path_factor(self) -> float:
+        """The factor installed now (:meth:`set_drop_path_factor`), as its blocks hold it; 1.0 without blocks."""
+        return next((block.drop_path_factor for block in drop_path_blocks(self)), 1.0)
+
     def set_drop_path_factor(self, factor: float) -> None:
         """Install ``factor`` (in [0, 1]) times every block's built rate: what a training-time
-        schedule (:func:`zoo.layers.time_factor`) sets as training goes. The built rates are kept, so
+        schedule (:func:`zoo.layers.time_factor`) sets as training goes; the same as
+        :func:`zoo.layers.set_drop_path_factor` on the model. The built rates are kept, so
         ``set_drop_path_factor(1.0)`` restores them. Under torch.compile a new factor is a buffer
-        write, not a recompile (except for skip mode's fixed draw, whose kept count changes)."""
-        if factor != self.drop_path_factor:  # a schedule asks every step; the blocks change when it moves
-            set_drop_path_factor(self, factor)
-            self.drop_path_factor = factor
+        write, not a recompile, in mask mode; skip mode's fixed draw keeps a sample count for the
+        factor rounded to quarters, so a compiled run makes at most
+        ``zoo.layers.FIXED_DRAW_FACTOR_STEPS + 2`` graphs (6) whatever its schedule."""
+        set_drop_path_factor(self, factor)

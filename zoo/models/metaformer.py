@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .._registry import register_model
 from ..blocks.metaformer import MetaFormerBlock
-from ..layers import LayerNorm, check_drop_path_mode, check_skip_draw, drop_path_rates
+from ..layers import DropPathArgs, LayerNorm, as_drop_path, drop_path_from_kwargs, drop_path_rates
 from ..layers.mixers import TokenMixer, check_token_mixer
 from ..layers.mlp import check_act_layer
 from ._base import ZooModel
@@ -96,7 +96,7 @@ class Downsample(nn.Module):
 
 
 class MetaFormerStage(nn.Module):
-    """An optional downsampling, then one MetaFormerBlock per entry of ``drop_path_rates``; channels-last
+    """An optional downsampling, then one MetaFormerBlock per entry of ``drop_paths``; channels-last
     maps (B, H, W, C) in and out."""
 
     grad_checkpointing: bool = False  # set by MetaFormer.set_grad_checkpointing
@@ -105,27 +105,26 @@ class MetaFormerStage(nn.Module):
         self,
         in_dim: int,
         dim: int,
-        drop_path_rates: Sequence[float],
+        *,
+        drop_paths: Sequence[DropPathArgs],
         token_mixer: TokenMixer,
         downsample: bool,
         num_tokens: int,
         mlp_ratio: float = 4.0,
         mlp_act: str | Callable[[], nn.Module] = "starrelu",
-        drop_path_mode: str = "mask",
         layer_scale_init_value: float | None = None,
         res_scale_init_value: float | None = None,
-        drop_path_skip_draw: str = "auto",
     ):
         super().__init__()
         self.downsample = Downsample(in_dim, dim) if downsample else nn.Identity()
         self.blocks = nn.Sequential(
             *(
                 MetaFormerBlock(
-                    dim, token_mixer, mlp_ratio, mlp_act, rate, drop_path_mode,
-                    layer_scale_init_value, res_scale_init_value, num_tokens,
-                    drop_path_skip_draw=drop_path_skip_draw,
+                    dim, token_mixer, mlp_ratio=mlp_ratio, mlp_act=mlp_act, drop_path=drop_path,
+                    layer_scale_init_value=layer_scale_init_value, res_scale_init_value=res_scale_init_value,
+                    num_tokens=num_tokens,
                 )
-                for rate in drop_path_rates
+                for drop_path in drop_paths
             )
         )
 
@@ -157,19 +156,20 @@ class MetaFormer(ZooModel):
         out_indices: with ``features_only``, the stages returned (None: all).
         img_size: input height and width; sets the token count of "random" mixers.
         stem_stride: stride of the stem (1: stages at 32/16/8/4 for 32x32 inputs; 2: 16/8/4/2).
-        drop_path_rate: the largest per-block drop path rate.
+        drop_path: the largest per-block drop path rate, or a :class:`zoo.layers.DropPathArgs` with
+            it, the mode ("mask", "skip": branches run on kept samples only, or "auto") and skip
+            mode's draw. The registered builders (``create_model``) take it as timm's keywords
+            (``drop_path_rate`` and the like: :func:`zoo.layers.drop_path_from_kwargs`).
         drop_path_schedule: how rates grow with depth (see :func:`zoo.layers.drop_path_rates`).
-        drop_path_mode: "mask", "skip" (branches run on kept samples only) or "auto".
         layer_scale_init_values: LayerScale init per stage; None turns it off.
         res_scale_init_values: ResScale init per stage; None turns it off (the paper: stages 3-4).
-        drop_path_skip_draw: how skip mode picks the kept samples: "auto", "bernoulli" or "fixed"
-            (see :func:`zoo.layers.drop_path_skip_add`).
     """
 
     def __init__(
         self,
         depths: Sequence[int] = (2, 2, 6, 2),
         dims: Sequence[int] = (32, 64, 128, 256),
+        *,
         token_mixers: TokenMixer | Sequence[TokenMixer] = "sepconv",
         mlp_ratios: float | Sequence[float] = 4.0,
         mlp_act: str | Callable[[], nn.Module] = "starrelu",
@@ -177,12 +177,10 @@ class MetaFormer(ZooModel):
         in_chans: int = 3,
         img_size: int = 32,
         stem_stride: int = 1,
-        drop_path_rate: float = 0.0,
+        drop_path: float | DropPathArgs = 0.0,
         drop_path_schedule: str = "linear",
-        drop_path_mode: str = "mask",
         layer_scale_init_values: float | None | Sequence[float | None] = None,
         res_scale_init_values: float | None | Sequence[float | None] = (None, None, 1.0, 1.0),
-        drop_path_skip_draw: str = "auto",
         features_only: bool = False,
         out_indices: int | Sequence[int] | None = None,
     ):
@@ -198,18 +196,18 @@ class MetaFormer(ZooModel):
         layer_scales = per_stage(layer_scale_init_values, n, "layer_scale_init_values")
         res_scales = per_stage(res_scale_init_values, n, "res_scale_init_values")
         check_act_layer(mlp_act, "mlp_act")
-        check_drop_path_mode(drop_path_mode)
-        check_skip_draw(drop_path_skip_draw)
+        drop_path = as_drop_path(drop_path)
         sizes = stage_sizes(img_size, stem_stride, n)
-        rates = drop_path_rates(drop_path_rate, depths, drop_path_schedule)
+        rates = drop_path_rates(drop_path.rate, depths, drop_path_schedule)
 
         self.depths = depths
         self.stem = Stem(in_chans, dims[0], stem_stride)
         self.stages = nn.Sequential(
             *(
                 MetaFormerStage(
-                    dims[max(i - 1, 0)], dims[i], rates[i], token_mixers[i], i > 0, sizes[i] ** 2,
-                    mlp_ratios[i], mlp_act, drop_path_mode, layer_scales[i], res_scales[i], drop_path_skip_draw,
+                    dims[max(i - 1, 0)], dims[i], drop_paths=[drop_path.with_rate(r) for r in rates[i]],
+                    token_mixer=token_mixers[i], downsample=i > 0, num_tokens=sizes[i] ** 2, mlp_ratio=mlp_ratios[i],
+                    mlp_act=mlp_act, layer_scale_init_value=layer_scales[i], res_scale_init_value=res_scales[i],
                 )
                 for i in range(n)
             )
@@ -260,7 +258,7 @@ VARIANTS["metaformer"] = VARIANTS["convformer_s12"]  # the recommended default
 
 def _register(name: str, config: dict[str, Any]) -> None:
     def build(**kwargs: Any) -> MetaFormer:
-        return MetaFormer(**{**config, **kwargs})
+        return MetaFormer(**{**config, **drop_path_from_kwargs(kwargs)})
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = f"MetaFormer for 32x32 inputs: {config}."

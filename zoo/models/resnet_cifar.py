@@ -1,8 +1,8 @@
 """CIFAR ResNets (He et al. 2016): a 3x3 stem, three stages at widths 16/32/64, global pooling.
 
 BasicBlock networks have 6n + 2 layers (resnet20: n = 3 ... resnet1202: n = 200); the Bottleneck
-network has 9n + 2 (resnet164: n = 18). Drop path rates come from one ``drop_path_rate`` through
-:func:`zoo.layers.drop_path_rates`; ``drop_path_schedule="paper"`` gives the linear decay rule of
+network has 9n + 2 (resnet164: n = 18). Drop path rates come from one rate (``drop_path_rate`` to
+``create_model``) through :func:`zoo.layers.drop_path_rates`; ``drop_path_schedule="paper"`` gives the linear decay rule of
 Huang et al. (block l of L dropped with probability r * l / L).
 """
 
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .._registry import register_model
 from ..blocks.resnet import BasicBlock, Bottleneck
-from ..layers import check_drop_path_mode, check_skip_draw, drop_path_rates
+from ..layers import DropPathArgs, as_drop_path, drop_path_from_kwargs, drop_path_rates
 from ._base import ZooModel
 from ._features import FeatureInfo, run_blocks
 
@@ -22,7 +22,7 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class ResNetStage(nn.Sequential):
-    """``len(drop_path_rates)`` blocks; the first one changes the width and the stride. NCHW in and out."""
+    """One block per entry of ``drop_paths``; the first one changes the width and the stride. NCHW in and out."""
 
     grad_checkpointing: bool = False  # set by ResNetCifar.set_grad_checkpointing
 
@@ -31,17 +31,14 @@ class ResNetStage(nn.Sequential):
         block: type[BasicBlock] | type[Bottleneck],
         in_chs: int,
         width: int,
+        *,
         stride: int,
-        drop_path_rates: Sequence[float],
-        drop_path_mode: str = "mask",
+        drop_paths: Sequence[DropPathArgs],
         shortcut: str = "A",
-        drop_path_skip_draw: str = "auto",
     ):
         blocks = []
-        for i, rate in enumerate(drop_path_rates):
-            blocks.append(
-                block(in_chs, width, stride if i == 0 else 1, rate, drop_path_mode, shortcut, drop_path_skip_draw)
-            )
+        for i, drop_path in enumerate(drop_paths):
+            blocks.append(block(in_chs, width, stride=stride if i == 0 else 1, drop_path=drop_path, shortcut=shortcut))
             in_chs = width * block.expansion
         super().__init__(*blocks)
 
@@ -63,52 +60,49 @@ class ResNetCifar(ZooModel):
         features_only: build a feature extractor: ``forward`` returns a list of stage maps (NCHW)
             and there is no classifier (see :meth:`ZooModel.init_features`).
         out_indices: with ``features_only``, the stages returned (None: all three).
-        drop_path_rate: the largest per-block drop path rate.
+        drop_path: the largest per-block drop path rate, or a :class:`zoo.layers.DropPathArgs` with
+            it, the mode ("mask", "skip": branch computed for kept samples only, or "auto") and skip
+            mode's draw. The registered builders (``create_model``) take it as timm's keywords
+            (``drop_path_rate`` and the like: :func:`zoo.layers.drop_path_from_kwargs`).
         drop_path_schedule: how rates grow with depth (see :func:`zoo.layers.drop_path_rates`).
-        drop_path_mode: "mask", "skip" (branch computed for kept samples only) or "auto".
         shortcut: "A" (zero-padding, parameter-free) or "B" (1x1 conv) where the shape changes.
         zero_init_last: start every branch's last BatchNorm at gamma = 0, so each block starts as
             its shortcut (timm's default). Without it resnet1202 at initialisation overflows in
             eval mode; set False for the exact initialisation of He et al.
-        drop_path_skip_draw: how skip mode picks the kept samples: "auto", "bernoulli" or "fixed"
-            (see :func:`zoo.layers.drop_path_skip_add`).
     """
 
     def __init__(
         self,
         depths: Sequence[int] = (3, 3, 3),
         widths: Sequence[int] = (16, 32, 64),
+        *,
         block: str = "basic",
         num_classes: int = 10,
         in_chans: int = 3,
-        drop_path_rate: float = 0.0,
+        drop_path: float | DropPathArgs = 0.0,
         drop_path_schedule: str = "linear",
-        drop_path_mode: str = "mask",
         shortcut: str = "A",
         zero_init_last: bool = True,
-        drop_path_skip_draw: str = "auto",
         features_only: bool = False,
         out_indices: int | Sequence[int] | None = None,
     ):
         super().__init__()
-        check_drop_path_mode(drop_path_mode)
-        check_skip_draw(drop_path_skip_draw)
+        drop_path = as_drop_path(drop_path)
         if block not in BLOCKS:
             raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {block!r}")
         if len(depths) != len(widths):
             raise ValueError(f"depths and widths need one entry per stage, got {depths} and {widths}")
         block_cls = BLOCKS[block]
         self.depths = tuple(depths)
-        rates = drop_path_rates(drop_path_rate, tuple(depths), drop_path_schedule)
+        rates = drop_path_rates(drop_path.rate, tuple(depths), drop_path_schedule)
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
         )
         stages, in_chs, self.feature_info = [], widths[0], FeatureInfo()
         for i, (width, stage_rates) in enumerate(zip(widths, rates)):
             stride = 1 if i == 0 else 2
-            stages.append(
-                ResNetStage(block_cls, in_chs, width, stride, stage_rates, drop_path_mode, shortcut, drop_path_skip_draw)
-            )
+            drop_paths = [drop_path.with_rate(rate) for rate in stage_rates]
+            stages.append(ResNetStage(block_cls, in_chs, width, stride=stride, drop_paths=drop_paths, shortcut=shortcut))
             in_chs = width * block_cls.expansion
             self.feature_info.append(dict(num_chs=in_chs, reduction=2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
@@ -138,7 +132,7 @@ BASIC_VARIANTS = {"resnet8": 1, "resnet20": 3, "resnet32": 5, "resnet44": 7, "re
 
 def _register_basic(name: str, n: int) -> None:
     def build(**kwargs) -> ResNetCifar:
-        return ResNetCifar(depths=(n, n, n), block="basic", **kwargs)
+        return ResNetCifar(depths=(n, n, n), block="basic", **drop_path_from_kwargs(kwargs))
 
     build.__name__ = name
     build.__doc__ = f"CIFAR ResNet-{6 * n + 2} (BasicBlocks, n = {n}){'; the tiny test variant' if n == 1 else ''}."
@@ -153,4 +147,4 @@ for _name, _n in BASIC_VARIANTS.items():
 def resnet164(**kwargs) -> ResNetCifar:
     """Bottleneck blocks, 9n + 2 layers with n = 18."""
     kwargs.setdefault("shortcut", "B")
-    return ResNetCifar(depths=(18, 18, 18), block="bottleneck", **kwargs)
+    return ResNetCifar(depths=(18, 18, 18), block="bottleneck", **drop_path_from_kwargs(kwargs))

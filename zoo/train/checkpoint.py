@@ -4,7 +4,8 @@ A checkpoint is a dict of plain values and tensors (it loads with ``weights_only
 ``model``, ``optimizer``, ``scheduler`` (its step), ``epoch`` (epochs finished), ``step`` (steps
 finished in the epoch under way), ``global_step``, ``rng`` (torch RNG states), ``meter`` (the
 running sums of the epoch under way), ``history`` (the metrics.jsonl lines so far), ``config``
-(the resolved training config), ``model_name`` and ``versions``.
+(the resolved training config), ``model_name`` and ``model_args`` (the ``create_model`` name and
+keyword arguments that rebuild the model: :func:`zoo.load_run`) and ``versions``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def training_state(
         "history": list(history),
         "config": config,
         "model_name": config["model"]["name"],
+        "model_args": net.model_args,  # recorded by zoo.create_model
         "versions": versions(),
     }
 

@@ -26,8 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 from torch import nn
 
-from .._registry import is_model, list_models, model_arguments, unknown_model_message
-from .._run import DROP_PATH_KEYS, model_from_config
+from .._registry import create_model, is_model, list_models, model_arguments, unknown_model_message
 from ..layers import DEPTH_SCHEDULES, DROP_PATH_MODES, EARLY_MODES, SKIP_DRAWS, TIME_SCHEDULES, check_drop_prob
 from .data import check_val_size
 from .errors import ConfigError
@@ -41,6 +40,8 @@ REMOVED_KEYS = {
 }
 AUTO_FLAGS = ("auto", True, False)
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# Top-level keys that are create_model arguments (the model group holds the rest).
+DROP_PATH_KEYS = ("drop_path_rate", "drop_path_schedule", "drop_path_mode", "drop_path_skip_draw")
 
 
 class Choice(str, Enum):
@@ -182,10 +183,10 @@ class TrainConfig:
 
 def check_model(c: DictConfig) -> None:
     """``model.name`` is registered and every other ``model.<key>`` is one of its ``create_model`` arguments
-    (but those the trainer sets: num_classes and the drop path keys)."""
+    (but those the trainer sets: num_classes and the drop path keys, which it hands over as drop_path)."""
     if not isinstance(c.get("name"), str) or not is_model(c.name):
         raise ConfigError(f"model.name: {unknown_model_message(c.get('name'))}")
-    allowed = [k for k in model_arguments(c.name) if k not in ("num_classes", *DROP_PATH_KEYS)]
+    allowed = [k for k in model_arguments(c.name) if k not in ("num_classes", "drop_path", *DROP_PATH_KEYS)]
     for key in c:
         if key != "name" and key not in allowed:
             raise ConfigError(f"unknown key 'model.{key}'{_hint(str(key), allowed, 'model.')} "
@@ -269,12 +270,18 @@ def _hint(name: str, options: typing.Iterable[str], prefix: str = "") -> str:
     return f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
 
 
+def model_args(cfg: DictConfig, num_classes: int = 10) -> dict[str, Any]:
+    """The ``create_model`` keyword arguments of ``cfg``'s model: the model group's keys besides its
+    name, and the top-level drop path keys. A checkpoint stores them to rebuild the model."""
+    group = OmegaConf.to_container(cfg.model, resolve=True)
+    group.pop("name")
+    return {"num_classes": num_classes, **{k: cfg[k] for k in DROP_PATH_KEYS}, **group}
+
+
 def build_model(cfg: DictConfig, num_classes: int = 10) -> nn.Module:
-    """``zoo.create_model`` with the top-level drop path keys and every other key of the model group
-    (:func:`zoo._run.model_from_config`, which :func:`zoo.load_run` rebuilds a saved run with)."""
-    config = {"model": OmegaConf.to_container(cfg.model, resolve=True), **{k: cfg[k] for k in DROP_PATH_KEYS}}
+    """``zoo.create_model(cfg.model.name, **model_args(cfg))``; the model records its arguments."""
     try:
-        return model_from_config(config, num_classes)
+        return create_model(cfg.model.name, **model_args(cfg, num_classes))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model {cfg.model.name} cannot be built from the config: {e}") from None
 

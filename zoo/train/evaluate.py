@@ -116,7 +116,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     loaded = load_for_eval(args.run, device, args.data_path, args.test_subset, args.ema, args.which)
     acc, loss, count = accuracy(loaded, loaded.model, args.batch_size)
-    name = loaded.config["model"]["name"] + (" (EMA)" if args.ema else "") + (" (best.pt)" if args.which == "best" else "")
+    name = loaded.model.model_name + (" (EMA)" if args.ema else "") + (" (best.pt)" if args.which == "best" else "")
     return {"model": name, "images": count, "correct": round(acc * count), "test_acc": acc, "test_loss": loss,
             "device": device.type}
 
