@@ -1,4 +1,6 @@
-"""Shared fixtures: the repository root, the real CIFAR-10 archive, and a decoded copy of it.
+"""Shared fixtures and helpers: the repository root, the real CIFAR-10 archive and a decoded copy of
+it, the composed config, the tiny run's overrides, metrics readers, ``train.py`` as a subprocess, a
+made-up image tree, and a run cut by a simulated signal then resumed.
 
 The archive is found through the environment variable ZOO_CIFAR10, else at
 ``<repo>/../shared/data/cifar10-jpeg.tar.gz``; tests that need it skip, saying so, when it is absent.
@@ -6,14 +8,19 @@ The archive is found through the environment variable ZOO_CIFAR10, else at
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+TIMING = ("epoch_seconds", "images_per_second")  # metrics columns that differ run to run
 if str(REPO) not in sys.path:  # lets tests import train.py
     sys.path.insert(0, str(REPO))
 
@@ -64,29 +71,83 @@ def compose_train(*overrides: str, hydra: bool = False):
     """configs/train.yaml composed with ``overrides`` (and Hydra's own config with ``hydra=True``)."""
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return compose("train", overrides=list(overrides), return_hydra_config=hydra)
 
 
-def train_cut_and_resumed(monkeypatch: pytest.MonkeyPatch, overrides: tuple[str, ...], run_dir: Path,
-                          stop_at_read: int = 6) -> None:
-    """Trains into ``run_dir`` as if SIGTERM arrived at the loop's ``stop_at_read``-th look at its stop
-    flag (the 6th: epoch 2 after its first step, with 4 steps an epoch), then resumes it to the end."""
+def tiny(archive: Path, cache: Path, *extra: str, device: str = "cpu", amp: str | None = "false") -> tuple[str, ...]:
+    """resnet8 on 256 images, 4 steps per epoch, 2 epochs, fp32 on the CPU: seconds in process.
+    ``amp=None`` leaves the precision to the device (``auto``)."""
+    return ("model=resnet8", "data=cifar10_folder", f"data.path={archive}", f"data.cache_dir={cache}", "data.subset=256",
+            "data.test_subset=100", "epochs=2", "batch_size=64", "sched.warmup_epochs=0", f"device={device}",
+            *([f"amp={amp}"] if amp is not None else []), *extra)
+
+
+def rows(run_dir: Path) -> list[dict]:
+    """metrics.jsonl, one dict per finished epoch."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without the timing columns: what two runs of the same arithmetic share exactly."""
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows(run_dir)]
+
+
+def run_cli(*args: str, cwd: Path = REPO, module: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``python [module] train.py args`` in ``cwd``, with this checkout's zoo on the path."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, *module, str(REPO / "train.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def make_tree(root: Path, classes: tuple[str, ...] | list[str] | None = None, train: int = 2, test: int = 2) -> Path:
+    """A CIFAR-like image-folder tree at ``root`` (``train`` and ``test`` images per class); pixel
+    (0, 0) encodes (class, index) so order can be checked; a README beside the splits is ignored."""
+    from PIL import Image
+
+    from zoo.train.data import CLASSES
+
+    for split, n in (("train", train), ("test", test)):
+        for c, cls in enumerate(CLASSES if classes is None else classes):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((32, 32, 3), 10 * c + i, np.uint8)).save(root / split / cls / f"{i:04d}.png")
+    (root / "README.md").write_text("not an image, outside the class folders: ignored")
+    return root
+
+
+def stop_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Makes the loop act as if SIGTERM arrived at its ``n``-th look at its stop flag (with 4 steps an
+    epoch, the 6th is epoch 2 after its first step). The count lives on the instance, so nothing is
+    left behind for the next test."""
     from zoo.train import loop
 
     class StopAfter(loop.StopOnSignal):
-        reads = 0
+        def __init__(self) -> None:
+            super().__init__()
+            self.reads = 0
 
         @property
         def requested(self) -> bool:
-            StopAfter.reads += 1
-            if StopAfter.reads >= stop_at_read:
+            self.reads += 1
+            if self.reads >= n:
                 self.signum = 15
             return self.signum is not None
 
+    monkeypatch.setattr(loop, "StopOnSignal", StopAfter)
+
+
+def train_cut_and_resumed(monkeypatch: pytest.MonkeyPatch, overrides: tuple[str, ...], run_dir: Path,
+                          stop_at_read: int = 6) -> BaseException:
+    """Trains into ``run_dir`` as if SIGTERM arrived at the loop's ``stop_at_read``-th look at its stop
+    flag (the 6th: epoch 2 after its first step, with 4 steps an epoch), then resumes it to the end.
+    Returns the interruption the first part raised."""
+    from zoo.train import loop
+
     with monkeypatch.context() as patch:
-        patch.setattr(loop, "StopOnSignal", StopAfter)
-        with pytest.raises(loop.TrainingInterrupted):
+        stop_after(patch, stop_at_read)
+        with pytest.raises(loop.TrainingInterrupted) as info:
             loop.train(compose_train(*overrides), run_dir)
     resume = f"resume={run_dir}"
     loop.train(compose_train(*overrides, resume), run_dir.parent / f"{run_dir.name}-ignored", overrides=(resume,))
+    return info.value

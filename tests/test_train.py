@@ -4,51 +4,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import zoo
+from conftest import compose_train, metrics, rows, run_cli, tiny, train_cut_and_resumed
 from zoo.train import loop
 from zoo.train.batches import derive_seed
 from zoo.train.checkpoint import load_checkpoint, load_model_state, resumed_config, save_checkpoint
 from zoo.train.config import validate_config
 from zoo.train.errors import CheckpointError, ConfigError, TrainingDiverged
-from zoo.train.interrupt import StopOnSignal, TrainingInterrupted
 from zoo.train.optim import lr_at
 from zoo.train.step import LossWatch, Meter
-
-REPO = Path(__file__).resolve().parents[1]
-TIMING = ("epoch_seconds", "images_per_second")
-
-
-def compose_train(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
-def small(archive: Path, cache: Path, *extra: str) -> tuple[str, ...]:
-    """resnet8 on 256 images, 4 steps per epoch, 2 epochs: seconds on a CPU."""
-    return (
-        "model=resnet8", "data=cifar10_folder", f"data.path={archive}", f"data.cache_dir={cache}",
-        "data.subset=256", "data.test_subset=100", "epochs=2", "batch_size=64", "sched.warmup_epochs=0",
-        "device=cpu", "amp=false", *extra,
-    )
-
-
-def rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def without_timing(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in history]
-
 
 # --- pure pieces -------------------------------------------------------------------------------
 
@@ -150,48 +119,24 @@ def test_resume_of_a_run_saved_before_a_key_existed_or_after_one_was_removed():
 # --- training runs (in process) -------------------------------------------------------------------
 
 
-class StopAfter(StopOnSignal):
-    """Acts as if SIGTERM arrived just before the ``n``-th step starts."""
-
-    n = 0
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads = 0
-
-    @property
-    def requested(self) -> bool:
-        self.reads += 1
-        if self.reads >= self.n:
-            self.signum = 15
-        return self.signum is not None
-
-
 def test_resume_mid_epoch_ends_like_an_uninterrupted_run(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
     # ramp: the drop path rate changes every step, so the resumed run must restore it too.
-    overrides = small(cifar10_archive, cifar10_cache, "drop_path_time_schedule=ramp", "drop_path_time_cutoff=2")
+    overrides = tiny(cifar10_archive, cifar10_cache, "drop_path_time_schedule=ramp", "drop_path_time_cutoff=2")
     full = loop.train(compose_train(*overrides), tmp_path / "full")
-    expected = rows(tmp_path / "full")
-    assert [r["drop_path_rate"] for r in expected] == pytest.approx([0.1 * 0.75 / 2, 0.1 * 1.75 / 2])
+    assert [r["drop_path_rate"] for r in rows(tmp_path / "full")] == pytest.approx([0.1 * 0.75 / 2, 0.1 * 1.75 / 2])
 
-    StopAfter.n = 6  # epoch 2, after its first step
-    monkeypatch.setattr(loop, "StopOnSignal", StopAfter)
-    with pytest.raises(TrainingInterrupted, match="in epoch 2 after step 1 of 4; saved ") as info:
-        loop.train(compose_train(*overrides), tmp_path / "cut")
-    assert info.value.exit_code == 143
-    assert load_checkpoint(tmp_path / "cut")["step"] == 1
-    monkeypatch.undo()
-    resumed = loop.train(compose_train(*overrides, f"resume={tmp_path / 'cut'}"), tmp_path / "ignored",
-                          overrides=(f"resume={tmp_path / 'cut'}",))
-    assert without_timing(rows(tmp_path / "cut")) == without_timing(expected)
-    assert resumed["final_test_acc"] == full["final_test_acc"]
+    cut = train_cut_and_resumed(monkeypatch, overrides, tmp_path / "cut")  # at epoch 2, after its first step
+    assert str(cut).startswith("SIGTERM in epoch 2 after step 1 of 4; saved ") and cut.exit_code == 143
+    assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
+    assert load_checkpoint(tmp_path / "cut")["global_step"] == 8
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["final_test_acc"] == full["final_test_acc"]
     a, b = torch.load(tmp_path / "full" / "last.pt"), torch.load(tmp_path / "cut" / "last.pt")
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert not (tmp_path / "ignored").exists()  # a resumed run writes into its own dir
+    assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert not (tmp_path / "cut-ignored").exists()  # a resumed run writes into its own dir
 
 
 def test_a_run_dir_holding_a_run_is_not_overwritten(tmp_path, cifar10_archive, cifar10_cache):
-    cfg = compose_train(*small(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64", "data.test_subset=10"))
+    cfg = compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64", "data.test_subset=10"))
     loop.train(cfg, tmp_path)
     before = (tmp_path / "last.pt").read_bytes()
     with pytest.raises(ConfigError, match="already holds a run; continue it with resume="):
@@ -200,12 +145,6 @@ def test_a_run_dir_holding_a_run_is_not_overwritten(tmp_path, cifar10_archive, c
 
 
 # --- the command line (subprocesses) -------------------------------------------------------------
-
-
-def run_cli(*args: str, cwd: Path = REPO, module: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, *module, str(REPO / "train.py"), *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_cli_bad_value_is_one_line_without_traceback(tmp_path):
