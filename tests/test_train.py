@@ -135,6 +135,34 @@ def test_resume_mid_epoch_ends_like_an_uninterrupted_run(tmp_path, monkeypatch, 
     assert not (tmp_path / "cut-ignored").exists()  # a resumed run writes into its own dir
 
 
+# What a resume must restore beyond mask mode's state, on the CPU (the CUDA runs are in
+# test_gpu_path.py): skip mode's draws (Bernoulli, and the fixed draw a GPU and compile use), bf16
+# autocast with channels_last (as on a GPU), the mixing draws, and a time schedule whose cutoff the
+# resumed part crosses (epoch 1.5 of 2; the cut is at 1.25). Two runs carry them all, to stay cheap;
+# 128 images in batches of 32 keep the 4 steps an epoch the cut counts on.
+RESUMED = {
+    "skip-bernoulli-mixing-late": ("drop_path_mode=skip", "drop_path_skip_draw=bernoulli", "mixup_alpha=0.2",
+                                   "cutmix_alpha=1.0", "drop_path_time_schedule=late"),
+    "skip-fixed-bf16-early": ("drop_path_mode=skip", "drop_path_skip_draw=fixed", "amp=true", "channels_last=true",
+                              "drop_path_time_schedule=early"),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUMED))
+def test_resume_ends_like_an_uninterrupted_run_on_the_cpu(case, tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
+    overrides = tiny(cifar10_archive, cifar10_cache, "data.subset=128", "batch_size=32", "data.test_subset=50",
+                     "drop_path_rate=0.3", "drop_path_time_cutoff=1.5", *RESUMED[case])
+    full = loop.train(compose_train(*overrides), tmp_path / "full")
+    # the rate after epoch 1's last step and after epoch 2's: on then off (early), off then on (late)
+    on, off = [r["drop_path_rate"] for r in rows(tmp_path / "full")][:: 1 if case.endswith("early") else -1]
+    assert on == pytest.approx(0.3) and off == 0.0
+    assert full["amp"] == ("bf16" if "bf16" in case else "off")
+    train_cut_and_resumed(monkeypatch, overrides, tmp_path / "cut")
+    assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
+    a, b = (torch.load(tmp_path / d / "last.pt", weights_only=True) for d in ("full", "cut"))
+    assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_a_run_dir_holding_a_run_is_not_overwritten(tmp_path, cifar10_archive, cifar10_cache):
     cfg = compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64", "data.test_subset=10"))
     loop.train(cfg, tmp_path)
