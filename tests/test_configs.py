@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import zoo
+from conftest import compose_train
 from zoo.train.config import build_model, validate_config
 from zoo.train.errors import ConfigError
 
@@ -21,11 +21,6 @@ CONTRACT_KEYS = (
     "drop_path_time_early_mode", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "seed", "device",
     "amp", "channels_last", "compile", "resume",
 )
-
-
-def compose_train(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
 
 
 def test_defaults_follow_the_contract(monkeypatch):
