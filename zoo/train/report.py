@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .paired import CONFIDENCE, Paired, paired_by_epoch, paired_difference, t_quantile, unpaired_seeds
+from .paired import CONFIDENCE, Paired, paired_by_epoch, paired_difference, runs_per_seed, t_quantile, unpaired_seeds
 from .report_plot import plot
 from .sweep import Configuration, ReportError, Run, Sweep, baseline_of, load_sweep
 
@@ -96,7 +96,9 @@ def _paired_cells(config: Configuration, sweep: Sweep) -> list[str]:
     paired = paired_difference(config, baseline)
     if not paired.diffs:
         return ["no finished pairs", "", ""]
-    return [_pp(paired.mean), _interval_cell(paired), ", ".join(str(s) for s in paired.seeds)]
+    mine, base = runs_per_seed(config), runs_per_seed(baseline)
+    seeds = [f"{s} ({mine[s]} vs {base[s]} runs)" if mine[s] > 1 or base[s] > 1 else str(s) for s in paired.seeds]
+    return [_pp(paired.mean), _interval_cell(paired), ", ".join(seeds)]
 
 
 def _row(config: Configuration, sweep: Sweep) -> list[str]:
@@ -203,8 +205,9 @@ def _explanation() -> list[str]:
         f"{CONFIDENCE:.0%} interval is mean Δ ± t(n-1)·sd/√n over the n seed pairs "
         f"(t = {t2:.2f} for n = 2, {t3:.2f} for n = 3: few seeds give wide intervals). There is none for one pair, "
         "nor when all differences are equal: accuracy moves in steps of one test image, so equal differences "
-        "mean the spread was not measured, not that it is zero. Epoch seconds and images/s average every epoch "
-        "but each run's first (warm-up).",
+        "mean the spread was not measured, not that it is zero. A seed run more than once on a side is one pair, "
+        "the mean of its runs (repeats of a seed are not independent samples); the paired seeds say how many "
+        "runs each side had. Epoch seconds and images/s average every epoch but each run's first (warm-up).",
         "",
     ]
 
