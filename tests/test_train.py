@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -197,20 +198,58 @@ def test_cpu_smoke_end_to_end(tmp_path, cifar10_archive, cifar10_cache):
         assert (tmp_path / name).exists(), name
 
 
+RECORD_RANKS = """
+import os, runpy, sys, torch
+from zoo.layers import drop
+from zoo.train import loop
+out, draws = sys.argv[1], []
+real_scale, real_mask, real_summary = drop._keep_scale, drop.keep_mask, loop.make_summary
+def keep_scale(*args, **kwargs):  # the mask forms' draw: which samples keep their branch
+    factor = real_scale(*args, **kwargs)
+    draws.append(factor.flatten().ne(0))
+    return factor
+def keep_mask(*args, **kwargs):  # skip mode's Bernoulli draw
+    mask = real_mask(*args, **kwargs)
+    draws.append(mask.clone())
+    return mask
+def make_summary(s, *args):  # after the last step, on every rank: its weights and its draws
+    torch.save({"model": s.net.state_dict(), "draws": draws}, f"{out}/rank{os.environ['RANK']}.pt")
+    return real_summary(s, *args)
+drop._keep_scale, drop.keep_mask, loop.make_summary = keep_scale, keep_mask, make_summary
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 @pytest.mark.slow
 def test_two_process_torchrun(tmp_path, cifar10_archive, cifar10_cache):
-    run_dir = tmp_path / "run"
+    """Two ranks end with identical parameters (DDP averages their gradients) but draw different drop
+    masks (the rank is part of each step's seed); rank 0 alone writes the run dir, with its weights.
+    (BatchNorm's running statistics are not compared: DDP copies rank 0's at the start of each forward,
+    then each rank updates them from its own half of the batch.)"""
+    run_dir, record = tmp_path / "run", tmp_path / "ranks"
+    record.mkdir()
     out = run_cli("experiment=cpu_smoke", "data=cifar10_folder", f"data.path={cifar10_archive}",
-                  f"data.cache_dir={cifar10_cache}", "data.subset=512", "data.test_subset=200",
+                  f"data.cache_dir={cifar10_cache}", "data.subset=512", "data.test_subset=200", "drop_path_rate=0.3",
                   f"hydra.run.dir={run_dir}", cwd=tmp_path,
-                  module=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
+                  module=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python",
+                          sys.executable, "-c", RECORD_RANKS, str(record)))
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("done: resnet8") == 1  # rank 0 only
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["test_images"] == 200
     (row,) = rows(run_dir)
     assert 0.0 <= row["test_acc"] <= 1.0 and row["images_per_second"] > 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # rank 1 wrote nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ranks", "run"]  # rank 1 wrote nothing of its own
+    r0, r1 = (torch.load(record / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    params = [n for n, _ in zoo.create_model("resnet8").named_parameters()]
+    assert r0["model"].keys() == r1["model"].keys() and set(params) < r0["model"].keys()
+    assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in params)
+    saved = torch.load(run_dir / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(saved[k], r0["model"][k]) for k in saved)
+    assert len(r0["draws"]) == len(r1["draws"]) > 0
+    assert [d.shape for d in r0["draws"]] == [d.shape for d in r1["draws"]]
+    assert any(not torch.equal(a, b) for a, b in zip(r0["draws"], r1["draws"]))
 
 
 @pytest.mark.slow
