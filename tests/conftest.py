@@ -43,6 +43,17 @@ def device(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.fixture
+def fresh_dynamo():
+    """For tests that compile: Dynamo's caches are empty before the test and emptied after it, whether
+    it passed or not, so no compiled graph or recompile count carries over to the next test."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

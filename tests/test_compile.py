@@ -28,11 +28,7 @@ def tiny_models() -> dict[str, callable]:
 TINY = tiny_models()
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")  # every test here compiles
 
 
 def forward_backward(model: nn.Module, x: Tensor, seed: int) -> tuple[Tensor, dict[str, Tensor]]:

@@ -504,20 +504,15 @@ def test_sigterm_while_decoding_says_what_stopped_and_that_nothing_was_lost(tmp_
     assert not (cache.exists() and list(cache.iterdir())), "no cache file, whole or partial"
 
 
-def test_a_compile_failure_is_one_line_naming_model_and_mode(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
-    import torch._dynamo
-
+def test_a_compile_failure_is_one_line_naming_model_and_mode(tmp_path, monkeypatch, fresh_dynamo, cifar10_archive,
+                                                             cifar10_cache):
     def broken_backend(gm, example_inputs):
         raise RuntimeError("the compiler met something it cannot handle\nand said so on many lines")
 
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=broken_backend))
-    torch._dynamo.reset()
-    try:
-        with pytest.raises(CompileFailed) as info:
-            loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "compile=true", "drop_path_mode=skip")), tmp_path)
-    finally:
-        torch._dynamo.reset()
+    with pytest.raises(CompileFailed) as info:
+        loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "compile=true", "drop_path_mode=skip")), tmp_path)
     message = str(info.value)
     assert message.startswith("torch.compile failed on resnet8 with drop_path_mode=skip (") and "\n" not in message
     assert message.endswith("; compile=false runs it without compiling")
