@@ -24,6 +24,40 @@ TIMING = ("epoch_seconds", "images_per_second")  # metrics columns that differ r
 if str(REPO) not in sys.path:  # lets tests import train.py
     sys.path.insert(0, str(REPO))
 
+# Bad config values and the start of the one-line error each gets (with model=resnet8).
+BAD_VALUES = [
+    ("drop_path_rate=1.5", "drop_path_rate must be in [0, 1], got 1.5"),
+    ("drop_path_rate=-0.1", "drop_path_rate must be in [0, 1], got -0.1"),
+    ("drop_path_rate=abc", "drop_path_rate must be a number, got 'abc'"),
+    ("drop_path_rate=nan", "drop_path_rate must be a finite number, got nan"),
+    ("drop_path_schedule=cosine", "drop_path_schedule must be one of linear, paper, uniform, stagewise, got 'cosine'"),
+    ("drop_path_mode=fast", "drop_path_mode must be one of mask, skip, auto, got 'fast'"),
+    ("drop_path_time_schedule=warm", "drop_path_time_schedule must be one of constant, early, late, ramp, got 'warm'"),
+    ("drop_path_time_early_mode=cubic", "drop_path_time_early_mode must be one of constant, linear, got 'cubic'"),
+    ("drop_path_time_cutoff=-1", "drop_path_time_cutoff must be >= 0 epochs, got -1"),
+    ("model.name=resnt20", "model.name: unknown model 'resnt20'; did you mean resnet20"),
+    ("epochs=0", "epochs must be an integer >= 1, got 0"),
+    ("epochs=abc", "epochs must be an integer >= 1, got 'abc'"),
+    ("batch_size=0", "batch_size must be an integer >= 1, got 0"),
+    ("batch_size=1.5", "batch_size must be an integer >= 1, got 1.5"),
+    ("lr=0", "lr must be > 0, got 0"),
+    ("lr=-0.1", "lr must be > 0, got -0.1"),
+    ("lr=inf", "lr must be a finite number, got inf"),
+    ("weight_decay=-1", "weight_decay must be >= 0, got -1"),
+    ("label_smoothing=1", "label_smoothing must be in [0, 1), got 1.0"),
+    ("seed=-1", "seed must be an integer >= 0, got -1"),
+    ("device=gpu", "device must be one of auto, cpu, cuda, got 'gpu'"),
+    ("data.subset=-5", "data.subset must be an integer >= 0, got -5"),
+    ("drop_path_skip_draw=exact", "drop_path_skip_draw must be one of auto, bernoulli, fixed, got 'exact'"),
+    ("lr=abc", "lr must be a number, got 'abc'"),
+    ("optim.name=lamb", "optim.name must be one of sgd, adamw, got 'lamb'"),
+    ("data.augment=maybe", "data.augment must be one of True, False, got 'maybe'"),
+    ("data.augment=null", "data.augment must be one of True, False, got None"),
+    ("mixup_alpha=-1", "mixup_alpha must be >= 0, got -1"),
+    ("ema_decay=1", "ema_decay must be in (0, 1), got 1.0"),
+    ("ema=sometimes", "ema must be one of True, False, got 'sometimes'"),
+]
+
 
 def find_cifar10_archive() -> Path | None:
     env = os.environ.get("ZOO_CIFAR10")

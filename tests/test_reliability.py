@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONFIGS, REPO, compose_train, make_tree, metrics, run_cli, tiny
+from conftest import BAD_VALUES, CONFIGS, REPO, compose_train, make_tree, metrics, run_cli, tiny
 from zoo.train import loop
 from zoo.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from zoo.train.cli import check_overrides, hydra_argv
@@ -38,34 +38,7 @@ def one_error_line(out: subprocess.CompletedProcess) -> str:
 # --- bad values: one ConfigError naming the key, the value and what is allowed -------------------
 
 
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        ("drop_path_rate=1.5", "drop_path_rate must be in [0, 1], got 1.5"),
-        ("drop_path_rate=-0.1", "drop_path_rate must be in [0, 1], got -0.1"),
-        ("drop_path_rate=abc", "drop_path_rate must be a number, got 'abc'"),
-        ("drop_path_rate=nan", "drop_path_rate must be a finite number, got nan"),
-        ("drop_path_schedule=cosine", "drop_path_schedule must be one of linear, paper, uniform, stagewise, got 'cosine'"),
-        ("drop_path_mode=fast", "drop_path_mode must be one of mask, skip, auto, got 'fast'"),
-        ("drop_path_time_schedule=warm", "drop_path_time_schedule must be one of constant, early, late, ramp, got 'warm'"),
-        ("drop_path_time_early_mode=cubic", "drop_path_time_early_mode must be one of constant, linear, got 'cubic'"),
-        ("drop_path_time_cutoff=-1", "drop_path_time_cutoff must be >= 0 epochs, got -1"),
-        ("model.name=resnt20", "model.name: unknown model 'resnt20'; did you mean resnet20"),
-        ("epochs=0", "epochs must be an integer >= 1, got 0"),
-        ("epochs=abc", "epochs must be an integer >= 1, got 'abc'"),
-        ("batch_size=0", "batch_size must be an integer >= 1, got 0"),
-        ("batch_size=1.5", "batch_size must be an integer >= 1, got 1.5"),
-        ("lr=0", "lr must be > 0, got 0"),
-        ("lr=-0.1", "lr must be > 0, got -0.1"),
-        ("lr=inf", "lr must be a finite number, got inf"),
-        ("weight_decay=-1", "weight_decay must be >= 0, got -1"),
-        ("label_smoothing=1", "label_smoothing must be in [0, 1), got 1.0"),
-        ("seed=-1", "seed must be an integer >= 0, got -1"),
-        ("device=gpu", "device must be one of auto, cpu, cuda, got 'gpu'"),
-        ("data.subset=-5", "data.subset must be an integer >= 0, got -5"),
-        ("drop_path_skip_draw=exact", "drop_path_skip_draw must be one of auto, bernoulli, fixed, got 'exact'"),
-    ],
-)
+@pytest.mark.parametrize("override, message", BAD_VALUES)
 def test_bad_values_name_the_key_and_what_is_allowed(override, message):
     with pytest.raises(ConfigError) as info:
         validate_config(compose_train("model=resnet8", override))

@@ -105,18 +105,6 @@ def test_a_run_with_mixup_and_cutmix_trains_on_mixed_batches(tmp_path, monkeypat
     assert rows(tmp_path / "mixed")[0]["train_loss"] != rows(tmp_path / "plain")[0]["train_loss"]
 
 
-@pytest.mark.parametrize("override, message", [("mixup_alpha=-1", "mixup_alpha must be >= 0, got -1"),
-                                               ("ema_decay=1", "ema_decay must be in (0, 1), got 1.0"),
-                                               ("ema=sometimes", "ema must be one of True, False, got 'sometimes'")])
-def test_bad_values_of_the_new_keys(override, message):
-    from zoo.train.config import validate_config
-    from zoo.train.errors import ConfigError
-
-    with pytest.raises(ConfigError) as info:
-        validate_config(compose_train("model=resnet8", override))
-    assert str(info.value) == message
-
-
 # --- TensorBoard and progress lines -----------------------------------------------------------------
 
 
