@@ -164,6 +164,23 @@ def test_resume_ends_like_an_uninterrupted_run_on_the_cpu(case, tmp_path, monkey
     assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+@pytest.mark.slow
+def test_a_compiled_run_resumes_like_an_uninterrupted_one_on_the_cpu(tmp_path, monkeypatch, fresh_dynamo, cifar10_archive,
+                                                                     cifar10_cache):
+    """compile=true (skip mode's fixed draw, as under compile on a GPU), cut and resumed, ends where the
+    uninterrupted run does. Traced with the aot_eager backend: what a resume restores does not depend
+    on the code generator, and Inductor's C++ build takes minutes on a 2-core CPU."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="aot_eager"))
+    overrides = tiny(cifar10_archive, cifar10_cache, "data.subset=128", "batch_size=32", "data.test_subset=50",
+                     "compile=true", "drop_path_mode=skip", "drop_path_rate=0.3")
+    loop.train(compose_train(*overrides), tmp_path / "full")
+    train_cut_and_resumed(monkeypatch, overrides, tmp_path / "cut")
+    assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
+    a, b = (torch.load(tmp_path / d / "last.pt", weights_only=True) for d in ("full", "cut"))
+    assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_a_run_dir_holding_a_run_is_not_overwritten(tmp_path, cifar10_archive, cifar10_cache):
     cfg = compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64", "data.test_subset=10"))
     loop.train(cfg, tmp_path)
