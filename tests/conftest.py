@@ -1,4 +1,6 @@
-"""Shared fixtures: the repository root, the real CIFAR-10 archive, and a decoded copy of it.
+"""Shared fixtures and helpers: the repository root, the real CIFAR-10 archive and a decoded copy of
+it, the composed config, the tiny run's overrides, metrics readers, ``train.py`` as a subprocess, a
+made-up image tree, and a run cut by a simulated signal then resumed.
 
 The archive is found through the environment variable ZOO_CIFAR10, else at
 ``<repo>/../shared/data/cifar10-jpeg.tar.gz``; tests that need it skip, saying so, when it is absent.
@@ -6,16 +8,55 @@ The archive is found through the environment variable ZOO_CIFAR10, else at
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+TIMING = ("epoch_seconds", "images_per_second")  # metrics columns that differ run to run
 if str(REPO) not in sys.path:  # lets tests import train.py
     sys.path.insert(0, str(REPO))
+
+# Bad config values and the start of the one-line error each gets (with model=resnet8).
+BAD_VALUES = [
+    ("drop_path_rate=1.5", "drop_path_rate must be in [0, 1], got 1.5"),
+    ("drop_path_rate=-0.1", "drop_path_rate must be in [0, 1], got -0.1"),
+    ("drop_path_rate=abc", "drop_path_rate must be a number, got 'abc'"),
+    ("drop_path_rate=nan", "drop_path_rate must be a finite number, got nan"),
+    ("drop_path_schedule=cosine", "drop_path_schedule must be one of linear, paper, uniform, stagewise, got 'cosine'"),
+    ("drop_path_mode=fast", "drop_path_mode must be one of mask, skip, auto, got 'fast'"),
+    ("drop_path_time_schedule=warm", "drop_path_time_schedule must be one of constant, early, late, ramp, got 'warm'"),
+    ("drop_path_time_early_mode=cubic", "drop_path_time_early_mode must be one of constant, linear, got 'cubic'"),
+    ("drop_path_time_cutoff=-1", "drop_path_time_cutoff must be >= 0 epochs, got -1"),
+    ("model.name=resnt20", "model.name: unknown model 'resnt20'; did you mean resnet20"),
+    ("epochs=0", "epochs must be an integer >= 1, got 0"),
+    ("epochs=abc", "epochs must be an integer, got 'abc'"),
+    ("batch_size=0", "batch_size must be an integer >= 1, got 0"),
+    ("batch_size=1.5", "batch_size must be an integer, got 1.5"),
+    ("lr=0", "lr must be > 0, got 0"),
+    ("lr=-0.1", "lr must be > 0, got -0.1"),
+    ("lr=inf", "lr must be a finite number, got inf"),
+    ("weight_decay=-1", "weight_decay must be >= 0, got -1"),
+    ("label_smoothing=1", "label_smoothing must be in [0, 1), got 1.0"),
+    ("seed=-1", "seed must be an integer >= 0, got -1"),
+    ("device=gpu", "device must be one of auto, cpu, cuda, got 'gpu'"),
+    ("data.subset=-5", "data.subset must be an integer >= 0, got -5"),
+    ("drop_path_skip_draw=exact", "drop_path_skip_draw must be one of auto, bernoulli, fixed, got 'exact'"),
+    ("lr=abc", "lr must be a number, got 'abc'"),
+    ("optim.name=lamb", "optim.name must be one of sgd, adamw, got 'lamb'"),
+    ("data.augment=maybe", "data.augment must be one of True, False, got 'maybe'"),
+    ("data.augment=null", "data.augment must be one of True, False, got None"),
+    ("mixup_alpha=-1", "mixup_alpha must be >= 0, got -1"),
+    ("ema_decay=1", "ema_decay must be in (0, 1), got 1.0"),
+    ("ema=sometimes", "ema must be one of True, False, got 'sometimes'"),
+]
 
 
 def find_cifar10_archive() -> Path | None:
@@ -53,6 +94,17 @@ def device(request: pytest.FixtureRequest) -> str:
     """Runs a test on the CPU, and again on CUDA where a GPU is present (skipped, saying so, elsewhere;
     ``pytest -m cuda`` runs the CUDA cases alone)."""
     return request.param
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """For tests that compile: Dynamo's caches are empty before the test and emptied after it, whether
+    it passed or not, so no compiled graph or recompile count carries over to the next test."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
 
 
 @pytest.fixture(scope="session")
@@ -107,25 +159,79 @@ def check_cli(*args: str) -> str:
     return ""
 
 
-def train_cut_and_resumed(monkeypatch: pytest.MonkeyPatch, overrides: tuple[str, ...], run_dir: Path,
-                          stop_at_read: int = 6) -> None:
-    """Trains into ``run_dir`` as if SIGTERM arrived at the loop's ``stop_at_read``-th look at its stop
-    flag (the 6th: epoch 2 after its first step, with 4 steps an epoch), then resumes it to the end."""
+def tiny(archive: Path, cache: Path, *extra: str, device: str = "cpu", amp: str | None = "false") -> tuple[str, ...]:
+    """resnet8 on 256 images, 4 steps per epoch, 2 epochs, fp32 on the CPU: seconds in process.
+    ``amp=None`` leaves the precision to the device (``auto``)."""
+    return ("model=resnet8", "data=cifar10_folder", f"data.path={archive}", f"data.cache_dir={cache}", "data.subset=256",
+            "data.test_subset=100", "epochs=2", "batch_size=64", "sched.warmup_epochs=0", f"device={device}",
+            *([f"amp={amp}"] if amp is not None else []), *extra)
+
+
+def rows(run_dir: Path) -> list[dict]:
+    """metrics.jsonl, one dict per finished epoch."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without the timing columns: what two runs of the same arithmetic share exactly."""
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows(run_dir)]
+
+
+def run_cli(*args: str, cwd: Path = REPO, module: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``python [module] train.py args`` in ``cwd``, with this checkout's zoo on the path."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, *module, str(REPO / "train.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def make_tree(root: Path, classes: tuple[str, ...] | list[str] | None = None, train: int = 2, test: int = 2) -> Path:
+    """A CIFAR-like image-folder tree at ``root`` (``train`` and ``test`` images per class); pixel
+    (0, 0) encodes (class, index) so order can be checked; a README beside the splits is ignored."""
+    from PIL import Image
+
+    from zoo.train.data import CLASSES
+
+    for split, n in (("train", train), ("test", test)):
+        for c, cls in enumerate(CLASSES if classes is None else classes):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((32, 32, 3), 10 * c + i, np.uint8)).save(root / split / cls / f"{i:04d}.png")
+    (root / "README.md").write_text("not an image, outside the class folders: ignored")
+    return root
+
+
+def stop_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Makes the loop act as if SIGTERM arrived at its ``n``-th look at its stop flag (with 4 steps an
+    epoch, the 6th is epoch 2 after its first step). The count lives on the instance, so nothing is
+    left behind for the next test."""
     from zoo.train import loop
 
     class StopAfter(loop.StopOnSignal):
-        reads = 0
+        def __init__(self) -> None:
+            super().__init__()
+            self.reads = 0
 
         @property
         def requested(self) -> bool:
-            StopAfter.reads += 1
-            if StopAfter.reads >= stop_at_read:
+            self.reads += 1
+            if self.reads >= n:
                 self.signum = 15
             return self.signum is not None
 
+    monkeypatch.setattr(loop, "StopOnSignal", StopAfter)
+
+
+def train_cut_and_resumed(monkeypatch: pytest.MonkeyPatch, overrides: tuple[str, ...], run_dir: Path,
+                          stop_at_read: int = 6) -> BaseException:
+    """Trains into ``run_dir`` as if SIGTERM arrived at the loop's ``stop_at_read``-th look at its stop
+    flag (the 6th: epoch 2 after its first step, with 4 steps an epoch), then resumes it to the end.
+    Returns the interruption the first part raised."""
+    from zoo.train import loop
+
     with monkeypatch.context() as patch:
-        patch.setattr(loop, "StopOnSignal", StopAfter)
-        with pytest.raises(loop.TrainingInterrupted):
+        stop_after(patch, stop_at_read)
+        with pytest.raises(loop.TrainingInterrupted) as info:
             loop.train(compose_train(*overrides), run_dir)
     resume = f"resume={run_dir}"
     loop.train(compose_train(*overrides, resume), run_dir.parent / f"{run_dir.name}-ignored", overrides=(resume,))
+    return info.value

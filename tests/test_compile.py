@@ -36,19 +36,22 @@ def tiny_models() -> dict[str, callable]:
 TINY = tiny_models()
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")  # every test here compiles
 
 
-def forward_backward(model: nn.Module, x: Tensor, seed: int) -> tuple[Tensor, list[Tensor]]:
+def forward_backward(model: nn.Module, x: Tensor, seed: int) -> tuple[Tensor, dict[str, Tensor]]:
+    """The output and every gradient by parameter name (a compiled model's names lose ``_orig_mod.``)."""
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
     out = model(x)
     out.square().mean().backward()
-    return out.detach(), [p.grad for p in model.parameters() if p.grad is not None]
+    return out.detach(), {n.removeprefix("_orig_mod."): p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same_gradients(grads: dict[str, Tensor], ref: dict[str, Tensor]) -> None:
+    assert grads.keys() == ref.keys(), sorted(grads.keys() ^ ref.keys())
+    for name in ref:
+        torch.testing.assert_close(grads[name], ref[name], rtol=1e-3, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -65,8 +68,7 @@ def test_every_model_compiles_to_one_graph_in_every_mode(name, mode):
         out, grads = forward_backward(compiled, x, seed)
         ref, ref_grads = forward_backward(model, x, seed)
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
-        for g, r in zip(grads, ref_grads):
-            torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-4)
+        assert_same_gradients(grads, ref_grads)
     assert counter.frame_count == 1
 
 
@@ -80,9 +82,10 @@ def test_bernoulli_skip_compiles_with_a_graph_break():
         torch.compile(model, backend="aot_eager", fullgraph=True)(x)
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="aot_eager")
-    out, _ = forward_backward(compiled, x, 3)
-    ref, _ = forward_backward(model, x, 3)
+    out, grads = forward_backward(compiled, x, 3)
+    ref, ref_grads = forward_backward(model, x, 3)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    assert_same_gradients(grads, ref_grads)
 
 
 @pytest.mark.parametrize("form", ["mask", "fused", "skip"])

@@ -11,25 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import make_tree
 from zoo.train import data as zdata
 from zoo.train.batches import augment_params, crop_flip, normalize
 from zoo.train.data import CLASSES, balanced_subset, load_cifar10, load_image_folder
 from zoo.train.errors import ConfigError, DataError
 
-PER_CLASS = {"train": 3, "test": 2}
-
-
-def make_tree(root: Path, classes=CLASSES) -> Path:
-    """A tiny CIFAR-like image-folder tree; pixel (0, 0) encodes (class, index) so order can be checked."""
-    for split, n in PER_CLASS.items():
-        for c, cls in enumerate(classes):
-            d = root / "cifar" / split / cls
-            d.mkdir(parents=True)
-            for i in range(n):
-                arr = np.full((32, 32, 3), 10 * c + i, dtype=np.uint8)
-                Image.fromarray(arr).save(d / f"{i:04d}.png")
-    (root / "cifar" / "README.md").write_text("not an image, outside the class folders: ignored")
-    return root / "cifar"
+def cifar_tree(root: Path, classes=None) -> Path:
+    """``make_tree`` one folder down (``root/cifar/train/...``), 3 train and 2 test images per class."""
+    return make_tree(root / "cifar", classes, train=3, test=2)
 
 
 def make_tar(tree: Path, out: Path) -> Path:
@@ -39,7 +29,7 @@ def make_tar(tree: Path, out: Path) -> Path:
 
 
 def test_tree_and_archive_decode_to_the_same_tensors(tmp_path):
-    tree = make_tree(tmp_path / "src")
+    tree = cifar_tree(tmp_path / "src")
     a = load_image_folder(tree, tmp_path / "cache")
     b = load_image_folder(make_tar(tree, tmp_path / "c.tar.gz"), tmp_path / "cache")
     for got in (a, b):
@@ -51,7 +41,7 @@ def test_tree_and_archive_decode_to_the_same_tensors(tmp_path):
 
 
 def test_second_load_reads_the_cache_and_a_changed_source_is_decoded_again(tmp_path, monkeypatch):
-    archive = make_tar(make_tree(tmp_path / "src"), tmp_path / "c.tar.gz")
+    archive = make_tar(cifar_tree(tmp_path / "src"), tmp_path / "c.tar.gz")
     first = load_image_folder(archive, tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
 
@@ -68,7 +58,7 @@ def test_second_load_reads_the_cache_and_a_changed_source_is_decoded_again(tmp_p
 
 
 def test_corrupt_cache_is_rebuilt(tmp_path):
-    archive = make_tar(make_tree(tmp_path / "src"), tmp_path / "c.tar.gz")
+    archive = make_tar(cifar_tree(tmp_path / "src"), tmp_path / "c.tar.gz")
     load_image_folder(archive, tmp_path / "cache")
     (cache,) = (tmp_path / "cache").glob("*.pt")
     cache.write_bytes(b"garbage")
@@ -88,7 +78,7 @@ def test_balanced_subset_takes_the_first_images_of_each_class():
 
 
 def test_config_subsets_apply_to_both_splits(tmp_path):
-    tree = make_tree(tmp_path / "src")
+    tree = cifar_tree(tmp_path / "src")
     cfg = {"name": "cifar10_folder", "path": str(tree), "cache_dir": str(tmp_path / "c"), "subset": 20, "test_subset": 10}
     got = load_cifar10(cfg)
     assert len(got.train) == 20 and len(got.test) == 10
@@ -116,9 +106,9 @@ def test_data_errors_name_the_problem(tmp_path, case, match):
         path = tmp_path / "empty"
         path.mkdir()
     elif case == "missing_classes":
-        path = make_tree(tmp_path / "src", [c for c in CLASSES if c not in ("dog", "truck")])
+        path = cifar_tree(tmp_path / "src", [c for c in CLASSES if c not in ("dog", "truck")])
     elif case in ("unreadable", "wrong_size"):
-        path = make_tree(tmp_path / "src")
+        path = cifar_tree(tmp_path / "src")
         if case == "unreadable":
             (path / "train" / "cat" / "0001.png").write_bytes(b"\x89PNG broken")
         else:

@@ -149,16 +149,46 @@ def test_same_signature_as_timm():
 
 
 def test_drop_in_inside_a_timm_model():
+    """Ours in place of every timm DropPath: eval is bit-equal to the unmodified timm model; in training,
+    for one seed, the timm model given the samples ours kept (applied with timm's own formula, each
+    kept branch divided by its keep probability) computes the same output."""
+    import copy
+
     timm = pytest.importorskip("timm")
-    model = timm.create_model("resnet10t", num_classes=3, drop_path_rate=0.5)
-    n = 0
-    for name, mod in list(model.named_modules()):
+    torch.manual_seed(0)
+    theirs = timm.create_model("resnet10t", num_classes=3, drop_path_rate=0.5)
+    with torch.no_grad():  # zero-initialised last BNs make every branch 0, dropped or not: give them values
+        for p in theirs.parameters():
+            if (p == 0).all():
+                p.uniform_(0.5, 1.5)
+    ours = copy.deepcopy(theirs)
+    swapped = []
+    for mod in list(ours.modules()):
         for child_name, child in list(mod.named_children()):
             if isinstance(child, timm.layers.DropPath):
                 setattr(mod, child_name, DropPath(child.drop_prob, child.scale_by_keep))
-                n += 1
-    assert n > 0
-    model.train()
-    torch.manual_seed(0)
-    out = model(torch.randn(2, 3, 32, 32))
-    assert out.shape == (2, 3) and torch.isfinite(out).all()
+                swapped.append(getattr(mod, child_name))
+    originals = [m for m in theirs.modules() if isinstance(m, timm.layers.DropPath)]
+    assert len(swapped) == len(originals) > 0 and len({m.drop_prob for m in swapped}) > 1
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ours.eval()(x), theirs.eval()(x))
+
+    kept = []  # per DropPath call, which samples ours kept (a dropped sample's output is zero)
+    for m in swapped:
+        m.register_forward_hook(lambda m, args, out: kept.append(out.flatten(1).ne(0).any(1)))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        out = ours.train()(x)
+    assert all(0 < k.sum() < 16 for k in kept), "each DropPath (rates 1/6, 1/3, 1/2) kept some samples and dropped some"
+    draws = iter(kept)
+
+    def replay(m, args, _):  # timm's drop_path with our draw: x * bernoulli(keep) / keep
+        keep_prob = 1 - m.drop_prob
+        mask = next(draws).to(args[0].dtype).view(-1, *[1] * (args[0].ndim - 1))
+        return args[0] * mask.div_(keep_prob)
+
+    for m in originals:
+        m.register_forward_hook(replay)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.train()(x), out, rtol=1e-5, atol=1e-6)

@@ -7,30 +7,17 @@ and copies nothing from the host.
 
 from __future__ import annotations
 
-import json
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from conftest import REPO, compose_train, train_cut_and_resumed
+from conftest import REPO, compose_train, metrics, tiny, train_cut_and_resumed
 from zoo.train import loop
 from zoo.train.batches import crop_flip, epoch_plan, normalize, train_batch
 from zoo.train.data import Split
 from zoo.train.precision import resolve_precision
-
-
-def tiny(archive: Path, cache: Path, device: str, *extra: str) -> tuple[str, ...]:
-    """resnet8, 256 images in 4 steps per epoch, 2 epochs."""
-    return ("model=resnet8", "data=cifar10_folder", f"data.path={archive}", f"data.cache_dir={cache}", "data.subset=256",
-            "data.test_subset=100", "epochs=2", "batch_size=64", "sched.warmup_epochs=0", f"device={device}", *extra)
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")} for r in rows]
 
 
 # --- the precision each device gets ----------------------------------------------------------------
@@ -52,7 +39,7 @@ def test_auto_precision_per_device(monkeypatch):
 
 def test_the_run_logs_and_saves_its_precision(tmp_path, cifar10_archive, cifar10_cache, caplog):
     caplog.set_level("INFO", logger="train")
-    summary = loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "cpu", "epochs=1", "data.subset=64")),
+    summary = loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64", amp=None)),
                          tmp_path)
     expected = resolve_precision("auto", "auto", torch.device("cpu"))
     assert summary["amp"] == ("bf16" if expected.amp else "off") and summary["channels_last"] is True
@@ -74,7 +61,7 @@ def test_a_run_puts_the_global_torch_flags_back(tmp_path, monkeypatch, cifar10_a
         return real_epoch(s, epoch, stop)
 
     monkeypatch.setattr(loop, "train_one_epoch", seen_epoch)
-    loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "cpu", "epochs=1", "data.subset=64",
+    loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64",
                                    "deterministic=true")), tmp_path / "run")
     assert during[0]["deterministic"] and not before["deterministic"]
     assert torch_flags() == before
@@ -85,7 +72,7 @@ def test_a_run_puts_the_global_torch_flags_back(tmp_path, monkeypatch, cifar10_a
 
     monkeypatch.setattr(loop, "load_data", failing_load)  # fails after the flags were set
     with pytest.raises(RuntimeError, match="no data today"):
-        loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "cpu", "deterministic=true")), tmp_path / "2")
+        loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "deterministic=true")), tmp_path / "2")
     assert during[-1]["deterministic"] and torch_flags() == before
 
 
@@ -151,8 +138,8 @@ def test_a_training_step_reads_nothing_back_and_the_loss_check_once(tmp_path, mo
         return meter
 
     monkeypatch.setattr(loop, "train_one_epoch", counted_epoch)
-    loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "cpu", f"drop_path_mode={mode}",
-                                   "drop_path_skip_draw=fixed", "drop_path_rate=0.5")), tmp_path)
+    loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, f"drop_path_mode={mode}",
+                                   "drop_path_skip_draw=fixed", "drop_path_rate=0.5", amp=None)), tmp_path)
     assert in_steps == []
     assert per_epoch == [["tolist"] * 4, ["tolist"] * 4]  # 4 steps per epoch, one read each
 
@@ -208,7 +195,7 @@ def test_two_processes_stop_together_when_one_is_signalled(tmp_path, cifar10_arc
     import subprocess
     import sys
 
-    overrides = tiny(cifar10_archive, cifar10_cache, "cpu", "data.subset=512", "drop_path_mode=skip",
+    overrides = tiny(cifar10_archive, cifar10_cache, "data.subset=512", "drop_path_mode=skip",
                      "drop_path_skip_draw=fixed", "drop_path_rate=0.5")
     script = tmp_path / "stop_on_rank_1.py"
     script.write_text(STOP_ON_RANK_1.format(tests=str(REPO / "tests"), overrides=overrides, run_dir=str(tmp_path / "run")))
@@ -275,8 +262,8 @@ def test_cuda_step_syncs_once_for_the_loss_check(tmp_path, monkeypatch, mode, ci
         return meter
 
     monkeypatch.setattr(loop, "train_one_epoch", watched_epoch)
-    loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "cuda", f"drop_path_mode={mode}",
-                                   "drop_path_rate=0.5")), tmp_path)
+    loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, f"drop_path_mode={mode}",
+                                   "drop_path_rate=0.5", device="cuda", amp=None)), tmp_path)
     assert warned[1] == 4, warned  # epoch 2 (cuDNN has picked its kernels): the 4 loss reads, nothing else
 
 
@@ -287,7 +274,7 @@ def test_cuda_two_epoch_run_and_resume_equality(tmp_path, monkeypatch, extra, ci
     """Two epochs on the GPU (bf16 autocast and channels_last by default), with the data on the device;
     interrupted after epoch 2's first step and resumed, it ends exactly as the uninterrupted run
     (deterministic kernels: cuDNN's autotuner may pick another algorithm in another process)."""
-    overrides = tiny(cifar10_archive, cifar10_cache, "cuda", "deterministic=true", *extra)
+    overrides = tiny(cifar10_archive, cifar10_cache, "deterministic=true", *extra, device="cuda", amp=None)
     full = loop.train(compose_train(*overrides), tmp_path / "full")
     assert full["device"] == "cuda" and full["amp"] == "bf16" and full["channels_last"] is True
 

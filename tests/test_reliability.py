@@ -15,38 +15,15 @@ import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import check_cli, compose_train
+from conftest import BAD_VALUES, REPO, check_cli, compose_train, make_tree, metrics, run_cli, tiny
 from zoo.train import loop
 from zoo.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from zoo.train.config import resumed_run_dir, validate_config
 from zoo.train.data import CLASSES
 from zoo.train.errors import CheckpointError, CompileFailed, ConfigError, DataError, TrainingDiverged
-
-REPO = Path(__file__).resolve().parents[1]
-TIMING = ("epoch_seconds", "images_per_second")
-
-
-def tiny(archive: Path, cache: Path, *extra: str) -> tuple[str, ...]:
-    """resnet8, 256 images in 4 steps per epoch, 2 epochs: a few seconds in process."""
-    return ("model=resnet8", "data=cifar10_folder", f"data.path={archive}", f"data.cache_dir={cache}", "data.subset=256",
-            "data.test_subset=100", "epochs=2", "batch_size=64", "sched.warmup_epochs=0", "device=cpu", "amp=false", *extra)
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    """metrics.jsonl without the timing columns (which differ run to run)."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
-
-
-def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
 
 
 def one_error_line(out: subprocess.CompletedProcess) -> str:
@@ -57,46 +34,10 @@ def one_error_line(out: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def make_tree(root: Path, classes=CLASSES) -> Path:
-    for split in ("train", "test"):
-        for c, cls in enumerate(classes):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(2):
-                Image.fromarray(np.full((32, 32, 3), 10 * c + i, np.uint8)).save(root / split / cls / f"{i:04d}.png")
-    return root
-
-
 # --- bad values: one ConfigError naming the key, the value and what is allowed -------------------
 
 
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        ("drop_path_rate=1.5", "drop_path_rate must be in [0, 1], got 1.5"),
-        ("drop_path_rate=-0.1", "drop_path_rate must be in [0, 1], got -0.1"),
-        ("drop_path_rate=abc", "drop_path_rate must be a number, got 'abc'"),
-        ("drop_path_rate=nan", "drop_path_rate must be a finite number, got nan"),
-        ("drop_path_schedule=cosine", "drop_path_schedule must be one of linear, paper, uniform, stagewise, got 'cosine'"),
-        ("drop_path_mode=fast", "drop_path_mode must be one of mask, skip, auto, got 'fast'"),
-        ("drop_path_time_schedule=warm", "drop_path_time_schedule must be one of constant, early, late, ramp, got 'warm'"),
-        ("drop_path_time_early_mode=cubic", "drop_path_time_early_mode must be one of constant, linear, got 'cubic'"),
-        ("drop_path_time_cutoff=-1", "drop_path_time_cutoff must be >= 0 epochs, got -1"),
-        ("model.name=resnt20", "model.name: unknown model 'resnt20'; did you mean resnet20"),
-        ("epochs=0", "epochs must be an integer >= 1, got 0"),
-        ("epochs=abc", "epochs must be an integer, got 'abc'"),
-        ("batch_size=0", "batch_size must be an integer >= 1, got 0"),
-        ("batch_size=1.5", "batch_size must be an integer, got 1.5"),
-        ("lr=0", "lr must be > 0, got 0"),
-        ("lr=-0.1", "lr must be > 0, got -0.1"),
-        ("lr=inf", "lr must be a finite number, got inf"),
-        ("weight_decay=-1", "weight_decay must be >= 0, got -1"),
-        ("label_smoothing=1", "label_smoothing must be in [0, 1), got 1.0"),
-        ("seed=-1", "seed must be an integer >= 0, got -1"),
-        ("device=gpu", "device must be one of auto, cpu, cuda, got 'gpu'"),
-        ("data.subset=-5", "data.subset must be an integer >= 0, got -5"),
-        ("drop_path_skip_draw=exact", "drop_path_skip_draw must be one of auto, bernoulli, fixed, got 'exact'"),
-    ],
-)
+@pytest.mark.parametrize("override, message", BAD_VALUES)
 def test_bad_values_name_the_key_and_what_is_allowed(override, message):
     with pytest.raises(ConfigError) as info:
         validate_config(compose_train("model=resnet8", override))
@@ -498,53 +439,58 @@ def test_a_run_removes_the_temporary_its_killed_predecessor_left(tmp_path, cifar
     assert not stale.exists() and load_checkpoint(tmp_path)["epoch"] == 1
 
 
+PAUSE_WHILE_DECODING = """
+import runpy, sys, time
+from pathlib import Path
+from zoo.train import data
+marker = Path(sys.argv[1])
+def paused(src):  # decoding has begun: say so, then wait for the signal (its handler raises here)
+    marker.write_text("decoding")
+    time.sleep(120)
+    raise SystemExit("no signal arrived while decoding")
+data.decode_image_folder = paused
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 @pytest.mark.slow
-def test_sigterm_while_decoding_says_what_stopped_and_that_nothing_was_lost(tmp_path, cifar10_archive):
-    """Decoding the archive (uncached) takes seconds: a SIGTERM then stops at once, exit 143, one line."""
+def test_sigterm_while_decoding_says_what_stopped_and_that_nothing_was_lost(tmp_path):
+    """A SIGTERM while the data set decodes stops at once, exit 143, one line, no cache file. Decoding
+    is held (a hook in the child) until the signal has arrived, so the run cannot end first."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for attempt in range(2):  # once in a full CI run the run had already ended when the signal was due
-        run_dir = tmp_path / f"run{attempt}"
-        proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "experiment=cpu_smoke", "data=cifar10_folder",
-                                 f"data.path={cifar10_archive}", f"data.cache_dir={tmp_path / f'cache{attempt}'}",
-                                 f"hydra.run.dir={run_dir}"],
-                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 120
-            log = run_dir / "train.log"
-            while not (log.exists() and "decoding" in log.read_text()):
-                assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it decoded"
-                time.sleep(0.05)
-            time.sleep(0.5)
-            ended_first = proc.poll() is not None
-            proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=120)
-        finally:
-            proc.kill()
-        if not (ended_first and attempt == 0):
-            break
-    assert not ended_first, f"the run ended before the signal was sent: {out[-1000:]}"
+    run_dir, cache, marker = tmp_path / "run", tmp_path / "cache", tmp_path / "decoding"
+    proc = subprocess.Popen([sys.executable, "-c", PAUSE_WHILE_DECODING, str(marker), str(REPO / "train.py"),
+                             "experiment=cpu_smoke", "data=cifar10_folder", f"data.path={make_tree(tmp_path / 'cifar')}",
+                             f"data.cache_dir={cache}", f"hydra.run.dir={run_dir}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it decoded"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
     assert proc.returncode == 143, err[-2000:]
     assert err.strip().splitlines()[-1] == (
         "interrupted: SIGTERM while loading the data set; nothing was lost (no checkpoint was due yet; "
         "a data cache is written whole or not at all)"
     )
-    assert not list((tmp_path / "cache").glob("*")), "no cache file, whole or partial"
+    assert f"once; cached as {cache}/" in (run_dir / "train.log").read_text()  # the dir looked at below
+    assert not (cache.exists() and list(cache.iterdir())), "no cache file, whole or partial"
 
 
-def test_a_compile_failure_is_one_line_naming_model_and_mode(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
-    import torch._dynamo
-
+def test_a_compile_failure_is_one_line_naming_model_and_mode(tmp_path, monkeypatch, fresh_dynamo, cifar10_archive,
+                                                             cifar10_cache):
     def broken_backend(gm, example_inputs):
         raise RuntimeError("the compiler met something it cannot handle\nand said so on many lines")
 
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=broken_backend))
-    torch._dynamo.reset()
-    try:
-        with pytest.raises(CompileFailed) as info:
-            loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "compile=true", "drop_path_mode=skip")), tmp_path)
-    finally:
-        torch._dynamo.reset()
+    with pytest.raises(CompileFailed) as info:
+        loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "compile=true", "drop_path_mode=skip")), tmp_path)
     message = str(info.value)
     assert message.startswith("torch.compile failed on resnet8 with drop_path_mode=skip (") and "\n" not in message
     assert message.endswith("; compile=false runs it without compiling")

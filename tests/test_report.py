@@ -4,8 +4,8 @@ sweeps, errors, the Hydra callback, and (slow) a real 2 x 2 micro sweep through 
 
 import json
 import math
-import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -200,6 +200,38 @@ def test_interval_with_few_pairs(tmp_path, sweep_dir):
     assert Paired([0, 1], [0.03, 0.02]).no_interval() is None
 
 
+def test_seeds_of_ten_and_more_sort_as_numbers(tmp_path):
+    """Seeds 2, 10 and 11 pair in numeric order (as text, 10 and 11 would come before 2)."""
+    sweep_dir = tmp_path / "sweep"
+    finals = {0.0: {2: 0.80, 10: 0.81, 11: 0.82}, 0.1: {2: 0.83, 10: 0.85, 11: 0.82}}
+    for num, (rate, seed) in enumerate((rate, seed) for rate in finals for seed in finals[rate]):
+        write_job(sweep_dir / str(num), rate, seed, accs=[finals[rate][seed] - 0.1, finals[rate][seed]])
+    sweep = load_sweep(sweep_dir)
+    base, sd = sweep.configurations
+    assert paired_difference(sd, base).seeds == [2, 10, 11]
+    assert paired_difference(sd, base).diffs == pytest.approx([0.03, 0.04, 0.0], abs=1e-12)
+    assert [p.seeds for p in paired_by_epoch(sd, base).values()] == [[2, 10, 11]] * 2
+    assert "| 2, 10, 11 |" in render_markdown(sweep)
+    shutil.rmtree(sweep_dir / "0")  # seed 2's baseline: unpaired seeds are listed in order too
+    shutil.rmtree(sweep_dir / "4")
+    assert "- `drop_path_rate=0.1`: seed(s) 2, 10 finished on one side only" in render_markdown(load_sweep(sweep_dir))
+
+
+def test_a_repeated_seed_is_one_pair_the_mean_of_its_runs(sweep_dir):
+    """Seed 0 of rate 0.1 run twice (83 and 85): one pair of 84 - 80, n stays 3, and the seeds say so."""
+    write_job(sweep_dir / "6", 0.1, 0, accs=[0.65, 0.75, 0.85])
+    sweep = load_sweep(sweep_dir)
+    base, sd = sweep.configurations
+    assert len(sd.finished) == 4
+    paired = paired_difference(sd, base)
+    assert paired.seeds == [0, 1, 2] and paired.diffs == pytest.approx([0.04, 0.02, 0.04], abs=1e-12)
+    assert paired_by_epoch(sd, base)[3.0].diffs == pytest.approx([0.04, 0.02, 0.04], abs=1e-12)
+    half = T_975_DF2 * statistics.stdev([0.04, 0.02, 0.04]) / math.sqrt(3)
+    assert paired.interval() == pytest.approx((paired.mean - half, paired.mean + half), abs=1e-12)
+    assert f"| {100 * paired.mean:+.2f} | {100 * (paired.mean - half):+.2f} to {100 * (paired.mean + half):+.2f} " \
+           "| 0 (2 vs 1 runs), 1, 2 |" in render_markdown(sweep)
+
+
 def test_unfinished_sweep(sweep_dir):
     shutil.rmtree(sweep_dir / "5")  # drop_path_rate=0.1 seed=2: not started
     shutil.rmtree(sweep_dir / "4")  # drop_path_rate=0.1 seed=1: killed after its first epoch, mid-write
@@ -387,19 +419,11 @@ def test_experiment_sweeps(experiment, rates, model):
 # ---------------------------------------------------------------- the real thing, through train.py
 
 
-def _archive() -> Path:
-    return Path(os.environ.get("ZOO_CIFAR10") or ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
-
-
 @pytest.mark.slow
-def test_micro_sweep_through_train_py(tmp_path):
-    if not (ROOT / "train.py").is_file():
-        pytest.skip("train.py is not there yet")
-    if not _archive().exists():
-        pytest.skip(f"CIFAR-10 archive not found at {_archive()} (set ZOO_CIFAR10)")
+def test_micro_sweep_through_train_py(tmp_path, cifar10_archive, cifar10_cache):
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "train.py", "-m", "experiment=cpu_smoke", "data=cifar10_folder",
-           f"data.path={_archive()}", "data.subset=500", "data.test_subset=200", "epochs=1",
+    cmd = [sys.executable, "train.py", "-m", "experiment=cpu_smoke", "data=cifar10_folder", f"data.path={cifar10_archive}",
+           f"data.cache_dir={cifar10_cache}", "data.subset=500", "data.test_subset=200", "epochs=1",
            "drop_path_rate=0,0.1", "seed=0,1", "device=cpu", f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -156,6 +156,74 @@ def test_fixed_draw_keeps_exactly_k_samples_scaled_by_b_over_k(p, device):
     assert seen == [k] * 5 if k < b else seen == [b] * 5  # k == b: no gather, the whole batch runs
 
 
+@pytest.mark.parametrize("branch", BRANCHES)
+def test_fixed_draw_gradients_match_a_mask_built_from_the_same_kept_samples(branch, device):
+    """Skip mode's fixed draw (the default on a GPU and under compile) against an independent reference:
+    ``shortcut + branch(x) * m`` with m = b / k on the samples the draw kept (read off the rows its
+    branch was given) and 0 elsewhere. Output, input gradient and parameter gradients agree."""
+    make, shape = BRANCHES[branch]
+    b, p = shape[0], 0.3
+    k = round(b * (1 - p))
+    for seed in range(3):
+        torch.manual_seed(0)
+        net = make().to(device)
+        x = torch.randn(shape, device=device).requires_grad_()
+        weights = torch.linspace(-1, 1, x.numel(), device=device).view(shape)
+        given = []
+
+        def recorded(t: Tensor) -> Tensor:
+            given.append(t.detach())
+            return net(t)
+
+        torch.manual_seed(seed)
+        out = DropPath(p, skip_draw="fixed").train().skip_add(2 * x, x, recorded)
+        (out * weights).sum().backward()
+        grads = [q.grad.clone() for q in net.parameters()]
+        (rows,) = given
+        idx = (rows.flatten(1)[:, None] == x.detach().flatten(1)[None]).all(-1).nonzero()[:, 1]
+        assert len(idx) == k == len(set(idx.tolist())), "each kept row is one distinct sample of x"
+
+        x_ref = x.detach().clone().requires_grad_()
+        net.zero_grad(set_to_none=True)
+        mask = torch.zeros(b, device=device).index_fill_(0, idx, b / k).view(-1, *[1] * (x.ndim - 1))
+        ref = 2 * x_ref + net(x_ref) * mask
+        (ref * weights).sum().backward()
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+        for got, want in zip(grads, (q.grad for q in net.parameters())):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("draw", ["fused", "bernoulli", "fixed"])
+def test_scale_by_keep_false_leaves_kept_branches_unscaled(draw):
+    """Without the 1 / keep scale, a kept sample is shortcut + branch and a dropped one the shortcut,
+    in the fused and skip forms as in the mask; for one seed the fused and Bernoulli forms keep the
+    mask's samples; functional form and module agree."""
+    x, s = torch.rand(64, 3) + 1.0, torch.randn(64, 3)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        mask = s + drop_path(x, 0.4, training=True, scale_by_keep=False)
+        dp = DropPath(0.4, scale_by_keep=False, skip_draw="bernoulli" if draw == "fused" else draw).train()
+        outs = []
+        for call in ("function", "module"):
+            torch.manual_seed(seed)
+            if draw == "fused":
+                outs.append(drop_path_add(s, x, 0.4, training=True, scale_by_keep=False) if call == "function"
+                            else dp.add(s, x))
+            else:
+                outs.append(drop_path_skip_add(s, x, lambda t: t, 0.4, training=True, scale_by_keep=False,
+                                               skip_draw=draw) if call == "function" else dp.skip_add(s, x, lambda t: t))
+        assert torch.equal(outs[0], outs[1])
+        kept = outs[0].ne(s).any(1)
+        assert 0 < kept.sum() < 64
+        torch.testing.assert_close(outs[0][kept], s[kept] + x[kept], rtol=0, atol=1e-6)
+        assert torch.equal(outs[0][~kept], s[~kept])
+        if draw == "fixed":
+            assert kept.sum() == round(64 * 0.6)
+        else:
+            torch.testing.assert_close(outs[0], mask, rtol=0, atol=1e-6)
+
+
 def test_fixed_draw_at_rate_one_keeps_nothing_and_bernoulli_batch_only():
     x = torch.randn(8, 3)
     assert torch.equal(drop_path_skip_add(x, x, lambda t: t * 5, 1.0, training=True, skip_draw="fixed"), x)
@@ -167,7 +235,7 @@ def test_fixed_draw_at_rate_one_keeps_nothing_and_bernoulli_batch_only():
         DropPath(0.5, skip_draw="exact")
 
 
-def test_auto_draw_is_fixed_on_a_gpu_and_under_compile_bernoulli_on_the_cpu(monkeypatch):
+def test_auto_draw_is_fixed_on_a_gpu_and_under_compile_bernoulli_on_the_cpu(monkeypatch, fresh_dynamo):
     assert resolve_draw("auto", "row", torch.device("cpu")) == "bernoulli"
     assert resolve_draw("auto", "row", torch.device("cuda", 0)) == "fixed"
     assert resolve_draw("auto", "batch", torch.device("cuda", 0)) == "bernoulli"
@@ -185,9 +253,7 @@ def test_auto_draw_is_fixed_on_a_gpu_and_under_compile_bernoulli_on_the_cpu(monk
     from zoo.layers import drop
 
     monkeypatch.setattr(drop, "resolve_draw", spy)
-    torch._dynamo.reset()
     torch.compile(Skip(), backend="eager", fullgraph=True)(torch.randn(8, 3))
-    torch._dynamo.reset()
     assert seen == ["fixed"]
 
 

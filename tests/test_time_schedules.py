@@ -105,8 +105,7 @@ class CountingBackend:
         return gm.forward
 
 
-def test_rate_change_does_not_recompile():
-    torch._dynamo.reset()
+def test_rate_change_does_not_recompile(fresh_dynamo):
     torch.manual_seed(0)
     model = Tiny().train()
     backend = CountingBackend()

@@ -32,7 +32,7 @@ from ..knockout import removable_blocks, remove_blocks
 from .distributed import resolve_device
 from .errors import ZooError
 from .evaluate import Loaded, OneLineParser, accuracy, load_for_eval, positive
-from .paired import CONFIDENCE, Paired
+from .paired import CONFIDENCE, Paired, seed_order
 from .sweep import Configuration, ReportError, Sweep, baseline_of, load_sweep
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ def paired_at_k(config: Configuration, baseline: Configuration, results: dict[Pa
     """Per k, the accuracy of ``config`` minus its baseline's, seed by seed."""
     mine, base = _seed_curves(config, results), _seed_curves(baseline, results)
     out: dict[int, Paired] = {}
-    for seed in sorted(mine.keys() & base.keys(), key=str):
+    for seed in sorted(mine.keys() & base.keys(), key=seed_order):
         for k in sorted(mine[seed].keys() & base[seed].keys()):
             pair = out.setdefault(k, Paired())
             pair.seeds.append(seed)

@@ -93,6 +93,22 @@ class Paired:
         return None
 
 
+def seed_order(seed: Any) -> tuple[int, float, str]:
+    """Sort key for seeds: numbers by value (2 before 10, whether read as 2 or "2"), then the rest by text."""
+    try:
+        return (0, float(seed), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(seed))
+
+
+def runs_per_seed(config: Configuration) -> dict[Any, int]:
+    """How many finished runs each seed has (more than one when a seed was run again)."""
+    counts: dict[Any, int] = {}
+    for run in config.finished:
+        counts[run.seed] = counts.get(run.seed, 0) + 1
+    return counts
+
+
 def final_acc(run: Run) -> float | None:
     return run.final_acc
 
@@ -108,7 +124,9 @@ def _final_by_seed(config: Configuration, metric: Callable[[Run], float | None] 
         value = metric(run)
         if value is not None:
             by_seed.setdefault(run.seed, []).append(value)
-    return {seed: statistics.fmean(v) for seed, v in by_seed.items()}  # repeated seeds: their mean
+    # A seed run twice is one pair, its runs' mean: repeats share the seed's initialisation and data
+    # order, so they are not independent samples and must not add to n.
+    return {seed: statistics.fmean(v) for seed, v in by_seed.items()}
 
 
 def paired_difference(config: Configuration, baseline: Configuration,
@@ -116,13 +134,13 @@ def paired_difference(config: Configuration, baseline: Configuration,
     """``metric`` of a finished run (default: final test accuracy) minus the baseline's, over the seeds
     finished on both sides (and for which both have the metric)."""
     mine, base = _final_by_seed(config, metric), _final_by_seed(baseline, metric)
-    seeds = sorted((s for s in mine if s in base), key=str)
+    seeds = sorted((s for s in mine if s in base), key=seed_order)
     return Paired(seeds, [mine[s] - base[s] for s in seeds])
 
 
 def unpaired_seeds(config: Configuration, baseline: Configuration) -> list[Any]:
     """Seeds finished on one side only, left out of ``paired_difference``."""
-    return sorted(set(_final_by_seed(config)) ^ set(_final_by_seed(baseline)), key=str)
+    return sorted(set(_final_by_seed(config)) ^ set(_final_by_seed(baseline)), key=seed_order)
 
 
 def _by_seed_and_epoch(config: Configuration, key: str) -> dict[Any, dict[float, float]]:
@@ -144,7 +162,7 @@ def paired_by_epoch(config: Configuration, baseline: Configuration, key: str = "
     """
     mine, base = _by_seed_and_epoch(config, key), _by_seed_and_epoch(baseline, key)
     by_epoch: dict[float, Paired] = {}
-    for seed in sorted(mine.keys() & base.keys(), key=str):
+    for seed in sorted(mine.keys() & base.keys(), key=seed_order):
         for epoch in sorted(mine[seed].keys() & base[seed].keys()):
             pair = by_epoch.setdefault(epoch, Paired())
             pair.seeds.append(seed)

@@ -28,7 +28,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from .paired import (CONFIDENCE, Paired, at_best_val, final_acc, paired_by_epoch, paired_difference, rate_response,
-                     t_quantile, unpaired_seeds)
+                     runs_per_seed, t_quantile, unpaired_seeds)
 from .report_plot import plot
 from .sweep import Configuration, ReportError, Run, Sweep, baseline_of, load_sweep
 
@@ -112,8 +112,13 @@ def _delta_cells(config: Configuration, sweep: Sweep, metric: Callable[[Run], fl
 
 
 def _paired_seeds(config: Configuration, sweep: Sweep) -> str:
+    """The seeds paired with the baseline, and how many runs each side had where a seed ran more than once."""
     baseline = None if config.is_baseline else baseline_of(config, sweep)
-    return ", ".join(str(s) for s in paired_difference(config, baseline).seeds) if baseline else ""
+    if baseline is None:
+        return ""
+    mine, base = runs_per_seed(config), runs_per_seed(baseline)
+    return ", ".join(f"{s} ({mine[s]} vs {base[s]} runs)" if mine[s] > 1 or base[s] > 1 else str(s)
+                     for s in paired_difference(config, baseline).seeds)
 
 
 def _row(config: Configuration, sweep: Sweep, validation: bool) -> list[str]:
@@ -266,8 +271,9 @@ def _explanation(validation: bool = False) -> list[str]:
         f"{CONFIDENCE:.0%} interval is mean Δ ± t(n-1)·sd/√n over the n seed pairs "
         f"(t = {t2:.2f} for n = 2, {t3:.2f} for n = 3: few seeds give wide intervals). There is none for one pair, "
         "nor when all differences are equal: accuracy moves in steps of one test image, so equal differences "
-        "mean the spread was not measured, not that it is zero. Epoch seconds and images/s average every epoch "
-        "but each run's first (warm-up).",
+        "mean the spread was not measured, not that it is zero. A seed run more than once on a side is one pair, "
+        "the mean of its runs (repeats of a seed are not independent samples); the paired seeds say how many "
+        "runs each side had. Epoch seconds and images/s average every epoch but each run's first (warm-up).",
         "",
         _selection_note(validation),
         "",
