@@ -16,19 +16,30 @@ from .errors import ConfigError, ZooError
 from .overrides import expand
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig) -> dict[str, Any] | None:
     """The Hydra task: train in this job's output dir and print one closing line. A user's mistake
     (:class:`ZooError`) is one line on stderr and exit 2; a signal stops at a step boundary, saved,
-    with exit 128 + the signal number."""
+    with exit 128 + the signal number. A job of a multirun is skipped, resumed or recorded as failed
+    instead (:func:`zoo.train.sweep_job.run_job`)."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        from .sweep_job import run_job
+
+        return run_job(cfg, hc.runtime.output_dir, tuple(hc.overrides.task), run_one)
+    return run_one(cfg, hc.runtime.output_dir, tuple(hc.overrides.task))
+
+
+def run_one(cfg: DictConfig, run_dir: str, overrides: tuple[str, ...]) -> dict[str, Any]:
+    """:func:`run` for one run in ``run_dir``."""
     from . import distributed as dist
     from .interrupt import TrainingInterrupted
     from .loop import train
 
-    hc = HydraConfig.get()
     try:
-        s = train(cfg, hc.runtime.output_dir, tuple(hc.overrides.task))
+        s = train(cfg, run_dir, overrides)
     except ZooError as e:
         _exit(f"error: {e}", 2)
     except TrainingInterrupted as e:
@@ -55,7 +66,15 @@ def _exit(line: str, code: int) -> NoReturn:
     for handler in logging.getLogger().handlers:  # the file handlers only: the console has the line
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
-    sys.exit(code)
+    raise RunEnded(line, code)
+
+
+class RunEnded(SystemExit):
+    """``sys.exit(code)`` that carries the run's last line, which a sweep job records (failed.json)."""
+
+    def __init__(self, line: str, code: int):
+        super().__init__(code)
+        self.line = line
 
 
 def check_argv(argv: list[str], config_dir: str | os.PathLike) -> None:
