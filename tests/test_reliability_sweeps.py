@@ -5,6 +5,7 @@ missing ones; job dir names stay within the file system's limit."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -62,14 +63,22 @@ def test_a_failing_job_is_recorded_and_returns(tmp_path, capsys):
     assert run_job(_job_cfg(), str(tmp_path), (), fails) is None
     record = json.loads((tmp_path / FAILED_NAME).read_text())
     assert record["exit_status"] == 2 and record["error"] == "error: data.path='x' is unreadable"
+    assert capsys.readouterr().err == "error: data.path='x' is unreadable\n"
 
     def crashes(cfg, run_dir, overrides):
         raise RuntimeError("out of memory\nin a kernel")
 
-    assert run_job(_job_cfg(), str(tmp_path), (), crashes) is None
+    train_log = logging.FileHandler(tmp_path / "train.log")  # as Hydra's job logging sets one up
+    logging.getLogger().addHandler(train_log)
+    try:
+        assert run_job(_job_cfg(), str(tmp_path), (), crashes) is None
+    finally:
+        logging.getLogger().removeHandler(train_log)
+        train_log.close()
     record = json.loads((tmp_path / FAILED_NAME).read_text())
     assert record["exit_status"] == 1 and record["error"].startswith("error: RuntimeError: out of memory in a kernel")
-    assert "RuntimeError" in capsys.readouterr().err
+    assert capsys.readouterr().err.count("\n") == 1  # one line on the console, the traceback in train.log
+    assert "Traceback" in (tmp_path / "train.log").read_text() and "in crashes" in (tmp_path / "train.log").read_text()
 
     def succeeds(cfg, run_dir, overrides):
         return {"final_test_acc": 0.5}

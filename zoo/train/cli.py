@@ -61,12 +61,18 @@ def run_one(cfg: DictConfig, run_dir: str, overrides: tuple[str, ...]) -> dict[s
 
 def _exit(line: str, code: int) -> NoReturn:
     """Print the run's last line on stderr, and into its log file (train.log) too, then exit."""
+    say(line)
+    raise RunEnded(line, code)
+
+
+def say(line: str, error: BaseException | None = None) -> None:
+    """``line`` on stderr and at the end of the run's log file (train.log), with ``error``'s traceback there."""
     print(line, file=sys.stderr)
-    record = logging.LogRecord("train", logging.ERROR, __file__, 0, line, None, None)
+    exc_info = (type(error), error, error.__traceback__) if error is not None else None
+    record = logging.LogRecord("train", logging.ERROR, __file__, 0, line, None, exc_info)
     for handler in logging.getLogger().handlers:  # the file handlers only: the console has the line
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
-    raise RunEnded(line, code)
 
 
 class RunEnded(SystemExit):

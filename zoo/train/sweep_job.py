@@ -12,8 +12,6 @@ still stops the whole sweep, saved; the same command with the same ``hydra.sweep
 from __future__ import annotations
 
 import json
-import logging
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,11 +19,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError
+from .cli import say
+from .errors import ConfigError, ZooError
 from .overrides import ENVIRONMENT_KEYS, flatten
 from .sweep import FAILED_NAME
 
-log = logging.getLogger("train")
 SUMMARY_NAME = "summary.json"
 CHECKPOINT_NAME = "last.pt"  # zoo._weights.CHECKPOINT_NAME, without importing torch here
 FAILED_STATUSES = (1, 2)  # exit statuses of a failed job; 128 + n is a signal, which stops the sweep
@@ -50,10 +48,12 @@ def run_job(cfg: DictConfig, run_dir: str, overrides: tuple[str, ...], run: Run)
         if e.code not in FAILED_STATUSES:
             raise
         record_failure(job, int(e.code), getattr(e, "line", f"exit status {e.code}"))
+    except ZooError as e:  # this job's dir holds another run
+        say(f"error: {e}")
+        record_failure(job, 2, f"error: {e}")
     except Exception as e:  # a bug, or out of memory: the traceback goes to train.log, the sweep goes on
         line = f"error: {type(e).__name__}: {' '.join(str(e).split())[:300]} (traceback in {job}/train.log)"
-        log.error("job failed", exc_info=e)
-        print(line, file=sys.stderr)
+        say(line, e)
         record_failure(job, 1, line)
     return None
 
