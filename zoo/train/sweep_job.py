@@ -19,13 +19,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .._weights import CHECKPOINT_NAME
 from .cli import say
+from .config import validate_config
 from .errors import ConfigError, ZooError
 from .overrides import ENVIRONMENT_KEYS, flatten
 from .sweep import FAILED_NAME
 
 SUMMARY_NAME = "summary.json"
-CHECKPOINT_NAME = "last.pt"  # zoo._weights.CHECKPOINT_NAME, without importing torch here
 FAILED_STATUSES = (1, 2)  # exit statuses of a failed job; 128 + n is a signal, which stops the sweep
 
 Run = Callable[[DictConfig, str, tuple[str, ...]], "dict[str, Any] | None"]
@@ -61,8 +62,6 @@ def run_job(cfg: DictConfig, run_dir: str, overrides: tuple[str, ...], run: Run)
 def finished(cfg: DictConfig, job: Path) -> dict[str, Any] | None:
     """The summary of the finished run in ``job``, None when there is none. A finished run of other values
     (another command into the same sweep dir) is a ConfigError: it is not this job's result."""
-    from .config import validate_config
-
     summary_file = job / SUMMARY_NAME
     if not summary_file.is_file():
         return None
