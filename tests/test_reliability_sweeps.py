@@ -247,6 +247,7 @@ def test_chaos_a_failing_job_and_a_killed_one_then_the_same_command(tmp_path, ci
     md = (sweep / "comparison.md").read_text()
     assert "5 finished. 1 job(s) failed" in md and "| `1_" in md.split("## Failed jobs")[1]
     assert "readable .tar/.tar.gz archive" in md
+    assert f"hydra.sweep.dir={sweep}" in md.split("## Reproduce")[1] and "seed=0,1,2,3,4,5" in md  # the whole sweep
     assert "error: 1 job(s) of the sweep failed" in again.stderr
 
 
