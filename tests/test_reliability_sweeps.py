@@ -154,6 +154,15 @@ def test_the_report_lists_failed_jobs_and_the_multirun_exits_1(tmp_path, capsys)
     assert end.value.code == 1 and (sweep / "comparison.md").is_file()
     err = capsys.readouterr().err
     assert "failed: job 1_seed=1: error: data.path='/d/seed1'" in err and "1 job(s) of the sweep failed" in err
+    # Every job failed: still a report, which lists them.
+    (sweep / "0_seed=0" / "summary.json").unlink()
+    (sweep / "0_seed=0" / "metrics.jsonl").unlink()
+    record_failure(sweep / "0_seed=0", 1, "error: RuntimeError: boom")
+    (sweep / "comparison.md").unlink()
+    with pytest.raises(SystemExit):
+        ReportCallback().on_multirun_end(config=OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    md = (sweep / "comparison.md").read_text()
+    assert "0 run(s) in 0 configuration(s), 0 finished. 2 job(s) failed" in md and "error: RuntimeError: boom" in md
     ok = _fake_sweep(tmp_path / "ok", failed=False)
     ReportCallback().on_multirun_end(config=OmegaConf.create({"hydra": {"sweep": {"dir": str(ok)}}}))  # no exit
 
@@ -228,7 +237,8 @@ def test_chaos_a_failing_job_and_a_killed_one_then_the_same_command(tmp_path, ci
     """Six jobs; seed 1's data is unreadable, seed 3's job is killed (SIGKILL) mid-epoch, taking the sweep
     with it. The same command again: 5 finished runs, 1 reported failure, the killed job resumed, one report."""
     sweep = tmp_path / "sweep"
-    args = _sweep_args(cifar10_archive, cifar10_cache, _data(tmp_path, cifar10_archive, 1, range(6)), sweep, "0,1,2,3,4,5")
+    data = _data(tmp_path, cifar10_archive, 1, range(6))
+    args = _sweep_args(cifar10_archive, cifar10_cache, data, sweep, "0,1,2,3,4,5")
     (tmp_path / "killer.py").write_text(KILLER.format(repo=str(REPO)))
     first = _run(tmp_path / "killer.py", args, tmp_path)
     assert first.returncode == -9, first.stderr[-3000:]

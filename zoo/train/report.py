@@ -30,7 +30,8 @@ from omegaconf import DictConfig
 from .paired import (CONFIDENCE, Paired, at_best_val, final_acc, paired_by_epoch, paired_difference, rate_response,
                      t_quantile, unpaired_seeds)
 from .report_plot import plot
-from .sweep import Configuration, ReportError, Run, Sweep, baseline_of, expected_jobs, failed_jobs, load_sweep, override_pairs
+from .sweep import (Configuration, ReportError, Run, Sweep, baseline_of, expected_jobs, failed_jobs, load_sweep,
+                     override_pairs)
 
 __all__ = ["ReportCallback", "main", "paired_by_epoch", "paired_difference", "plot", "render_markdown",
            "t_quantile", "write_report"]
@@ -176,8 +177,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _missing(sweep: Sweep) -> list[str]:
     out = [f"- not started: `{sweep.short(job)}`" for job in sweep.not_started]
-    out += [f"- job `{r.name}` (`{sweep.run_label(r)}`): no metrics yet (not started, or stopped before its first epoch)"
-            for r in sweep.no_metrics if r.failure is None]
+    out += [f"- job `{r.name}` (`{sweep.run_label(r)}`): no metrics yet (not started, or stopped before its first "
+            "epoch)" for r in sweep.no_metrics if r.failure is None]
     out += [f"- job `{r.name}` (`{sweep.run_label(r)}`): failed (see Failed jobs)" for r in sweep.failed]
     for config in sweep.configurations:
         for r in config.runs:
@@ -233,7 +234,8 @@ def reproduce_command(sweep: Sweep) -> str:
     script = f"{hydra.get('job', {}).get('name') or 'train'}.py" if hydra else "train.py"
     options = [o for o in hydra.get("overrides", {}).get("hydra", []) or [] if not o.startswith("hydra.mode=")]
     jobs = expected_jobs(sweep.multirun) if hydra else None
-    have = [tuple(sorted(override_pairs(r.overrides))) for r in sweep.runs + sweep.no_metrics if r.overrides is not None]
+    have = [tuple(sorted(override_pairs(r.overrides))) for r in sweep.runs + sweep.no_metrics
+            if r.overrides is not None]
     if jobs is not None and set(have) <= set(jobs):
         args = options + list(hydra.get("overrides", {}).get("task", []) or [])
         return " ".join(["python", script, "-m"] + [shlex.quote(a) for a in args])
@@ -314,11 +316,11 @@ def render_markdown(sweep: Sweep, plot_name: str | None = REPORT_PNG) -> str:
                  _pct(float(r.metrics[-1]["test_acc"])) if "test_acc" in r.metrics[-1] else "n/a"] for r in unfinished]
         lines += _table(["job", "overrides", "epochs done", "last test acc %"], rows)
     if sweep.failed:
-        lines += ["", "## Failed jobs", "", "Each job's dir holds failed.json and its train.log; the same sweep command "
-                  "runs them again (and skips the finished ones).", ""]
-        rows = [[f"`{r.name}`", f"`{sweep.run_label(r)}`", str(r.failure.get("exit_status", "?")),  # type: ignore[union-attr]
-                 f"{len(r.metrics)} of {r.planned_epochs}", str(r.failure.get("error", "")).replace("|", "\\|")]  # type: ignore[union-attr]
-                for r in sweep.failed]
+        lines += ["", "## Failed jobs", "", "Each job's dir holds failed.json and its train.log; the same sweep "
+                  "command runs them again (and skips the finished ones).", ""]
+        rows = [[f"`{r.name}`", f"`{sweep.run_label(r)}`", str(failure.get("exit_status", "?")),
+                 f"{len(r.metrics)} of {r.planned_epochs}", str(failure.get("error", "")).replace("|", "\\|")]
+                for r in sweep.failed if (failure := r.failure) is not None]
         lines += _table(["job", "overrides", "exit status", "epochs done", "error"], rows)
     missing = _missing(sweep)
     lines += ["", "## Missing", ""] + (missing or ["- nothing: every run finished and every configuration has its baseline"])
@@ -335,6 +337,7 @@ def render_markdown(sweep: Sweep, plot_name: str | None = REPORT_PNG) -> str:
 def write_report(sweep_dir: str | Path, with_plot: bool = True) -> list[Path]:
     """Write comparison.md (and comparison.png) into ``sweep_dir``; return the paths written."""
     sweep = load_sweep(sweep_dir)
+    with_plot = with_plot and bool(sweep.runs)  # every job failed: nothing to plot
     md = sweep.path / REPORT_MD
     md.write_text(render_markdown(sweep, REPORT_PNG if with_plot else None))
     if not with_plot:
@@ -358,7 +361,7 @@ class ReportCallback(Callback):
         failed = failed_jobs(sweep_dir)
         if failed:
             for run in failed:
-                print(f"failed: job {run.name}: {run.failure.get('error')}", file=sys.stderr)  # type: ignore[union-attr]
+                print(f"failed: job {run.name}: {(run.failure or {}).get('error')}", file=sys.stderr)
             print(f"error: {len(failed)} job(s) of the sweep failed; the others ran. Run the same command again "
                   f"(hydra.sweep.dir={sweep_dir}) to retry them; finished jobs are skipped", file=sys.stderr)
             sys.exit(1)  # SystemExit: Hydra passes it on, so the multirun's exit status says a job failed

@@ -44,7 +44,7 @@ class Run:
     metrics: list[dict[str, Any]]  # one dict per finished epoch
     summary: dict[str, Any] | None  # None until the run finished
     bad_lines: int = 0  # metrics.jsonl lines that did not parse (a run killed mid-write)
-    failure: dict[str, Any] | None = None  # failed.json: {"exit_status": 2, "error": "error: ..."}; None if it did not fail
+    failure: dict[str, Any] | None = None  # failed.json, {"exit_status": 2, "error": "error: ..."}; None: no failure
 
     @property
     def finished(self) -> bool:
@@ -208,8 +208,8 @@ def load_run(path: Path, root: Path) -> Run:
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
     name = path.relative_to(root).as_posix() if path != root else path.name
     failure = _read_failure(path / FAILED_NAME) if summary is None else None
-    return Run(path, name, [str(o) for o in overrides] if overrides is not None else None, config, metrics, summary, bad,
-               failure)
+    overrides = [str(o) for o in overrides] if overrides is not None else None
+    return Run(path, name, overrides, config, metrics, summary, bad, failure)
 
 
 def _read_failure(path: Path) -> dict[str, Any] | None:
@@ -253,7 +253,7 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ReportError(f"{str(root)!r} is not a directory; give the sweep dir of a multirun")
     all_runs = [load_run(d, root) for d in _job_dirs(root)]
     runs = [r for r in all_runs if r.metrics]
-    if not runs:
+    if not runs and not any(r.failure is not None for r in all_runs):  # failed jobs alone: a report that lists them
         what = f"{len(all_runs)} job dir(s) but none has a metrics line yet" if all_runs else "no job dirs"
         raise ReportError(f"no runs in {str(root)!r}: {what} (expected job dirs with metrics.jsonl)")
     multirun_file = next((f for f in (root / "multirun.yaml", root / ".hydra" / "multirun.yaml") if f.is_file()), None)
