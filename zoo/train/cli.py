@@ -16,19 +16,30 @@ from .errors import ConfigError, ZooError
 from .overrides import expand
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig) -> dict[str, Any] | None:
     """The Hydra task: train in this job's output dir and print one closing line. A user's mistake
     (:class:`ZooError`) is one line on stderr and exit 2; a signal stops at a step boundary, saved,
-    with exit 128 + the signal number."""
+    with exit 128 + the signal number. A job of a multirun is skipped, resumed or recorded as failed
+    instead (:func:`zoo.train.sweep_job.run_job`)."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        from .sweep_job import run_job
+
+        return run_job(cfg, hc.runtime.output_dir, tuple(hc.overrides.task), run_one)
+    return run_one(cfg, hc.runtime.output_dir, tuple(hc.overrides.task))
+
+
+def run_one(cfg: DictConfig, run_dir: str, overrides: tuple[str, ...]) -> dict[str, Any]:
+    """:func:`run` for one run in ``run_dir``."""
     from . import distributed as dist
     from .interrupt import TrainingInterrupted
     from .loop import train
 
-    hc = HydraConfig.get()
     try:
-        s = train(cfg, hc.runtime.output_dir, tuple(hc.overrides.task))
+        s = train(cfg, run_dir, overrides)
     except ZooError as e:
         _exit(f"error: {e}", 2)
     except TrainingInterrupted as e:
@@ -50,12 +61,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _exit(line: str, code: int) -> NoReturn:
     """Print the run's last line on stderr, and into its log file (train.log) too, then exit."""
+    say(line)
+    raise RunEnded(line, code)
+
+
+def say(line: str, error: BaseException | None = None) -> None:
+    """``line`` on stderr and at the end of the run's log file (train.log), with ``error``'s traceback there."""
     print(line, file=sys.stderr)
-    record = logging.LogRecord("train", logging.ERROR, __file__, 0, line, None, None)
+    exc_info = (type(error), error, error.__traceback__) if error is not None else None
+    record = logging.LogRecord("train", logging.ERROR, __file__, 0, line, None, exc_info)
     for handler in logging.getLogger().handlers:  # the file handlers only: the console has the line
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
-    sys.exit(code)
+
+
+class RunEnded(SystemExit):
+    """``sys.exit(code)`` that carries the run's last line, which a sweep job records (failed.json)."""
+
+    def __init__(self, line: str, code: int):
+        super().__init__(code)
+        self.line = line
 
 
 def check_argv(argv: list[str], config_dir: str | os.PathLike) -> None:

@@ -30,7 +30,7 @@ from .._registry import create_model, is_model, list_models, model_arguments, un
 from ..layers import DEPTH_SCHEDULES, DROP_PATH_MODES, EARLY_MODES, SKIP_DRAWS, TIME_SCHEDULES, check_drop_prob
 from .data import check_val_size
 from .errors import ConfigError
-from .overrides import ENVIRONMENT_KEYS
+from .overrides import ENVIRONMENT_KEYS, job_dir_name
 
 # Keys that existed once, and what to do instead: the command line refuses them with this advice, and
 # a resumed run drops them from the config its checkpoint saved.
@@ -298,7 +298,7 @@ def _register() -> None:
     """The schema and the model choices into Hydra's ConfigStore, and the resolvers configs/train.yaml's hydra
     node uses: a resumed run runs in its own dir (this invocation's .hydra/ files in .hydra/resume-<time>/);
     torchrun ranks above 0 create no run dir, write no log file and log only warnings (rank 0 writes every
-    file); job-dir names leave out ENVIRONMENT_KEYS."""
+    file); job-dir names leave out ENVIRONMENT_KEYS and stay short (:func:`job_dir_name`)."""
     worker = int(os.environ.get("RANK", "0")) > 0
     stamp = time.strftime("%Y%m%d-%H%M%S")
     resolvers = {
@@ -307,6 +307,7 @@ def _register() -> None:
         "zoo.log_file": lambda default: os.devnull if worker else default,
         "zoo.log_level": lambda: "WARNING" if worker else "INFO",
         "zoo.environment_keys": lambda: list(ENVIRONMENT_KEYS),
+        "zoo.job_dir": job_dir_name,
     }
     for name, resolver in resolvers.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True)

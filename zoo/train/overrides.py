@@ -3,6 +3,7 @@ keys that change nothing a run computes, flattened configs, and a sweep's jobs."
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 # Keys that say where a run reads and writes, on what and how fast it runs, and how it reports progress,
@@ -13,6 +14,23 @@ ENVIRONMENT_KEYS = (
     "resume", "device", "amp", "channels_last", "compile", "data.path", "data.cache_dir", "data.root",
     "tensorboard", "log_every_s",
 )
+
+
+# A job dir's name in bytes at most: file systems allow 255 per name; the rest is room for a suffix
+# (an archive of the dir, ``<name>.tar.gz``).
+MAX_JOB_DIR_BYTES = 200
+
+
+def job_dir_name(num: Any, overrides_name: str) -> str:
+    """A sweep job's dir name, ``<num>_<overrides>`` (``3_drop_path_rate=0.1,seed=2``); past
+    :data:`MAX_JOB_DIR_BYTES`, its head and a hash of all the overrides (they are in the job's
+    .hydra/overrides.yaml), so that two jobs never share a name and a rerun finds its job's dir again."""
+    name = f"{num}_{overrides_name}"
+    if len(name.encode()) <= MAX_JOB_DIR_BYTES:
+        return name
+    digest = hashlib.sha1(overrides_name.encode()).hexdigest()[:12]
+    head = name.encode()[: MAX_JOB_DIR_BYTES - len(digest) - 1].decode(errors="ignore")  # whole characters only
+    return f"{head}_{digest}"
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:

@@ -30,7 +30,8 @@ from omegaconf import DictConfig
 from .paired import (CONFIDENCE, Paired, at_best_val, final_acc, paired_by_epoch, paired_difference, rate_response,
                      runs_per_seed, t_quantile, unpaired_seeds)
 from .report_plot import plot
-from .sweep import Configuration, ReportError, Run, Sweep, baseline_of, load_sweep
+from .sweep import (Configuration, ReportError, Run, Sweep, baseline_of, expected_jobs, failed_jobs, load_sweep,
+                     override_pairs)
 
 __all__ = ["ReportCallback", "main", "paired_by_epoch", "paired_difference", "plot", "render_markdown",
            "t_quantile", "write_report"]
@@ -181,10 +182,12 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _missing(sweep: Sweep) -> list[str]:
     out = [f"- not started: `{sweep.short(job)}`" for job in sweep.not_started]
-    out += [f"- job `{r.name}` (`{sweep.run_label(r)}`): no metrics yet (not started, or failed before its first epoch)" for r in sweep.no_metrics]
+    out += [f"- job `{r.name}` (`{sweep.run_label(r)}`): no metrics yet (not started, or stopped before its first "
+            "epoch)" for r in sweep.no_metrics if r.failure is None]
+    out += [f"- job `{r.name}` (`{sweep.run_label(r)}`): failed (see Failed jobs)" for r in sweep.failed]
     for config in sweep.configurations:
         for r in config.runs:
-            if not r.finished:
+            if not r.finished and r.failure is None:
                 out.append(f"- job `{r.name}` (`{sweep.run_label(r)}`): no summary.json, {len(r.metrics)} of {r.planned_epochs} epochs done")
             if r.bad_lines:
                 out.append(f"- job `{r.name}`: {r.bad_lines} unreadable line(s) in metrics.jsonl (skipped)")
@@ -229,12 +232,17 @@ def _machine(sweep: Sweep) -> list[str]:
 
 
 def reproduce_command(sweep: Sweep) -> str:
-    """The command line that reruns the sweep: from multirun.yaml, else rebuilt from the job overrides."""
+    """The command line that reruns (or continues) the sweep: multirun.yaml's, the last invocation's, when
+    its jobs cover every job dir; else (the last was part of the sweep) its Hydra options with every job
+    dir's overrides, each key with all its values."""
     hydra = (sweep.multirun or {}).get("hydra", {})
-    if hydra:
-        script = f"{hydra.get('job', {}).get('name') or 'train'}.py"
-        args = [o for o in hydra.get("overrides", {}).get("hydra", []) or [] if not o.startswith("hydra.mode=")]
-        args += list(hydra.get("overrides", {}).get("task", []) or [])
+    script = f"{hydra.get('job', {}).get('name') or 'train'}.py" if hydra else "train.py"
+    options = [o for o in hydra.get("overrides", {}).get("hydra", []) or [] if not o.startswith("hydra.mode=")]
+    jobs = expected_jobs(sweep.multirun) if hydra else None
+    have = [tuple(sorted(override_pairs(r.overrides))) for r in sweep.runs + sweep.no_metrics
+            if r.overrides is not None]
+    if jobs is not None and set(have) <= set(jobs):
+        args = options + list(hydra.get("overrides", {}).get("task", []) or [])
         return " ".join(["python", script, "-m"] + [shlex.quote(a) for a in args])
     values: dict[str, list[str]] = {}
     for run in sweep.runs + sweep.no_metrics:
@@ -242,7 +250,8 @@ def reproduce_command(sweep: Sweep) -> str:
             key, _, value = item.partition("=")
             if value not in values.setdefault(key, []):
                 values[key].append(value)
-    return " ".join(["python", "train.py", "-m"] + [shlex.quote(f"{k}={','.join(v)}") for k, v in values.items()])
+    args = options + [f"{k}={','.join(v)}" for k, v in values.items()]
+    return " ".join(["python", script, "-m"] + [shlex.quote(a) for a in args])
 
 
 def _selection_note(validation: bool) -> str:
@@ -296,7 +305,8 @@ def render_markdown(sweep: Sweep, plot_name: str | None = REPORT_PNG) -> str:
         f"# Comparison: {sweep.path.name}",
         "",
         f"Sweep dir `{sweep.path}`: {len(sweep.runs)} run(s) in {len(sweep.configurations)} configuration(s), "
-        f"{n_done} finished." + (f" Shared by every job: `{common}`." if common else ""),
+        f"{n_done} finished." + (f" {len(sweep.failed)} job(s) failed (listed below)." if sweep.failed else "")
+        + (f" Shared by every job: `{common}`." if common else ""),
         "",
     ]
     validation = has_validation(sweep)
@@ -305,12 +315,19 @@ def render_markdown(sweep: Sweep, plot_name: str | None = REPORT_PNG) -> str:
     lines += _rate_response_lines(sweep, validation)
     if plot_name:
         lines += ["", f"![accuracy, train loss and paired difference per epoch]({plot_name})", "", _caption(plot_name)]
-    unfinished = [r for r in sweep.runs if not r.finished]
+    unfinished = [r for r in sweep.runs if not r.finished and r.failure is None]
     if unfinished:
         lines += ["", "## Unfinished runs", ""]
         rows = [[f"`{r.name}`", f"`{sweep.run_label(r)}`", f"{len(r.metrics)} of {r.planned_epochs}",
                  _pct(float(r.metrics[-1]["test_acc"])) if "test_acc" in r.metrics[-1] else "n/a"] for r in unfinished]
         lines += _table(["job", "overrides", "epochs done", "last test acc %"], rows)
+    if sweep.failed:
+        lines += ["", "## Failed jobs", "", "Each job's dir holds failed.json and its train.log; the same sweep "
+                  "command runs them again (and skips the finished ones).", ""]
+        rows = [[f"`{r.name}`", f"`{sweep.run_label(r)}`", str(failure.get("exit_status", "?")),
+                 f"{len(r.metrics)} of {r.planned_epochs}", str(failure.get("error", "")).replace("|", "\\|")]
+                for r in sweep.failed if (failure := r.failure) is not None]
+        lines += _table(["job", "overrides", "exit status", "epochs done", "error"], rows)
     missing = _missing(sweep)
     lines += ["", "## Missing", ""] + (missing or ["- nothing: every run finished and every configuration has its baseline"])
     lines += ["", "## Machine", ""] + _machine(sweep)
@@ -326,6 +343,7 @@ def render_markdown(sweep: Sweep, plot_name: str | None = REPORT_PNG) -> str:
 def write_report(sweep_dir: str | Path, with_plot: bool = True) -> list[Path]:
     """Write comparison.md (and comparison.png) into ``sweep_dir``; return the paths written."""
     sweep = load_sweep(sweep_dir)
+    with_plot = with_plot and bool(sweep.runs)  # every job failed: nothing to plot
     md = sweep.path / REPORT_MD
     md.write_text(render_markdown(sweep, REPORT_PNG if with_plot else None))
     if not with_plot:
@@ -336,16 +354,23 @@ def write_report(sweep_dir: str | Path, with_plot: bool = True) -> list[Path]:
 
 
 class ReportCallback(Callback):
-    """Hydra callback: writes the comparison report into the sweep dir when a multirun ends."""
+    """Hydra callback: writes the comparison report into the sweep dir when a multirun ends, then exits 1
+    when a job of the sweep failed (its failed.json, zoo.train.sweep_job), naming each."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             paths = write_report(sweep_dir)
+            log.info("comparison report: %s", ", ".join(str(p) for p in paths))
         except ReportError as err:  # the runs themselves are done; a missing report must not fail them
             log.warning("no comparison report: %s", err)
-            return
-        log.info("comparison report: %s", ", ".join(str(p) for p in paths))
+        failed = failed_jobs(sweep_dir)
+        if failed:
+            for run in failed:
+                print(f"failed: job {run.name}: {(run.failure or {}).get('error')}", file=sys.stderr)
+            print(f"error: {len(failed)} job(s) of the sweep failed; the others ran. Run the same command again "
+                  f"(hydra.sweep.dir={sweep_dir}) to retry them; finished jobs are skipped", file=sys.stderr)
+            sys.exit(1)  # SystemExit: Hydra passes it on, so the multirun's exit status says a job failed
 
 
 def main(argv: Sequence[str] | None = None) -> int:

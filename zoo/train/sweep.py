@@ -23,6 +23,7 @@ from .errors import ZooError
 from .overrides import ENVIRONMENT_KEYS, expand, flatten
 
 SEED_KEY = "seed"
+FAILED_NAME = "failed.json"  # a failed job's exit status and error line (zoo.train.sweep_job)
 RATE_KEY = "drop_path_rate"
 
 Pairs = tuple[tuple[str, str], ...]  # sorted (key, value) pairs: one configuration's identity
@@ -43,6 +44,7 @@ class Run:
     metrics: list[dict[str, Any]]  # one dict per finished epoch
     summary: dict[str, Any] | None  # None until the run finished
     bad_lines: int = 0  # metrics.jsonl lines that did not parse (a run killed mid-write)
+    failure: dict[str, Any] | None = None  # failed.json, {"exit_status": 2, "error": "error: ..."}; None: no failure
 
     @property
     def finished(self) -> bool:
@@ -125,6 +127,7 @@ class Sweep:
     no_metrics: list[Run] = field(default_factory=list)  # job dirs without a metrics line yet
     not_started: list[Pairs] = field(default_factory=list)  # jobs multirun.yaml asks for, with no dir
     multirun: dict[str, Any] | None = None  # the sweep's multirun.yaml as a plain dict
+    failed: list[Run] = field(default_factory=list)  # job dirs with a failed.json, with or without metrics
 
     def short(self, pairs: list[tuple[str, str]] | Pairs) -> str:
         """Overrides without those every job shares, as ``key=value`` words."""
@@ -204,7 +207,19 @@ def load_run(path: Path, root: Path) -> Run:
     summary_file = path / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
     name = path.relative_to(root).as_posix() if path != root else path.name
-    return Run(path, name, [str(o) for o in overrides] if overrides is not None else None, config, metrics, summary, bad)
+    failure = _read_failure(path / FAILED_NAME) if summary is None else None
+    overrides = [str(o) for o in overrides] if overrides is not None else None
+    return Run(path, name, overrides, config, metrics, summary, bad, failure)
+
+
+def _read_failure(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        record = None
+    return record if isinstance(record, dict) else {"error": f"unreadable {path.name}"}
 
 
 def _run_keys(runs: list[Run]) -> list[Pairs]:
@@ -238,7 +253,7 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ReportError(f"{str(root)!r} is not a directory; give the sweep dir of a multirun")
     all_runs = [load_run(d, root) for d in _job_dirs(root)]
     runs = [r for r in all_runs if r.metrics]
-    if not runs:
+    if not runs and not any(r.failure is not None for r in all_runs):  # failed jobs alone: a report that lists them
         what = f"{len(all_runs)} job dir(s) but none has a metrics line yet" if all_runs else "no job dirs"
         raise ReportError(f"no runs in {str(root)!r}: {what} (expected job dirs with metrics.jsonl)")
     multirun_file = next((f for f in (root / "multirun.yaml", root / ".hydra" / "multirun.yaml") if f.is_file()), None)
@@ -262,7 +277,15 @@ def load_sweep(path: str | Path) -> Sweep:
 
     have = {tuple(sorted(override_pairs(r.overrides or []))) for r in all_runs}
     not_started = [job for job in jobs or [] if job not in have]
-    return Sweep(root, runs, configurations, common, [r for r in all_runs if not r.metrics], not_started, multirun)
+    return Sweep(root, runs, configurations, common, [r for r in all_runs if not r.metrics], not_started, multirun,
+                 [r for r in all_runs if r.failure is not None])
+
+
+def failed_jobs(path: str | Path) -> list[Run]:
+    """The job dirs under ``path`` whose last attempt failed (a failed.json and no summary.json)."""
+    root = Path(path)
+    dirs = _job_dirs(root) if root.is_dir() else []
+    return [run for run in (load_run(d, root) for d in dirs if (d / FAILED_NAME).is_file()) if run.failure is not None]
 
 
 def _without_seed(overrides: list[str] | Pairs) -> list[tuple[str, str]]:
