@@ -15,6 +15,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from conftest import compose_train
 from zoo.train.paired import Paired
 from zoo.train.report import (ReportCallback, main, paired_by_epoch, paired_difference, plot, render_markdown, t_quantile,
                               write_report)
@@ -401,10 +402,7 @@ def test_callback_runs_at_the_end_of_a_real_multirun(tmp_path):
      ("early_sd", "0,0.1", "metaformer"), ("late_sd", "0,0.1", "metaformer")],
 )
 def test_experiment_sweeps(experiment, rates, model):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    cfg = compose_train(f"experiment={experiment}", hydra=True)  # through the schema, as train.py composes it
     assert dict(cfg.hydra.sweeper.params) == {"drop_path_rate": rates, "seed": "0,1,2"}
     assert cfg.model.name == model
     if experiment == "paper_resnet110":
