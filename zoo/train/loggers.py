@@ -101,8 +101,7 @@ class WandbLogger(Logger):
                  run_id: str | None):
         import wandb
 
-        self.run = wandb.init(dir=str(run_dir), config=config, id=run_id, resume="allow" if run_id else None,
-                              reinit="create_new", **options)
+        self.run = wandb.init(dir=str(run_dir), config=config, id=run_id, resume="allow" if run_id else None, **options)
         self.id = self.run.id
 
     def metrics(self, row: dict[str, Any]) -> None:
