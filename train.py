@@ -23,8 +23,8 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> None:
-    run(cfg)  # a module-level function of an importable package: launcher plugins can pickle this task
+def main(cfg: DictConfig) -> float | None:
+    return run(cfg)  # a module-level function of an importable package: launcher plugins can pickle this task
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ def test_tensorboard_gets_every_metric(tmp_path, cifar10_archive, cifar10_cache)
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "tensorboard=true")), tmp_path)
+    loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "logger=tensorboard")), tmp_path)
     events = EventAccumulator(str(tmp_path))
     events.Reload()
     accs = [e.value for e in events.Scalars("test_acc")]

@@ -110,6 +110,8 @@ def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: Sequence[s
     the run was saved take today's value: they did not exist, so the run never chose one; keys it
     saved that were removed since (``REMOVED_KEYS``) are dropped."""
     old = {k: v for k, v in state["config"].items() if k not in REMOVED_KEYS}
+    if state["config"].get("tensorboard") and not old.get("logger"):  # saved before logger= existed
+        old["logger"] = {"tensorboard": {}}
     saved = OmegaConf.merge(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), old)
     keys = [o.lstrip("+~").partition("=")[0] for o in overrides]
     for key in keys:

@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from omegaconf import DictConfig
 
@@ -16,8 +16,10 @@ from .errors import ConfigError, ZooError
 from .overrides import expand
 
 
-def run(cfg: DictConfig) -> dict[str, Any] | None:
-    """The Hydra task: train in this job's output dir and print one closing line. A user's mistake
+def run(cfg: DictConfig) -> float | None:
+    """The Hydra task: train in this job's output dir and print one closing line; returns the objective a
+    sweeper maximises (hydra/sweeper=optuna_rate): the best validation accuracy, None without a validation
+    split. A user's mistake
     (:class:`ZooError`) is one line on stderr and exit 2; a signal stops at a step boundary, saved,
     with exit 128 + the signal number. A job of a multirun is skipped, resumed or recorded as failed
     instead (:func:`zoo.train.sweep_job.run_job`)."""
@@ -32,8 +34,8 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     return run_one(cfg, hc.runtime.output_dir, tuple(hc.overrides.task))
 
 
-def run_one(cfg: DictConfig, run_dir: str, overrides: tuple[str, ...]) -> dict[str, Any]:
-    """:func:`run` for one run in ``run_dir``."""
+def run_one(cfg: DictConfig, run_dir: str, overrides: tuple[str, ...]) -> float | None:
+    """:func:`run` for one run in ``run_dir``; returns its best validation accuracy (None without a split)."""
     from . import distributed as dist
     from .interrupt import TrainingInterrupted
     from .loop import train
@@ -56,7 +58,7 @@ def run_one(cfg: DictConfig, run_dir: str, overrides: tuple[str, ...]) -> dict[s
             f"done: {s['model']} test_acc={s['final_test_acc']:.4f} {at_best}"
             f"epochs={s['epochs']} in {s['wall_seconds_last_invocation']:.1f}s ({s['device']}{world})"
         )
-    return s
+    return s.get("best_val_acc")
 
 
 def _exit(line: str, code: int) -> NoReturn:
@@ -120,11 +122,15 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
     if resuming and not multirun:
         resolve_checkpoint(resume[-1])  # one line for a mistyped path, before any dir exists
     local = not any(a.startswith("hydra/launcher=") for a in args)
+    search = next((a for a in args if a.startswith("hydra/sweeper=optuna")), None)
     try:
         for cfg in compose_configs(config_dir, jobs):  # types, keys and choices
             if resuming:  # the rest is the saved config's, checked when the run has read it
                 continue
             cfg = validate_config(cfg)
+            if search and cfg.data.val_size == 0:
+                raise ConfigError(f"{search} maximises validation accuracy: hold out training images with "
+                                  "data.val_size=<N> (a multiple of 10, e.g. 5000)")
             if local and cfg.data.name == "cifar10_folder":
                 source_path(cfg.data.path)
     except ZooError:

@@ -30,11 +30,13 @@ from .._registry import create_model, is_model, list_models, model_arguments, un
 from ..layers import DEPTH_SCHEDULES, DROP_PATH_MODES, EARLY_MODES, SKIP_DRAWS, TIME_SCHEDULES, check_drop_prob
 from .data import check_val_size
 from .errors import ConfigError
+from .loggers import check_installed
 from .overrides import ENVIRONMENT_KEYS, job_dir_name
 
 # Keys that existed once, and what to do instead: the command line refuses them with this advice, and
 # a resumed run drops them from the config its checkpoint saved.
 REMOVED_KEYS = {
+    "tensorboard": "TensorBoard is a logger now: logger=tensorboard (or a list, logger=[csv,tensorboard])",
     "retain_freed_memory": "zoo no longer changes malloc's settings; set MALLOC_MMAP_THRESHOLD_ and "
     "MALLOC_TRIM_THRESHOLD_ in the environment for the same effect",
 }
@@ -124,6 +126,39 @@ class StepConfig(SchedConfig):
     gamma: float
 
 
+@dataclass
+class CSVLoggerConfig:
+    pass
+
+
+@dataclass
+class TensorBoardLoggerConfig:
+    pass
+
+
+@dataclass
+class WandbLoggerConfig:
+    project: str
+    mode: str  # online | offline | disabled
+    entity: Optional[str]
+    name: Optional[str]
+
+    @staticmethod
+    def check(c: DictConfig) -> None:
+        modes = ("online", "offline", "disabled")
+        _need(c.mode in modes, "logger.wandb.mode", f"one of {', '.join(modes)}", c.mode)
+
+
+@dataclass
+class MLflowLoggerConfig:
+    tracking_uri: Optional[str]  # null: a SQLite store in the run dir
+    experiment_name: str
+    run_name: Optional[str]  # null: the run dir's name
+
+
+LOGGER_SCHEMAS: dict[str, type] = {"csv": CSVLoggerConfig, "tensorboard": TensorBoardLoggerConfig,
+                                   "wandb": WandbLoggerConfig, "mlflow": MLflowLoggerConfig}
+
 # The optim and sched nodes take the schema of the choice their name names.
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "optim": {"sgd": SGDConfig, "adamw": AdamWConfig},
@@ -160,8 +195,8 @@ class TrainConfig:
     compile: Union[bool, str]  # one of COMPILE_MODES
     deterministic: bool
     resume: Optional[str]
-    tensorboard: bool
     log_every_s: float
+    logger: Optional[dict[str, Any]] = None  # the logger= choices: name -> options (LOGGER_SCHEMAS)
 
     @staticmethod
     def check(c: DictConfig) -> None:
@@ -203,6 +238,11 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         _need(name in options, f"{group}.name", f"one of {', '.join(options)}", name)
         schema[group] = OmegaConf.structured(options[name])
         nodes.append((group, options[name]))
+    for name in OmegaConf.select(cfg, "logger") or {}:
+        _need(name in LOGGER_SCHEMAS, "logger", f"one of {', '.join(LOGGER_SCHEMAS)}", str(name))
+        schema.logger = schema.logger or {}  # Any in TrainConfig: each choice gets its own schema here
+        schema.logger[name] = OmegaConf.structured(LOGGER_SCHEMAS[name])
+        nodes.append((f"logger.{name}", LOGGER_SCHEMAS[name]))
     try:
         typed = OmegaConf.merge(schema, OmegaConf.to_container(cfg, enum_to_str=True))  # a plain copy: no key passes unchecked
         for path, kind in nodes:
@@ -215,6 +255,7 @@ def validate_config(cfg: DictConfig) -> DictConfig:
     except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:
         raise _explain(e) from None
     check_model(typed.model)
+    check_installed(list(typed.logger or ()))
     return OmegaConf.create(OmegaConf.to_container(typed, enum_to_str=True))
 
 

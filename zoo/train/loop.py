@@ -154,8 +154,7 @@ def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any]
         restore(s, saved)
     run.config(cfg)
     run.restart_metrics(s.history)
-    if cfg.tensorboard:
-        run.open_tensorboard()
+    run.open_loggers(cfg, s.history)
     log.info(
         "%s: %.2fM params, %d train / %d validation / %d test images, %d steps/epoch, %s x%d, %s",
         cfg.model.name, sum(p.numel() for p in net.parameters()) / 1e6, len(train_data),

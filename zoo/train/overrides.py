@@ -12,7 +12,7 @@ from typing import Any
 # compares the precision each run resolved to instead).
 ENVIRONMENT_KEYS = (
     "resume", "device", "amp", "channels_last", "compile", "data.path", "data.cache_dir", "data.root",
-    "tensorboard", "log_every_s",
+    "logger", "log_every_s",
 )
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any, Sequence
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .paired import (CONFIDENCE, Paired, at_best_val, final_acc, paired_by_epoch, paired_difference, rate_response,
                      runs_per_seed, t_quantile, unpaired_seeds)
@@ -38,6 +38,7 @@ __all__ = ["ReportCallback", "main", "paired_by_epoch", "paired_difference", "pl
 
 REPORT_MD = "comparison.md"
 REPORT_PNG = "comparison.png"
+SEARCH_RESULTS = "optimization_results.yaml"  # what hydra-optuna-sweeper writes into the sweep dir
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,26 @@ def _rate_response_lines(sweep: Sweep, validation: bool) -> list[str]:
     return (["", "## Rate response", "",
              "Each rate against rate 0, paired by seed (the table above, by rate; the plot's last panel):", ""]
             + _table(header, rows))
+
+
+def _search_lines(sweep: Sweep) -> list[str]:
+    """An Optuna search's trials by rate (hydra/sweeper=optuna_rate): what each scored on its objective,
+    the best validation accuracy, and the test accuracy at that epoch; the sweeper's best trial."""
+    results = sweep.path / SEARCH_RESULTS
+    if not results.is_file():
+        return []
+    found = OmegaConf.to_container(OmegaConf.load(results))
+    jobs = [dict(override_pairs(r.overrides or [])) for r in sweep.runs]
+    searched = sorted(k for k in set().union(*jobs) if len({job.get(k) for job in jobs}) > 1)  # what the trials varied
+    trials = sorted((r for r in sweep.runs if r.finished and "best_val_acc" in r.summary), key=lambda r: r.rate or 0.0)
+    rows = [[r.name.partition("_")[0], *(f"{r.config.get(k, float('nan')):g}" for k in searched),
+             _pct(r.summary["best_val_acc"]), _pct(r.summary["test_acc_at_best_val"])] for r in trials]
+    best = ", ".join(f"{k}={v:g}" for k, v in (found.get("best_params") or {}).items())
+    return (["", "## Search", "",
+             f"The Optuna sweeper's trials by rate; it maximised each trial's best validation accuracy and picked "
+             f"{best or 'no trial'} (best validation accuracy {_pct(found['best_value']) if 'best_value' in found else 'n/a'} %, "
+             f"{SEARCH_RESULTS}). One seed per trial: a trial's score carries its seed's noise.", ""]
+            + _table(["trial", *searched, "best val acc %", "test acc at best val %"], rows))
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -313,6 +334,7 @@ def render_markdown(sweep: Sweep, plot_name: str | None = REPORT_PNG) -> str:
     lines += _explanation(validation)
     lines += _table(_header(validation), [_row(c, sweep, validation) for c in sweep.configurations])
     lines += _rate_response_lines(sweep, validation)
+    lines += _search_lines(sweep)
     if plot_name:
         lines += ["", f"![accuracy, train loss and paired difference per epoch]({plot_name})", "", _caption(plot_name)]
     unfinished = [r for r in sweep.runs if not r.finished and r.failure is None]
@@ -356,6 +378,10 @@ def write_report(sweep_dir: str | Path, with_plot: bool = True) -> list[Path]:
 class ReportCallback(Callback):
     """Hydra callback: writes the comparison report into the sweep dir when a multirun ends, then exits 1
     when a job of the sweep failed (its failed.json, zoo.train.sweep_job), naming each."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # made before the sweeper starts, so that it can keep its state there (hydra/sweeper=optuna_rate's study)
+        Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))

@@ -1,4 +1,5 @@
-"""The files a training run leaves in its directory: config.yaml, metrics.jsonl, summary.json (rank 0 only)."""
+"""The files a training run leaves in its directory: config.yaml, metrics.jsonl, summary.json, and what its
+loggers write (rank 0 only)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from typing import IO, Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .._weights import BEST_NAME, CHECKPOINT_NAME
 from .atomic import write_atomic
 from .errors import ConfigError
+from .loggers import Logger, open_loggers
 
 LOCK_NAME = ".lock"
 _LOCKS: dict[Path, IO[str]] = {}  # run dirs this process holds: taking one again is no conflict
@@ -78,26 +81,22 @@ class RunLog:
     def __init__(self, run_dir: str | Path, enabled: bool = True):
         self.dir = Path(run_dir)
         self.enabled = enabled
-        self.tensorboard = None
+        self.loggers: list[Logger] = []
         if enabled:
             self.dir.mkdir(parents=True, exist_ok=True)
             lock_run_dir(self.dir)
 
     def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        for logger in self.loggers:
+            logger.close()
+        self.loggers = []
         if self.enabled:
             unlock_run_dir(self.dir)
 
-    def open_tensorboard(self) -> None:
-        """Write every metrics line as TensorBoard scalars too (``tensorboard --logdir <run or sweep dir>``)."""
-        if not self.enabled:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
-        self.tensorboard = SummaryWriter(str(self.dir))
+    def open_loggers(self, cfg: DictConfig, history: list[dict[str, Any]]) -> None:
+        """Start (or, resumed, continue) the trackers ``cfg.logger`` names (:mod:`zoo.train.loggers`)."""
+        if self.enabled:
+            self.loggers = open_loggers(cfg.get("logger"), self.dir, OmegaConf.to_container(cfg, resolve=True), history)
 
     def config(self, cfg: DictConfig) -> None:
         if self.enabled:
@@ -112,12 +111,13 @@ class RunLog:
         if self.enabled:
             with open(self.dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
-        if self.tensorboard is not None:
-            for key, value in row.items():
-                if key != "epoch":
-                    self.tensorboard.add_scalar(key, value, row["epoch"])
-            self.tensorboard.flush()
+        for logger in self.loggers:
+            logger.metrics(row)
 
     def summary(self, summary: dict[str, Any]) -> None:
         if self.enabled:
             write_atomic(self.dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        checkpoints = {f"{name.partition('.')[0]}_checkpoint": str((self.dir / name).resolve())
+                       for name in (CHECKPOINT_NAME, BEST_NAME) if (self.dir / name).exists()}
+        for logger in self.loggers:
+            logger.finish(summary, checkpoints)

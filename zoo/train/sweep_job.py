@@ -29,19 +29,20 @@ from .sweep import FAILED_NAME
 SUMMARY_NAME = "summary.json"
 FAILED_STATUSES = (1, 2)  # exit statuses of a failed job; 128 + n is a signal, which stops the sweep
 
-Run = Callable[[DictConfig, str, tuple[str, ...]], "dict[str, Any] | None"]
+Run = Callable[[DictConfig, str, tuple[str, ...]], "float | None"]
 
 
-def run_job(cfg: DictConfig, run_dir: str, overrides: tuple[str, ...], run: Run) -> dict[str, Any] | None:
+def run_job(cfg: DictConfig, run_dir: str, overrides: tuple[str, ...], run: Run) -> float | None:
     """``run(cfg, run_dir, overrides)`` as one job of a sweep: skipped when finished, resumed from its
-    last.pt, its failure recorded (returns None) instead of raised."""
+    last.pt, its failure recorded (returns None) instead of raised. Returns what ``run`` returns (the
+    best validation accuracy a sweeper maximises), read from summary.json for a job finished before."""
     job = Path(run_dir)
     (job / FAILED_NAME).unlink(missing_ok=True)  # this attempt's outcome replaces the last one's
     try:
         summary = finished(cfg, job)
         if summary is not None:
             print(f"done before: {job} (summary.json is there; not run again)")
-            return summary
+            return summary.get("best_val_acc")
         if (job / CHECKPOINT_NAME).is_file() and not cfg.resume:
             cfg = OmegaConf.merge(cfg, {"resume": str(job)})  # continues the interrupted run, its saved config
         return run(cfg, run_dir, overrides)

@@ -1,0 +1,130 @@
+"""logger=csv | tensorboard | wandb | mlflow, several at once: each gets the config, every epoch's metrics,
+the summary and the checkpoint paths, read back through its own backend; a resumed run continues the
+tracker's run it started."""
+
+from __future__ import annotations
+
+import csv
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from conftest import check_cli, compose_train, train_cut_and_resumed
+from zoo.train import loggers
+
+
+def tiny(archive: Path, cache: Path, *extra: str) -> tuple[str, ...]:
+    """resnet8, 256 images in 4 steps per epoch, 2 epochs, fp32."""
+    return ("model=resnet8", "data=cifar10_folder", f"data.path={archive}", f"data.cache_dir={cache}", "data.subset=256",
+            "data.test_subset=100", "epochs=2", "batch_size=64", "sched.warmup_epochs=0", "device=cpu", "amp=false", *extra)
+
+
+def wandb_records(path: Path) -> list:
+    """The protobuf records of an offline W&B run file (LevelDB's log format: 32 KiB blocks of records,
+    each a 7-byte header of checksum, length and type; a 7-byte W&B header first)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, records, chunk, pos = path.read_bytes(), [], b"", 7
+    while pos + 7 <= len(data):
+        if (pos % 32768) > 32768 - 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
+        chunk += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # full, or the last piece of a record
+            record = pb.Record()
+            record.ParseFromString(chunk)
+            records.append(record)
+            chunk = b""
+    return records
+
+
+def items(records: list, kind: str) -> list[dict]:
+    """Each W&B record of ``kind`` (history, config, summary) as a dict of its keys' values."""
+    out = []
+    for record in records:
+        node = getattr(record, kind) if record.HasField(kind) else None
+        if kind == "config" and record.HasField("run"):  # the run's first record carries its config
+            node = record.run.config
+        if node is not None:
+            pairs = node.item if kind == "history" else node.update
+            out.append({p.key or "/".join(p.nested_key): json.loads(p.value_json) for p in pairs})
+    return out
+
+
+@pytest.mark.slow
+def test_every_logger_gets_config_metrics_summary_and_checkpoints_and_a_resume_continues_its_run(
+        tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
+    for package in ("tensorboard", "wandb", "mlflow"):
+        pytest.importorskip(package)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "run"
+    overrides = tiny(cifar10_archive, cifar10_cache, "data.val_size=50", "logger=[csv,tensorboard,wandb,mlflow]")
+    train_cut_and_resumed(monkeypatch, overrides, run_dir)  # cut in epoch 2, resumed to the end
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+    with open(run_dir / "metrics.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [float(r["test_acc"]) for r in table] == pytest.approx([r["test_acc"] for r in rows])
+    assert [int(r["epoch"]) for r in table] == [1, 2] and "val_acc" in table[0]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val_acc")] == [1, 2]
+    assert [e.value for e in events.Scalars("val_acc")] == pytest.approx([r["val_acc"] for r in rows])
+
+    from mlflow import MlflowClient
+
+    ids = json.loads((run_dir / loggers.IDS_NAME).read_text())
+    client = MlflowClient(f"sqlite:///{run_dir.resolve() / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("zoo").experiment_id])  # one run, not one per start
+    assert run.info.run_id == ids["mlflow"] and run.info.status == "FINISHED"
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "test_acc"))
+    assert [step for step, _ in history] == [1, 2]
+    assert [value for _, value in history] == pytest.approx([r["test_acc"] for r in rows])
+    assert run.data.params["model.name"] == "resnet8" and run.data.params["data.val_size"] == "50"
+    assert run.data.metrics["summary.final_test_acc"] == pytest.approx(summary["final_test_acc"])
+    assert run.data.tags["last_checkpoint"] == str((run_dir / "last.pt").resolve())
+    assert run.data.tags["best_checkpoint"] == str((run_dir / "best.pt").resolve())
+    saved = json.loads(Path(client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path))).read_text())
+    assert saved == summary and list((run_dir / "mlartifacts").rglob("summary.json"))  # in the run dir, not the cwd
+
+    files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2 and {f.name for f in files} == {f"run-{ids['wandb']}.wandb"}  # two starts, one run id
+    records = [r for f in files for r in wandb_records(f)]
+    logged = {(step["_step"], step["test_acc"]) for step in items(records, "history")}
+    assert sorted(logged) == [(1, rows[0]["test_acc"]), (2, rows[1]["test_acc"])]
+    (config, *_) = items(records, "config")
+    assert config["model"] == {"name": "resnet8"} and config["data"]["val_size"] == 50
+    final = {k: v for update in items(records, "summary") for k, v in update.items()}
+    assert final["final_test_acc"] == pytest.approx(summary["final_test_acc"])
+    assert final["last_checkpoint"] == str((run_dir / "last.pt").resolve())
+
+
+@pytest.mark.parametrize("name", ["wandb", "mlflow", "tensorboard"])
+def test_a_missing_logger_package_is_one_line_naming_its_extra(name, monkeypatch):
+    real = loggers.importlib.util.find_spec
+    monkeypatch.setattr(loggers.importlib.util, "find_spec", lambda pkg, *a: None if pkg == name else real(pkg, *a))
+    assert check_cli("model=resnet8", f"logger=[csv,{name}]") == (
+        f"error: logger={name} needs the {name} package: pip install 'zoo[{name}]'")
+
+
+def test_the_old_tensorboard_key_is_refused_with_the_new_spelling():
+    assert check_cli("model=resnet8", "tensorboard=true") == (
+        "error: tensorboard was removed: TensorBoard is a logger now: logger=tensorboard "
+        "(or a list, logger=[csv,tensorboard])")
+
+
+def test_bad_logger_choices_and_options():
+    assert check_cli("model=resnet8", "logger=comet") == (
+        "error: logger=comet: there is no logger 'comet' (choices: csv, mlflow, tensorboard, wandb)")
+    assert check_cli("model=resnet8", "logger=wandb", "logger.wandb.mode=cloud") == (
+        "error: logger.wandb.mode must be one of online, offline, disabled, got 'cloud'")
+    assert compose_train("model=resnet8").logger is None
