@@ -103,18 +103,18 @@ def test_a_rerun_skips_finished_jobs_and_resumes_interrupted_ones(tmp_path):
 
     def run(cfg, run_dir, overrides):
         calls.append(cfg.resume)
-        return {"final_test_acc": 0.5}
+        return 0.5  # what the task returns: the best validation accuracy
 
     cfg = _job_cfg()
     interrupted, done = tmp_path / "1_seed=1", tmp_path / "0_seed=0"
     interrupted.mkdir()
     (interrupted / "last.pt").write_bytes(b"")
-    assert run_job(cfg, str(interrupted), ("seed=1",), run) == {"final_test_acc": 0.5}
+    assert run_job(cfg, str(interrupted), ("seed=1",), run) == 0.5
     assert calls == [str(interrupted)]  # resumed from its last.pt
     done.mkdir()
     (done / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.merge(cfg, {"resume": None, "device": "cuda"})))
-    (done / "summary.json").write_text(json.dumps({"final_test_acc": 0.25}))
-    assert run_job(cfg, str(done), ("seed=0",), run) == {"final_test_acc": 0.25}
+    (done / "summary.json").write_text(json.dumps({"final_test_acc": 0.25, "best_val_acc": 0.3}))
+    assert run_job(cfg, str(done), ("seed=0",), run) == 0.3  # the finished run's objective, for a sweeper
     assert len(calls) == 1  # not run again (device: where it ran, not what it computed)
     # A finished run of other values in the job dir (another command into this sweep dir): not this job's result.
     assert run_job(_job_cfg(lr=0.5), str(done), ("seed=0",), run) is None
