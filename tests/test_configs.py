@@ -105,8 +105,9 @@ def test_group_options_compose():
         ("optim=sgd", None),
         ("device=tpu", "device must be one of auto, cpu, cuda"),
         ("optim.name=lamb", "optim.name must be one of sgd, adamw"),
-        ("data.augment=maybe", "data.augment must be one of True, False, got 'maybe'"),
-        ("data.augment=null", "data.augment must be one of True, False, got None"),
+        ("data.augment=maybe", "data.augment must be one of crop_flip, autoaugment, randaugment, trivialaugment, "
+                               "none, got 'maybe'"),
+        ("data.augment=null", "data.augment must be one of crop_flip, .*, got None"),
     ],
 )
 def test_bad_values_are_config_errors(override, match):

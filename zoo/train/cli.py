@@ -4,12 +4,13 @@ task itself (:func:`run`), which lives here so that a launcher plugin can pickle
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
 from typing import Any, NoReturn
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import compose_configs, validate_config
 from .errors import ConfigError, ZooError
@@ -28,7 +29,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     hc = HydraConfig.get()
     try:
-        s = train(cfg, hc.runtime.output_dir, tuple(hc.overrides.task))
+        s = train(cfg, hc.runtime.output_dir, tuple(hc.overrides.task), jobs_after(hc))
     except ZooError as e:
         _exit(f"error: {e}", 2)
     except TrainingInterrupted as e:
@@ -46,6 +47,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"epochs={s['epochs']} in {s['wall_seconds_last_invocation']:.1f}s ({s['device']}{world})"
         )
     return s
+
+
+SWEEP_JOBS = "ZOO_SWEEP_JOBS"  # set by check_jobs for a sweep's jobs (a launcher's processes inherit it)
+
+
+def jobs_after(hc: Any) -> int:
+    """In a sweep, the rounds of jobs after this one (the launcher's ``n_jobs`` run at once); 0 otherwise."""
+    from hydra.types import RunMode
+
+    total = int(os.environ.get(SWEEP_JOBS, "0"))
+    if hc.mode != RunMode.MULTIRUN or not total:
+        return 0
+    parallel = OmegaConf.select(hc, "launcher.n_jobs", default=None) or 1
+    parallel = parallel if parallel > 0 else os.cpu_count() or 1  # joblib's -1: every core
+    return math.ceil(max(0, total - int(hc.job.num) - 1) / parallel)
 
 
 def _exit(line: str, code: int) -> NoReturn:
@@ -84,6 +100,8 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
         return
     multirun = len(args) < len(argv) - 1 or "hydra.mode=MULTIRUN" in args
     jobs = expand(args)
+    if multirun and jobs is not None:
+        os.environ[SWEEP_JOBS] = str(len(jobs))
     if jobs is None or len(jobs) > MAX_CHECKED_JOBS:
         return
     if not multirun and len(jobs) > 1:
@@ -102,6 +120,8 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
             cfg = validate_config(cfg)
             if local and cfg.data.name == "cifar10_folder":
                 source_path(cfg.data.path)
+            if local and cfg.init_from:
+                resolve_checkpoint(cfg.init_from, "init_from")
     except ZooError:
         raise
     except Exception:  # not a config mistake: Hydra (or the run) says what is wrong, in its own words
