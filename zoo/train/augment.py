@@ -65,8 +65,14 @@ def apply_per_image(images: Tensor, transform: v2.Transform, seeds: list[int]) -
     draws that follow do not depend on the policy)."""
     chw = images.permute(0, 3, 1, 2)
     out = torch.empty_like(chw)
-    with torch.random.fork_rng(devices=[]):
-        for i, seed in enumerate(seeds):
-            torch.default_generator.manual_seed(seed)
-            out[i] = transform(chw[i])
+    threads = torch.get_num_threads()
+    if images.device.type == "cpu":  # one image's ops are too small to split: handing them to threads costs more
+        torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            for i, seed in enumerate(seeds):
+                torch.default_generator.manual_seed(seed)
+                out[i] = transform(chw[i])
+    finally:
+        torch.set_num_threads(threads)
     return out.permute(0, 2, 3, 1)
