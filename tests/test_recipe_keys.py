@@ -189,7 +189,7 @@ def test_a_run_starts_from_another_runs_weights(tmp_path, caplog, cifar10_archiv
 
     def spy(net, source):
         fresh = real(net, source)
-        seen.update(net.state_dict())
+        seen.update({k: v.clone() for k, v in net.state_dict().items()})  # before training moves them
         return fresh
 
     with caplog.at_level(logging.INFO, logger="train"), pytest.MonkeyPatch.context() as patch:
