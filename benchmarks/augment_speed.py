@@ -6,7 +6,7 @@ or the test pass); a repeat runs every policy, the order rotating from repeat to
 median over repeats, the ratio to crop_flip the median of the per-repeat ratios. A second column times
 the augmentation alone (``train_batch`` over one epoch, no model): what the policy costs per image.
 
-    python benchmarks/augment_speed.py --data ../shared/data/cifar10-jpeg.tar.gz            # ~10 min, 2 CPU cores
+    python benchmarks/augment_speed.py --data ../shared/data/cifar10-jpeg.tar.gz   # minutes (15 short runs)
     python benchmarks/augment_speed.py --data ... --device cuda --model metaformer --images 10000
     python benchmarks/augment_speed.py --tiny --data ...                                     # seconds: correctness only
 """
@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from zoo.train import loop  # noqa: E402
 from zoo.train.augment import build_policy  # noqa: E402
 from zoo.train.batches import epoch_plan, train_batch  # noqa: E402
+from zoo.train.data import Split  # noqa: E402
 from zoo.train.distributed import resolve_device  # noqa: E402
 
 # (name in the table, data.* overrides)
@@ -70,7 +71,7 @@ def augment_rate(args: argparse.Namespace, policy: list[str]) -> float:
     data = {k.split("=")[0].removeprefix("data."): k.split("=")[1] for k in policy}
     device = resolve_device(args.device)
     images = torch.randint(0, 256, (args.images, 32, 32, 3), dtype=torch.uint8, device=device)
-    split = type("S", (), {"images": images, "labels": torch.zeros(args.images, dtype=torch.long, device=device)})
+    split = Split(images, torch.zeros(args.images, dtype=torch.long, device=device))
     transform = build_policy(data["augment"], erasing=float(data.get("random_erasing", 0)))
     plan = epoch_plan(args.images, args.batch, 0, 0, device, True, transform)
     start = time.perf_counter()

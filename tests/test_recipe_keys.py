@@ -226,3 +226,18 @@ def test_a_sweeps_jobs_after_this_one_count_rounds_of_parallel_jobs(monkeypatch)
     assert jobs_after(hc) == 4
     hc.mode = RunMode.RUN
     assert jobs_after(hc) == 0
+
+
+def test_the_augment_benchmark_times_every_policy_it_names():
+    import argparse
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("augment_speed", REPO / "benchmarks" / "augment_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(device="cpu", images=64, batch=32)
+    for policy in bench.POLICIES.values():
+        assert check_cli(*policy) == ""  # the overrides are valid keys and values
+        assert bench.augment_rate(args, policy) > 0
