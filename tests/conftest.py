@@ -51,8 +51,10 @@ BAD_VALUES = [
     ("drop_path_skip_draw=exact", "drop_path_skip_draw must be one of auto, bernoulli, fixed, got 'exact'"),
     ("lr=abc", "lr must be a number, got 'abc'"),
     ("optim.name=lamb", "optim.name must be one of sgd, adamw, got 'lamb'"),
-    ("data.augment=maybe", "data.augment must be one of True, False, got 'maybe'"),
-    ("data.augment=null", "data.augment must be one of True, False, got None"),
+    ("data.augment=maybe", "data.augment must be one of crop_flip, autoaugment, randaugment, trivialaugment, none, "
+     "got 'maybe'"),
+    ("data.augment=null", "data.augment must be one of crop_flip, autoaugment, randaugment, trivialaugment, none, "
+     "got None"),
     ("mixup_alpha=-1", "mixup_alpha must be >= 0, got -1"),
     ("ema_decay=1", "ema_decay must be in (0, 1), got 1.0"),
     ("ema=sometimes", "ema must be one of True, False, got 'sometimes'"),

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.transforms import v2
 
+from .augment import apply_per_image
 from .data import MEAN, STD, Split
 
 
@@ -37,7 +39,9 @@ class EpochPlan:
     order: Tensor  # (N,) int64: the epoch's permutation of the training images
     params: Tensor  # (3, steps * batch_size): :func:`augment_params` of every step, side by side
     batch_size: int
-    augment: bool = True  # False: the images as they are (the crops and flips are drawn all the same)
+    augment: bool = True  # False: no crop and flip (they are drawn all the same)
+    policy: v2.Transform | None = None  # per-image policy / erasing after the crop and flip (zoo.train.augment)
+    seeds: Tensor | None = None  # (steps * batch_size,) int64 on the CPU: each image's seed for ``policy``
 
     @property
     def steps(self) -> int:
@@ -45,15 +49,21 @@ class EpochPlan:
 
 
 def epoch_plan(
-    n: int, batch_size: int, seed: int, epoch: int, device: torch.device | str = "cpu", augment: bool = True
+    n: int, batch_size: int, seed: int, epoch: int, device: torch.device | str = "cpu", augment: bool = True,
+    policy: v2.Transform | None = None,
 ) -> EpochPlan:
     """The plan of ``epoch``: its permutation of ``n`` images (full batches only, at least one) and each
-    step's augmentation, drawn from (seed, epoch) and (seed, epoch, step) on the CPU."""
+    step's augmentation, drawn from (seed, epoch) and (seed, epoch, step) on the CPU (with a ``policy``,
+    one seed per image too, from (seed, epoch, step))."""
     order = torch.randperm(n, generator=generator(seed, "perm", epoch))
     steps = max(1, n // batch_size)
     sizes = [len(order[step * batch_size : (step + 1) * batch_size]) for step in range(steps)]
     params = torch.cat([augment_params(k, generator(seed, "aug", epoch, step)) for step, k in enumerate(sizes)], dim=1)
-    return EpochPlan(to_device(order, device), to_device(params, device), batch_size, augment)
+    seeds = None
+    if policy is not None:
+        seeds = torch.cat([torch.randint(1 << 62, (k,), generator=generator(seed, "policy", epoch, step))
+                           for step, k in enumerate(sizes)])
+    return EpochPlan(to_device(order, device), to_device(params, device), batch_size, augment, policy, seeds)
 
 
 def to_device(t: Tensor, device: torch.device | str) -> Tensor:
@@ -70,6 +80,8 @@ def train_batch(data: Split, plan: EpochPlan, step: int, rank: int, world: int, 
     span = slice(step * plan.batch_size, (step + 1) * plan.batch_size)
     idx, params = plan.order[span][rank::world], plan.params[:, span][:, rank::world]
     images = crop_flip(data.images[idx], params) if plan.augment else data.images[idx]
+    if plan.policy is not None and plan.seeds is not None:
+        images = apply_per_image(images, plan.policy, plan.seeds[span][rank::world].tolist())
     return normalize(images, channels_last), data.labels[idx]
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .._weights import CHECKPOINT_NAME, LoadError, checkpoint_file, load_file, load_weights  # noqa: F401 (CHECKPOINT_NAME: re-exported)
+from .._weights import CHECKPOINT_NAME, LoadError, checkpoint_file, load_file, load_weights, read_checkpoint  # noqa: F401 (CHECKPOINT_NAME: re-exported)
 from .atomic import save_atomic
 from .config import REMOVED_KEYS
 from .errors import CheckpointError
@@ -65,12 +65,13 @@ def training_state(
     }
 
 
-def resolve_checkpoint(resume: str | os.PathLike) -> Path:
-    """The checkpoint file ``resume`` names: the file itself, or ``last.pt`` inside a run dir."""
+def resolve_checkpoint(resume: str | os.PathLike, key: str = "resume") -> Path:
+    """The checkpoint file ``resume`` names: the file itself, or ``last.pt`` inside a run dir (an error
+    names ``key``)."""
     try:
         return checkpoint_file(resume)
     except LoadError as e:
-        raise CheckpointError(f"resume={e}") from None
+        raise CheckpointError(f"{key}={e}") from None
 
 
 def load_checkpoint(resume: str | os.PathLike, model_name: str | None = None) -> dict[str, Any]:
@@ -138,3 +139,23 @@ def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: Sequence[s
             )
     saved.resume = cfg.resume
     return saved
+
+
+def init_weights(net: torch.nn.Module, source: str | os.PathLike) -> list[str]:
+    """Load the weights of ``source`` (a run dir's last.pt, a training checkpoint or a state dict) into a
+    new run's ``net``, as timm's ``--initial-checkpoint``; a classifier (``head.*``) of another size, or
+    none, keeps ``net``'s fresh initialisation. Returns the re-initialised keys; any other mismatch is a
+    :class:`CheckpointError` naming both models and the keys."""
+    try:
+        ckpt = read_checkpoint(source)
+    except LoadError as e:
+        raise CheckpointError(f"init_from={e}") from None
+    own = net.state_dict()
+    state = {k: v for k, v in ckpt.state_dict.items() if k in own or not k.startswith("head.")}
+    fresh = [k for k in own if k.startswith("head.") and (k not in state or state[k].shape != own[k].shape)]
+    state.update({k: own[k] for k in fresh})
+    try:
+        load_weights(net, state, f"init_from={ckpt.path}", ckpt.model_name)
+    except LoadError as e:
+        raise CheckpointError(str(e)) from None
+    return fresh

@@ -4,12 +4,14 @@ task itself (:func:`run`), which lives here so that a launcher plugin can pickle
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
-from typing import NoReturn
+from functools import partial
+from typing import Any, NoReturn
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import compose_configs, validate_config
 from .errors import ConfigError, ZooError
@@ -30,18 +32,19 @@ def run(cfg: DictConfig) -> float | None:
     if hc.mode == RunMode.MULTIRUN:
         from .sweep_job import run_job
 
-        return run_job(cfg, hc.runtime.output_dir, tuple(hc.overrides.task), run_one)
+        return run_job(cfg, hc.runtime.output_dir, tuple(hc.overrides.task), partial(run_one, jobs_after=jobs_after(hc)))
     return run_one(cfg, hc.runtime.output_dir, tuple(hc.overrides.task))
 
 
-def run_one(cfg: DictConfig, run_dir: str, overrides: tuple[str, ...]) -> float | None:
-    """:func:`run` for one run in ``run_dir``; returns its best validation accuracy (None without a split)."""
+def run_one(cfg: DictConfig, run_dir: str, overrides: tuple[str, ...], jobs_after: int = 0) -> float | None:
+    """:func:`run` for one run in ``run_dir`` (``jobs_after``: the sweep's rounds of jobs still to come, for
+    its ETA); returns its best validation accuracy (None without a split)."""
     from . import distributed as dist
     from .interrupt import TrainingInterrupted
     from .loop import train
 
     try:
-        s = train(cfg, run_dir, overrides)
+        s = train(cfg, run_dir, overrides, jobs_after)
     except ZooError as e:
         _exit(f"error: {e}", 2)
     except TrainingInterrupted as e:
@@ -59,6 +62,21 @@ def run_one(cfg: DictConfig, run_dir: str, overrides: tuple[str, ...]) -> float 
             f"epochs={s['epochs']} in {s['wall_seconds_last_invocation']:.1f}s ({s['device']}{world})"
         )
     return s.get("best_val_acc")
+
+
+SWEEP_JOBS = "ZOO_SWEEP_JOBS"  # set by check_jobs for a sweep's jobs (a launcher's processes inherit it)
+
+
+def jobs_after(hc: Any) -> int:
+    """In a sweep, the rounds of jobs after this one (the launcher's ``n_jobs`` run at once); 0 otherwise."""
+    from hydra.types import RunMode
+
+    total = int(os.environ.get(SWEEP_JOBS, "0"))
+    if hc.mode != RunMode.MULTIRUN or not total:
+        return 0
+    parallel = OmegaConf.select(hc, "launcher.n_jobs", default=None) or 1
+    parallel = parallel if parallel > 0 else os.cpu_count() or 1  # joblib's -1: every core
+    return math.ceil(max(0, total - int(hc.job.num) - 1) / parallel)
 
 
 def _exit(line: str, code: int) -> NoReturn:
@@ -111,6 +129,8 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
         return
     multirun = len(args) < len(argv) - 1 or "hydra.mode=MULTIRUN" in args
     jobs = expand(args)
+    if multirun and jobs is not None:
+        os.environ[SWEEP_JOBS] = str(len(jobs))
     if jobs is None or len(jobs) > MAX_CHECKED_JOBS:
         return
     if not multirun and len(jobs) > 1:
@@ -133,6 +153,8 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
                                   "data.val_size=<N> (a multiple of 10, e.g. 5000)")
             if local and cfg.data.name == "cifar10_folder":
                 source_path(cfg.data.path)
+            if local and cfg.init_from:
+                resolve_checkpoint(cfg.init_from, "init_from")
     except ZooError:
         raise
     except Exception:  # not a config mistake: Hydra (or the run) says what is wrong, in its own words

@@ -28,6 +28,7 @@ from torch import nn
 
 from .._registry import create_model, is_model, list_models, model_arguments, unknown_model_message
 from ..layers import DEPTH_SCHEDULES, DROP_PATH_MODES, EARLY_MODES, SKIP_DRAWS, TIME_SCHEDULES, check_drop_prob
+from .augment import check_augment
 from .data import check_val_size
 from .errors import ConfigError
 from .loggers import check_installed
@@ -64,6 +65,7 @@ TimeSchedule = _choice("TimeSchedule", TIME_SCHEDULES)
 EarlyMode = _choice("EarlyMode", EARLY_MODES)
 Device = _choice("Device", ("auto", "cpu", "cuda"))
 Dataset = _choice("Dataset", ("cifar10", "cifar10_folder"))
+ClipMode = _choice("ClipMode", ("norm", "value"))
 
 
 def _need(ok: bool, key: str, what: str, value: Any) -> None:
@@ -78,9 +80,13 @@ class DataConfig:
     path: Optional[str]
     subset: Optional[int]
     test_subset: Optional[int]
-    augment: bool
     cache_dir: Optional[str]
     val_size: int = 0  # absent from configs saved before it existed: off
+    # Any: OmegaConf 2.3 fails on a Union node inside a group; check_augment allows AUGMENTS, true, false
+    augment: Any = "crop_flip"
+    randaugment_n: int = 2  # the keys below are absent from configs saved before they existed: their defaults
+    randaugment_m: int = 9
+    random_erasing: float = 0.0
 
     @staticmethod
     def check(c: DictConfig) -> None:
@@ -89,6 +95,7 @@ class DataConfig:
         if c.path is not None and c.name != "cifar10_folder":
             raise ConfigError(f"data.path={c.path} is read from a folder data source only: add data=cifar10_folder")
         check_val_size(c.val_size, c.subset)
+        check_augment(c.augment, c.randaugment_n, c.randaugment_m, c.random_erasing)
 
 
 @dataclass
@@ -197,6 +204,11 @@ class TrainConfig:
     resume: Optional[str]
     log_every_s: float
     logger: Optional[dict[str, Any]] = None  # the logger= choices: name -> options (LOGGER_SCHEMAS)
+    # Absent from configs saved before they existed: their defaults (off).
+    clip_grad: Optional[float] = None
+    clip_mode: ClipMode = ClipMode("norm")  # type: ignore[assignment]
+    accum_steps: int = 1
+    init_from: Optional[str] = None
 
     @staticmethod
     def check(c: DictConfig) -> None:
@@ -212,6 +224,11 @@ class TrainConfig:
             _need(c[key] >= 0, key, ">= 0", c[key])
         _need(0 <= c.label_smoothing < 1, "label_smoothing", "in [0, 1)", c.label_smoothing)
         _need(0 < c.ema_decay < 1, "ema_decay", "in (0, 1)", c.ema_decay)
+        _need(c.clip_grad is None or c.clip_grad > 0, "clip_grad", "> 0 (null: no clipping)", c.clip_grad)
+        _need(c.accum_steps >= 1, "accum_steps", "an integer >= 1", c.accum_steps)
+        if c.batch_size % c.accum_steps:
+            raise ConfigError(f"accum_steps={c.accum_steps} does not divide batch_size={c.batch_size}: batch_size is "
+                              f"the global batch of one optimizer step, split into accum_steps equal micro-batches")
         for key, allowed in (("amp", AUTO_FLAGS), ("channels_last", AUTO_FLAGS), ("compile", COMPILE_MODES)):
             _need(c[key] in allowed, key, f"one of {', '.join(map(str, allowed))}", c[key])
 

@@ -26,9 +26,10 @@ from ..layers import time_factor
 from ..layers.drop import resolve_draw
 from ..models import ZooModel
 from . import distributed as dist
-from .batches import derive_seed, epoch_plan, train_batch
+from .batches import EpochPlan, derive_seed, epoch_plan, train_batch
 from .atomic import remove_stale_temporaries
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model_state, resumed_config, save_checkpoint, training_state
+from .augment import build_policy, resolve_augment
+from .checkpoint import CHECKPOINT_NAME, init_weights, load_checkpoint, load_model_state, resumed_config, save_checkpoint, training_state
 from .config import build_model, validate_config
 from .data import Split, load_cifar10
 from .errors import CompileFailed, ConfigError
@@ -76,6 +77,7 @@ class TrainState:
     mixing: Mixing | None = None  # mixup / cutmix of each batch
     stop_voted: bool = False  # with several processes: a rank asked to stop (read with a step's loss)
     val_data: Split | None = None  # data.val_size: held-out training images, what best.pt is chosen on
+    jobs_after: int = 0  # in a sweep: rounds of jobs still to run after this one (the progress's sweep eta)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -86,11 +88,13 @@ class TrainState:
         return self.run.dir / CHECKPOINT_NAME
 
 
-def train(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Run (or resume) the training ``cfg`` describes, writing into ``run_dir``; returns the summary."""
+def train(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = (), jobs_after: int = 0) -> dict[str, Any]:
+    """Run (or resume) the training ``cfg`` describes, writing into ``run_dir``; returns the summary.
+    ``jobs_after``: in a sweep, the rounds of jobs that follow this one (their time joins the progress's eta)."""
     wall_start = time.perf_counter()
     with restored_torch_flags():  # a run is a library call too: the next code runs under its own flags
         s = setup(cfg, run_dir, overrides)
+        s.jobs_after = jobs_after
         try:
             with StopOnSignal() as stop:
                 for epoch in range(s.start_epoch, s.cfg.epochs):
@@ -142,7 +146,10 @@ def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any]
         train_data, test_data, source, val_data = load_data(cfg, ctx)
     torch.manual_seed(cfg.seed)  # initialization
     fmt = torch.channels_last if precision.channels_last else torch.preserve_format
-    net = build_model(cfg).to(ctx.device, memory_format=fmt)
+    net = build_model(cfg)
+    if cfg.init_from and saved is None:  # a resumed run has its own weights
+        start_from(net, cfg.init_from)
+    net = net.to(ctx.device, memory_format=fmt)
     optimizer = build_optimizer(cfg, net)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     model, eval_model = wrap(net, cfg.compile, ctx.world, unused_parameters(cfg, ctx.device))
@@ -161,6 +168,13 @@ def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any]
         len(val_data) if val_data else 0, len(test_data), s.steps_per_epoch, ctx.device, ctx.world, precision.describe(),
     )
     return s
+
+
+def start_from(net: nn.Module, source: str) -> None:
+    """init_from: a trained run's weights as the new run's initialisation, said in the log."""
+    fresh = init_weights(net, source)
+    head = f"; the classifier ({', '.join(fresh)}) is of another size and starts fresh" if fresh else ""
+    log.info("weights from %s%s", source, head)
 
 
 def device_settings(cfg: DictConfig, device: torch.device) -> Precision:
@@ -231,9 +245,9 @@ def train_one_epoch(s: TrainState, epoch: int, stop: StopOnSignal) -> Meter:
     boundary, saved, when a signal arrived. Returns the epoch's running sums on this rank."""
     cfg, ctx, steps = s.cfg, s.ctx, s.steps_per_epoch
     first, meter = (s.start_step, s.meter) if epoch == s.start_epoch else (0, Meter())
-    plan = epoch_plan(len(s.train_data), cfg.batch_size, cfg.seed, epoch, ctx.device, cfg.data.get("augment", True))
+    plan = plan_epoch(s, epoch)
     watch = LossWatch(meter, epoch, s.ckpt_path if s.saved_any else None)
-    progress = Progress(epoch, cfg.epochs, first, steps, cfg.log_every_s, ctx.is_main)
+    progress = Progress(epoch, cfg.epochs, first, steps, cfg.log_every_s, ctx.is_main, s.jobs_after)
     start = time.perf_counter()
     try:  # the bar is closed (its line cleared) before any message about how the epoch ended
         for step in range(first, steps):
@@ -253,7 +267,7 @@ def train_one_epoch(s: TrainState, epoch: int, stop: StopOnSignal) -> Meter:
             x, target = s.mixing(x, y) if s.mixing else (x, y)
             s.lr = sched_lr(cfg, global_step, cfg.epochs * steps, steps)
             loss, correct = first_compiled_call(s, train_step, s.model, s.optimizer, s.criterion, x, y, s.lr, s.amp,
-                                                target)
+                                                target, cfg.accum_steps, cfg.clip_grad, cfg.clip_mode)
             if s.ema is not None:
                 s.ema.update_parameters(s.net)
             vote = dist.stop_vote(stop.requested, ctx.device) if ctx.world > 1 else None
@@ -266,6 +280,14 @@ def train_one_epoch(s: TrainState, epoch: int, stop: StopOnSignal) -> Meter:
         progress.close()
     meter.seconds += time.perf_counter() - start
     return meter
+
+
+def plan_epoch(s: TrainState, epoch: int) -> EpochPlan:
+    """The epoch's order and augmentation (:func:`epoch_plan`) under the config's data.augment keys."""
+    data = s.cfg.data
+    policy = build_policy(data.augment, data.randaugment_n, data.randaugment_m, data.random_erasing)
+    crop = resolve_augment(data.augment) != "none"
+    return epoch_plan(len(s.train_data), s.cfg.batch_size, s.cfg.seed, epoch, s.ctx.device, crop, policy)
 
 
 def first_compiled_call(s: TrainState, fn: Callable[..., T], *args: Any) -> T:

@@ -30,19 +30,43 @@ def train_step(
     lr: float,
     amp: bool,
     target: Tensor | None = None,
+    accum_steps: int = 1,
+    clip_grad: float | None = None,
+    clip_mode: str = "norm",
 ) -> tuple[Tensor, Tensor]:
     """One SGD/AdamW step at learning rate ``lr`` towards ``target`` (soft targets of mixup / cutmix;
-    default: the labels ``y``); returns the loss and the number correct against ``y`` (device tensors,
-    no sync)."""
+    default: the labels ``y``); returns the batch's mean loss and the number correct against ``y`` (device
+    tensors, no sync).
+
+    ``x`` is split into ``accum_steps`` micro-batches, one forward and backward each, every loss weighted
+    by its share of the batch: the summed gradients are those of the whole batch's mean loss, so the step
+    is the one a single pass over ``x`` takes, but for batch norm, whose statistics are per micro-batch.
+    Then the gradients are clipped (``clip_grad``: their global norm, or each value with ``clip_mode=value``).
+    """
     for group in optimizer.param_groups:
         group["lr"] = lr
-    with autocast(x.device, amp):
-        logits = model(x)
-        loss = criterion(logits.float(), y if target is None else target)
+    target = y if target is None else target
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total, correct = x.new_zeros((), dtype=torch.float32), y.new_zeros(())
+    pieces = list(zip(x.chunk(accum_steps), y.chunk(accum_steps), target.chunk(accum_steps)))
+    for i, (xi, yi, ti) in enumerate(pieces):
+        # DDP averages the gradients over processes once, after the last micro-batch
+        last = i == len(pieces) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(x.device, amp):
+                logits = model(xi)
+                loss = criterion(logits.float(), ti) * (len(xi) / len(x))
+            loss.backward()
+        total, correct = total + loss.detach(), correct + (logits.argmax(1) == yi).sum()
+    if clip_grad is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if clip_mode == "value":
+            nn.utils.clip_grad_value_(params, clip_grad)
+        else:
+            nn.utils.clip_grad_norm_(params, clip_grad)
     optimizer.step()
-    return loss.detach(), (logits.argmax(1) == y).sum()
+    return total, correct
 
 
 @torch.no_grad()
