@@ -135,7 +135,11 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str
 
 
 def load_checkpoint_into(model: nn.Module, path: str | os.PathLike) -> Checkpoint:
-    """Load the weights of a run dir, training checkpoint or state-dict file into ``model``; returns what was read."""
+    """Load the weights of a run dir, training checkpoint or state-dict file into ``model``; returns what was read.
+    A feature extractor (``features_only``) takes a classifier's checkpoint: the keys of the parts it does not
+    have (the head, the stages after its last ``out_indices``) are ignored, as timm ignores them."""
     ckpt = read_checkpoint(path)
-    load_weights(model, ckpt.state_dict, str(ckpt.path), ckpt.model_name)
+    pruned = getattr(model, "pruned_keys", frozenset())
+    state_dict = {k: v for k, v in ckpt.state_dict.items() if k not in pruned}
+    load_weights(model, state_dict, str(ckpt.path), ckpt.model_name)
     return ckpt
