@@ -275,16 +275,18 @@ def _decode(read, where: str) -> np.ndarray:
 
 
 def _split_class(parts: tuple[str, ...]) -> tuple[str, str, str, str] | None:
-    """(tree root, split, class, file) when ``parts`` is <root>/<split>/<class>/<file>, the split the first
-    part named train or test; None for files outside a split (READMEs) and hidden ones. A file deeper than
-    that (a nested ``train/test/...``) is a DataError."""
-    at = next((i for i, p in enumerate(parts) if p in SPLITS), None)
-    if at is None or len(parts) - at < 3 or any(p.startswith((".", "__MACOSX")) for p in parts):
+    """(tree root, split, class, file) when ``parts`` ends in <split>/<class>/<file>, else None (READMEs,
+    hidden files)."""
+    if len(parts) < 3 or parts[-3] not in SPLITS or any(p.startswith((".", "__MACOSX")) for p in parts):
         return None
-    if len(parts) - at > 3:
-        raise DataError(f"{'/'.join(parts)} is nested below {'/'.join(parts[:at + 2])}/: expected "
-                        f"{parts[at]}/<class>/<image> (a second tree inside this one?)")
-    return "/".join(parts[:at]), parts[at], parts[at + 1], parts[at + 2]
+    return "/".join(parts[:-3]), parts[-3], parts[-2], parts[-1]
+
+
+def _second_tree(src: Path, root: str, other: str, member: str) -> DataError:
+    outer, inner = sorted((root, other), key=len)
+    where = f"a second tree {inner}/ inside {outer or '.'}/" if inner.startswith(f"{outer}/" if outer else "") \
+        else f"two trees, {root or '.'}/ and {other or '.'}/"
+    return DataError(f"data.path={str(src)!r} holds {where} (at {member}): keep one train/ + test/ tree per archive")
 
 
 def _check_size(size: int, where: str) -> None:
@@ -310,8 +312,7 @@ def _iter_files(src: Path) -> Iterator[tuple[str, str, str, object, str]]:
                     continue
                 root = hit[0] if root is None else root
                 if hit[0] != root:
-                    raise DataError(f"data.path={str(src)!r} holds two trees, {root or '.'}/ and {hit[0] or '.'}/ "
-                                    f"(at {member.name}): keep one train/ + test/ tree per archive")
+                    raise _second_tree(src, root, hit[0], member.name)
                 _check_size(member.size, f"{src}:{member.name}")
                 data = tf.extractfile(member).read()
                 yield *hit[1:], (lambda d=data: d), f"{src}:{member.name}"
