@@ -229,6 +229,9 @@ def test_an_archive_with_two_trees_is_refused_with_both(tmp_path):
         tf.add(tree, arcname="b")
     with pytest.raises(DataError, match=r"holds two trees, a/ and b/ \(at b/"):
         load_image_folder(tmp_path / "two.tar", tmp_path / "cache")
+    shutil.copytree(tree, tmp_path / "src" / "copy")  # the same in a directory: src/cifar and src/copy
+    with pytest.raises(DataError, match=r"holds 2 trees \(cifar, copy\): point data.path at one of them"):
+        load_image_folder(tmp_path / "src", tmp_path / "cache")
 
 
 def test_16_bit_and_palette_images_decode_to_their_values_not_clipped(tmp_path):

@@ -346,7 +346,7 @@ def _iter_tree(root: Path) -> Iterator[tuple[str, str, str, object, str]]:
 def _tree_root(src: Path) -> Path:
     if all((src / s).is_dir() for s in SPLITS):
         return src
-    inner = [p for p in src.iterdir() if p.is_dir() and all((p / s).is_dir() for s in SPLITS)]
+    inner = sorted(p for p in src.iterdir() if p.is_dir() and all((p / s).is_dir() for s in SPLITS))
     if len(inner) == 1:
         return inner[0]
     if inner:
