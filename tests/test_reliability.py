@@ -716,3 +716,25 @@ def test_a_read_only_run_or_sweep_dir_is_one_line_before_hydra(tmp_path):
         assert one_error_line(out).startswith(f"error: hydra.run.dir={disk / 'run'}: {disk} is not writable")
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_file_the_run_cannot_write_mid_run_is_one_line(tmp_path, monkeypatch, capsys):
+    """What no check before the run can see (a run dir made read-only while it trains, a summary.json
+    that became a folder): the OSError is one line naming the file, exit 2, no traceback."""
+    from types import SimpleNamespace
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from zoo.train import cli
+
+    def train(*args):
+        raise IsADirectoryError(21, "Is a directory", str(tmp_path / "summary.json"))
+
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(
+        runtime=SimpleNamespace(output_dir=str(tmp_path)), overrides=SimpleNamespace(task=[]))))
+    monkeypatch.setattr(loop, "train", train)
+    with pytest.raises(SystemExit) as info:
+        cli.run(compose_train("model=resnet8"))
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'summary.json'}: Is a directory; a run writes only into its "
+                                       "run dir: give it a writable hydra.run.dir\n")
