@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -168,3 +169,113 @@ def test_real_archive_has_the_full_cifar10(cifar10_archive, cifar10_cache):
     assert torch.bincount(data.train.labels).tolist() == [5000] * 10
     assert torch.bincount(data.test.labels).tolist() == [1000] * 10
     assert 100 < data.train.images.float().mean() < 140  # real photos, not blank
+
+
+def test_renamed_class_folders_or_a_replaced_file_rebuild_the_cache(tmp_path, monkeypatch):
+    """The cache key lists the files: swapping two class folders' names (same count, sizes and times)
+    or rewriting a file in place with its old size and modification time decodes the source again."""
+    tree = make_tree(tmp_path / "src")
+    first = load_image_folder(tree, tmp_path / "cache")
+    for a, b in (("cat", "tmp"), ("dog", "cat"), ("tmp", "dog")):
+        (tree / "train" / a).rename(tree / "train" / b)
+    swapped = load_image_folder(tree, tmp_path / "cache")
+    cat, dog = CLASSES.index("cat"), CLASSES.index("dog")
+    assert torch.equal(swapped.train.images[swapped.train.labels == cat], first.train.images[first.train.labels == dog])
+    image = tree / "test" / "ship" / "0000.png"
+    st = image.stat()
+    replacement = tmp_path / "other.png"
+    Image.fromarray(np.full((32, 32, 3), 201, np.uint8)).save(replacement)
+    assert replacement.stat().st_size == st.st_size  # one flat colour each: the same PNG size
+    image.write_bytes(replacement.read_bytes())
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    replaced = load_image_folder(tree, tmp_path / "cache")
+    ship = CLASSES.index("ship")
+    assert replaced.test.images[replaced.test.labels == ship][0, 0, 0, 0] == 201
+
+
+@pytest.mark.parametrize("layout, match", [
+    ("eleventh", r"train/unicorn/ is not a CIFAR-10 class folder"),
+    ("nested", r"cifar/train/test/airplane is a folder, where train/test/ should hold images only"),
+])
+def test_a_tree_with_extra_folders_is_refused_with_the_path(tmp_path, layout, match):
+    """An 11th class folder or a second tree inside train/ is refused, in a directory and in an archive,
+    naming the path: never merged into the data set or silently left out."""
+    tree = make_tree(tmp_path / "src")
+    if layout == "eleventh":
+        shutil.copytree(tree / "train" / "cat", tree / "train" / "unicorn")
+    else:
+        shutil.copytree(tree / "test", tree / "train" / "test")
+    with pytest.raises(DataError, match=match):
+        load_image_folder(tree, tmp_path / "cache")
+    archive_match = match if layout == "eleventh" else r"holds a second tree cifar/train/ inside cifar/ \(at cifar/train/"
+    with pytest.raises(DataError, match=archive_match):
+        load_image_folder(make_tar(tree, tmp_path / "c.tar.gz"), tmp_path / "cache")
+
+
+def test_an_archive_with_two_trees_is_refused_with_both(tmp_path):
+    tree = make_tree(tmp_path / "src")
+    with tarfile.open(tmp_path / "two.tar", "w") as tf:
+        tf.add(tree, arcname="a")
+        tf.add(tree, arcname="b")
+    with pytest.raises(DataError, match=r"holds two trees, a/ and b/ \(at b/"):
+        load_image_folder(tmp_path / "two.tar", tmp_path / "cache")
+    shutil.copytree(tree, tmp_path / "src" / "copy")  # the same in a directory: src/cifar and src/copy
+    with pytest.raises(DataError, match=r"holds 2 trees \(cifar, copy\): point data.path at one of them"):
+        load_image_folder(tmp_path / "src", tmp_path / "cache")
+
+
+def test_16_bit_and_palette_images_decode_to_their_values_not_clipped(tmp_path):
+    tree = make_tree(tmp_path / "src")
+    grey16 = (np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 64)  # up to 65472: Pillow's RGB would clip to 255
+    Image.fromarray(grey16).save(tree / "train" / "cat" / "0000.png")
+    palette = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).quantize(16)
+    palette.save(tree / "train" / "dog" / "0000.png")
+    Image.fromarray(np.ones((32, 32), np.float32)).save(tree / "train" / "frog" / "0000.tiff")
+    with pytest.raises(DataError, match=r"train/frog/0000\.tiff has 'F' pixels"):
+        load_image_folder(tree, tmp_path / "cache")
+    (tree / "train" / "frog" / "0000.tiff").unlink()
+    data = load_image_folder(tree, tmp_path / "cache").train
+    cat = data.images[data.labels == CLASSES.index("cat")][0]
+    assert torch.equal(cat, torch.from_numpy((grey16 >> 8).astype(np.uint8))[..., None].expand(32, 32, 3))
+    dog = data.images[data.labels == CLASSES.index("dog")][0]
+    assert torch.equal(dog, torch.from_numpy(np.array(palette.convert("RGB"))))
+
+
+def test_a_member_bigger_than_an_image_can_be_is_refused_unread(tmp_path, monkeypatch):
+    """A decompression bomb: a few kB compressed, 2 MB as a member; refused from its header, before
+    a byte of it is read or decoded."""
+    tree = make_tree(tmp_path / "src")
+    (tree / "train" / "cat" / "bomb.png").write_bytes(bytes(2 << 20))
+    archive = make_tar(tree, tmp_path / "c.tar.gz")
+    assert archive.stat().st_size < 100_000
+    extracted, extract = [], tarfile.TarFile.extractfile
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda self, m: extracted.append(m.name) or extract(self, m))
+    for source in (archive, tree):
+        with pytest.raises(DataError, match=r"train/cat/bomb\.png is 2\.1 MB, more than the 1 MB a 32x32 image can take"):
+            load_image_folder(source, tmp_path / "cache")
+    assert extracted and not any("bomb" in name for name in extracted)
+
+
+def test_broken_links_unreadable_files_and_an_unwritable_cache_are_one_line(tmp_path, monkeypatch, caplog):
+    tree = make_tree(tmp_path / "src")
+    (tree / "train" / "cat" / "0009.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(DataError, match=r"train/cat/0009\.png is a broken symbolic link \(to .*gone\.png\)"):
+        load_image_folder(tree, tmp_path / "cache")
+    (tree / "train" / "cat" / "0009.png").unlink()
+    original = Path.read_bytes
+
+    def denied(self):  # what a file without read permission does (chmod cannot take it from root)
+        if self.name == "0001.png" and self.parent.name == "bird":
+            raise PermissionError(13, "Permission denied", str(self))
+        return original(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(DataError, match=r"unreadable image .*train/bird/0001\.png: PermissionError"):
+        load_image_folder(tree, tmp_path / "cache")
+    monkeypatch.undo()
+    (tmp_path / "a_file").write_text("not a dir")
+    with caplog.at_level("WARNING"):
+        data = load_image_folder(tree, tmp_path / "a_file" / "cache")
+    assert len(data.train) == 30
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith("not caching the decoded data set: cannot write "), warnings

@@ -324,3 +324,22 @@ def test_a_trained_run_loads_back_as_the_model_it_saved(tiny_run):
     again = zoo.create_model("resnet8", checkpoint_path=tiny_run).eval()
     x = torch.randn(4, 3, 32, 32)
     assert torch.equal(model(x), again(x))
+
+
+def test_a_feature_extractor_loads_a_classifier_checkpoint(tmp_path):
+    """features_only takes a classifier's weights, its head (and the stages after out_indices) ignored,
+    as timm does; weights of another model are still refused with the keys named."""
+    classifier = zoo.create_model("resnet8", num_classes=10).eval()
+    torch.save(classifier.state_dict(), tmp_path / "resnet8.pt")
+    x = torch.randn(2, 3, 32, 32)
+    features = zoo.create_model("resnet8", features_only=True, checkpoint_path=tmp_path / "resnet8.pt").eval()
+    first = zoo.create_model("resnet8", features_only=True, out_indices=(0,), checkpoint_path=tmp_path / "resnet8.pt").eval()
+    with torch.no_grad():
+        expected = classifier.forward_intermediates(x, intermediates_only=True)
+        assert all(torch.equal(a, b) for a, b in zip(features(x), expected, strict=True))
+        assert torch.equal(first(x)[0], expected[0])
+    with pytest.raises(zoo.LoadError, match=r"does not fit model resnet20: \d+ missing keys \(stages\.0\.1\."):
+        zoo.create_model("resnet20", features_only=True, checkpoint_path=tmp_path / "resnet8.pt")
+    torch.save(features.state_dict(), tmp_path / "features.pt")  # the other way round: the head is missing
+    with pytest.raises(zoo.LoadError, match=r"does not fit model resnet8: 2 missing keys \(head\.weight, head\.bias\)"):
+        zoo.create_model("resnet8", checkpoint_path=tmp_path / "features.pt")

@@ -563,3 +563,124 @@ def test_resume_with_a_mistyped_override_is_one_line(tmp_path, finished_run):
     assert check_cli(f"resume={finished_run}", "lr=abc").startswith("error: lr must be a number, got 'abc'")
     assert check_cli(f"resume={finished_run}", "drop_path_rat=0.1").startswith("error: unknown key 'drop_path_rat'")
     assert check_cli(f"resume={finished_run}", "device=cpu") == ""
+
+
+# --- the third round (issue 25): every optimizer and schedule key, drop path inputs, misspelled
+# top-level keys, run dirs that cannot be written --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (("sched.min_lr_ratio=-3",), "sched.min_lr_ratio must be in [0, 1] (a fraction of lr), got -3.0"),
+        (("optim=sgd", "optim.momentum=-5"), "optim.momentum must be in [0, 1), got -5.0"),
+        (("optim=sgd", "optim.momentum=nan"), "optim.momentum must be a finite number, got nan"),
+        (("epochs=3", "sched.warmup_epochs=4"), "sched.warmup_epochs must be <= epochs=3, got 4.0"),
+        (("ema_decay=1",), "ema_decay must be in (0, 1), got 1.0"),
+        (("label_smoothing=-0.1",), "label_smoothing must be in [0, 1), got -0.1"),
+        (("optim.betas=[0.9,1.0]",), "optim.betas[1] must be in [0, 1), got 1.0"),
+        (("optim.betas=[nan,0.999]",), "optim.betas[0] must be a finite number, got nan"),
+        (("optim.eps=0",), "optim.eps must be > 0, got 0.0"),
+        (("sched=step", "sched.gamma=-1"), "sched.gamma must be in (0, 1] (the lr's factor at each milestone), got -1.0"),
+        (("sched=step", "sched.milestones=[0.5,inf]"), "sched.milestones[1] must be a finite number, got inf"),
+        (("sched=step", "sched.milestones=[1.5]"), "sched.milestones[0] must be in [0, 1] (a fraction of training), got 1.5"),
+        (("mixup_alpha=inf",), "mixup_alpha must be a finite number, got inf"),
+        (("model.layer_scale_init_values=nan",), "model.layer_scale_init_values must be a finite number, got nan"),
+    ],
+)
+def test_every_optimizer_and_schedule_key_is_range_checked(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        validate_config(compose_train(*overrides))
+    assert str(info.value) == message
+
+
+def test_a_bad_schedule_value_is_one_line_before_any_dir(tmp_path):
+    line = check_cli("sched.min_lr_ratio=-3", f"hydra.run.dir={tmp_path / 'run'}")
+    assert line == "error: sched.min_lr_ratio must be in [0, 1] (a fraction of lr), got -3.0"
+    assert check_cli("-m", "optim=sgd", "optim.momentum=0.9,-5", f"hydra.sweep.dir={tmp_path / 'sweep'}") == \
+        "error: optim.momentum must be in [0, 1), got -5.0"
+    assert not any(tmp_path.iterdir())
+    assert check_cli("epochs=3", "sched.warmup_epochs=3", f"hydra.run.dir={tmp_path / 'ok'}") == ""  # warmup = training
+
+
+@pytest.mark.parametrize("override, message", [
+    ("modle=resnet20", "error: unknown key 'modle'; did you mean model?"),
+    ("+optm=sgd", "error: unknown key 'optm'; did you mean optim?"),
+    ("shed.warmup_epochs=0", "error: unknown key 'shed'; did you mean sched, seed?"),
+    ("epoch=3", "error: unknown key 'epoch'; did you mean epochs?"),
+])
+def test_a_misspelled_top_level_key_or_group_suggests_the_known_name(tmp_path, override, message):
+    assert check_cli(override, f"hydra.run.dir={tmp_path / 'run'}") == message
+    assert not tmp_path.joinpath("run").exists()
+
+
+def test_drop_path_rejects_what_would_give_a_wrong_result():
+    from zoo.layers import DropPath, drop_path, drop_path_add, drop_path_rates
+
+    for depths in (2.5, -1, [2, 2.5], [3, -1], "3"):
+        with pytest.raises(ValueError, match=r"^depths must be a non-negative int or a sequence of them \(one per stage\), got "):
+            drop_path_rates(0.1, depths)
+    ints = torch.ones(4, 3, dtype=torch.int64)
+    module = DropPath(0.5).train()
+    for call in (lambda: module(ints), lambda: module.add(ints, ints), lambda: module.skip_add(ints, ints, lambda t: t),
+                 lambda: drop_path(ints, 0.5, training=True), lambda: drop_path_add(ints, ints, 0.5, training=True)):
+        with pytest.raises(TypeError, match=r"^drop path needs a floating-point tensor, got torch\.int64"):
+            call()
+    assert torch.equal(DropPath(0.5).eval()(ints), ints)  # eval is the identity, for any tensor
+    x = torch.ones(4, 3)
+    for rate, message in ((torch.tensor(float("nan")), "must be a finite number, got nan"),
+                          (torch.tensor(1.5), r"must be in \[0, 1\], got 1.5"),
+                          (torch.tensor([0.1, 0.2]), r"a one-element float tensor, got a torch.float32 tensor of shape \(2,\)")):
+        with pytest.raises(ValueError, match=message):
+            drop_path(x, rate, training=True)
+        with pytest.raises(ValueError, match=r"^drop_prob must be"):
+            module.drop_prob = rate  # checked once, when set: the step reads the buffer only
+    assert module.drop_prob == 0.5
+
+
+def test_a_run_file_that_is_a_directory_is_one_line(tmp_path, cifar10_archive, cifar10_cache):
+    (tmp_path / "metrics.jsonl").mkdir()
+    with pytest.raises(ConfigError) as info:
+        loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64")), tmp_path)
+    assert str(info.value) == (f"{tmp_path / 'metrics.jsonl'} is a directory where the run writes its metrics.jsonl: "
+                               "move it away, or give this run another hydra.run.dir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+def test_a_read_only_run_or_sweep_dir_is_one_line_before_hydra(tmp_path):
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (not root, or no mount permission)")
+    try:
+        assert check_cli(f"hydra.run.dir={disk / 'run'}") == (
+            f"error: hydra.run.dir={disk / 'run'}: {disk} is not writable (read-only or not yours): "
+            "give hydra.run.dir= a writable path")
+        assert check_cli("-m", "seed=0,1", f"hydra.sweep.dir={disk}").startswith(f"error: hydra.sweep.dir={disk}: {disk} is not")
+        out = run_cli("model=resnet8", f"hydra.run.dir={disk / 'run'}")
+        assert one_error_line(out).startswith(f"error: hydra.run.dir={disk / 'run'}: {disk} is not writable")
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_file_the_run_cannot_write_mid_run_is_one_line(tmp_path, monkeypatch, capsys):
+    """What no check before the run can see (a run dir made read-only while it trains, a summary.json
+    that became a folder): the OSError is one line naming the file, exit 2, no traceback."""
+    from types import SimpleNamespace
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from zoo.train import cli
+
+    def train(*args):
+        raise IsADirectoryError(21, "Is a directory", str(tmp_path / "summary.json"))
+
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(
+        runtime=SimpleNamespace(output_dir=str(tmp_path)), overrides=SimpleNamespace(task=[]))))
+    monkeypatch.setattr(loop, "train", train)
+    with pytest.raises(SystemExit) as info:
+        cli.run(compose_train("model=resnet8"))
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'summary.json'}: Is a directory; a run writes only into its "
+                                       "run dir: give it a writable hydra.run.dir\n")

@@ -326,7 +326,7 @@ def test_missing_path_and_empty_dir(tmp_path, capsys):
     (tmp_path / "empty" / "0" / ".hydra").mkdir(parents=True)
     with pytest.raises(ReportError, match="no runs in .*1 job dir"):
         load_sweep(tmp_path / "empty")
-    assert main([str(tmp_path / "nope")]) == 1
+    assert main([str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err and "nope" in err
 
@@ -485,3 +485,25 @@ def test_rate_response_table_and_panel(tmp_path, monkeypatch):
     (line,) = fig.axes[3].get_lines()[:1]
     assert list(line.get_xdata()) == [0.0, 0.1, 0.2]
     assert list(line.get_ydata()) == pytest.approx([0.0, 2.5, 0.0])
+
+
+def test_runs_with_an_unusable_summary_are_listed_and_the_rest_reported(sweep_dir, capsys):
+    """A corrupt summary.json, a NaN or a string for the test accuracy: those runs are listed as
+    unreadable and left out; the others are reported as before. A bad sweep dir exits 2, as the trainer."""
+    (sweep_dir / "2" / "summary.json").write_text('{"final_test_acc": 0.8')  # cut short
+    summary = json.loads((sweep_dir / "5" / "summary.json").read_text())
+    (sweep_dir / "5" / "summary.json").write_text(json.dumps({**summary, "final_test_acc": float("nan")}))
+    (sweep_dir / "4" / "summary.json").write_text(json.dumps({**summary, "final_test_acc": "n/a"}))
+    sweep = load_sweep(sweep_dir)
+    assert [r.name for r in sweep.unreadable] == ["2", "4", "5"]
+    assert sorted(r.name for r in sweep.runs) == ["0", "1", "3"]
+    assert main([str(sweep_dir), "--no-plot"]) == 0
+    md = (sweep_dir / "comparison.md").read_text()
+    assert "- job `2` (`drop_path_rate=0 seed=2`): unreadable, left out: summary.json is not readable JSON" in md
+    assert "- job `5` (`drop_path_rate=0.1 seed=2`): unreadable, left out: summary.json's final_test_acc is nan" in md
+    assert "- job `4` (`drop_path_rate=0.1 seed=1`): unreadable, left out: summary.json's final_test_acc is 'n/a'" in md
+    assert "| `drop_path_rate=0.1` | 0.1 | 1 | 83.00 (1 run) |" in md  # seed 0 alone, paired with the baseline's seed 0
+    for num in ("0", "1", "3"):
+        (sweep_dir / num / "summary.json").write_text("[]")
+    assert main([str(sweep_dir), "--no-plot"]) == 2
+    assert "unreadable summary.json" in capsys.readouterr().err

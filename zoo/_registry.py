@@ -96,5 +96,8 @@ def create_model(
     model.model_name = name  # names the target in a load error
     model.model_args = dict(kwargs)
     if ckpt is not None:
-        load_weights(model, ckpt.state_dict, str(ckpt.path), ckpt.model_name)
+        # A feature extractor takes a classifier's checkpoint: the keys of the parts it pruned (the head,
+        # later stages) are ignored, as timm ignores them.
+        pruned = getattr(model, "pruned_keys", frozenset())
+        load_weights(model, {k: v for k, v in ckpt.state_dict.items() if k not in pruned}, str(ckpt.path), ckpt.model_name)
     return model

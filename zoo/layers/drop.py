@@ -64,6 +64,26 @@ def check_skip_draw(draw: str, mode: str = "row") -> str:
     return draw
 
 
+def _check_input(x: Tensor) -> None:
+    """A drop path scales kept samples by ``1 / (1 - p)``: in an integer tensor that factor would be
+    truncated (a wrong result, not an error), so only floating-point inputs are taken."""
+    if not x.is_floating_point():
+        raise TypeError(f"drop path needs a floating-point tensor, got {x.dtype} (convert it with .float())")
+
+
+def _check_rate(drop_prob: float | Tensor) -> None:
+    """The rate a drop path function was given. A one-element tensor rate is read only where that costs no
+    device sync (a CPU tensor, outside torch.compile): a GPU rate is the caller's to check, as DropPath
+    checks its own when it is set."""
+    if not isinstance(drop_prob, Tensor):
+        check_drop_prob(drop_prob)
+    elif drop_prob.numel() != 1 or not drop_prob.is_floating_point():
+        raise ValueError(f"drop_prob must be a number or a one-element float tensor, got a {drop_prob.dtype} "
+                         f"tensor of shape {tuple(drop_prob.shape)}")
+    elif drop_prob.device.type == "cpu" and not torch.compiler.is_compiling():
+        check_drop_prob(drop_prob)
+
+
 def _inv_keep(drop_prob: float | Tensor) -> float | Tensor:
     """``1 / (1 - drop_prob)``, the kept samples' factor; 0 at rate 1, where no sample is kept (1 / 0
     would turn the dropped samples' 0 into NaN)."""
@@ -88,6 +108,7 @@ def _keep_scale(
     """Per-sample factor in x's dtype, shaped (B, 1, ..., 1) (or (1, ...) in batch mode): 0 for a
     dropped sample, ``1 / (1 - p)`` for a kept one. The draw is :func:`keep_mask`'s; ``factor`` is
     DropPath's ``inv_keep`` buffer."""
+    _check_input(x)
     shape = (x.shape[0] if mode == "row" else 1,) + (1,) * (x.ndim - 1)
     keep = torch.rand(shape, device=x.device) >= drop_prob
     if not scale_by_keep:
@@ -114,6 +135,7 @@ def drop_path(
     Rate 1.0 returns zeros. Works for any ``x.ndim >= 1`` and keeps ``x``'s dtype.
     """
     check_draw_mode(mode)
+    _check_rate(drop_prob)
     if _is_off(drop_prob, training):
         return x
     return x * _keep_scale(x, drop_prob, scale_by_keep, mode)
@@ -134,6 +156,7 @@ def drop_path_add(
     ``x + DropPath(p)(b)`` forward + backward on the CPU (``benchmarks/drop_path.py``, README table).
     """
     check_draw_mode(mode)
+    _check_rate(drop_prob)
     if _is_off(drop_prob, training):
         return shortcut + branch
     return torch.addcmul(shortcut, branch, _keep_scale(branch, drop_prob, scale_by_keep, mode))
@@ -172,6 +195,8 @@ def drop_path_skip_add(
     check_draw_mode(mode)
     if _is_off(drop_prob, training):
         return shortcut + branch_fn(x)
+    _check_rate(drop_prob)
+    _check_input(x)
     host_rate = check_drop_prob(drop_prob)  # a tensor rate is read back: the count and scale live on the host
     check_skip_draw(skip_draw, mode)
     if resolve_draw(skip_draw, mode, x.device) == "fixed":

@@ -40,10 +40,10 @@ def drop_path_rates(
     """
     r = check_drop_prob(drop_path_rate, "drop_path_rate")
     check_depth_schedule(schedule)
-    flat = isinstance(depths, int)
+    flat = not isinstance(depths, Sequence)  # one depth: checked below with the rest (2.5 is refused there)
     stage_depths = [depths] if flat else list(depths)
     if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in stage_depths):
-        raise ValueError(f"depths must be non-negative ints, got {depths!r}")
+        raise ValueError(f"depths must be a non-negative int or a sequence of them (one per stage), got {depths!r}")
     n, s = sum(stage_depths), len(stage_depths)
     rates: list[list[float]] = []
     l = 0  # blocks before this stage

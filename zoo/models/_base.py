@@ -37,6 +37,7 @@ class ZooModel(nn.Module):
     feature_info: FeatureInfo
     features_only: bool = False
     out_indices: tuple[int, ...] = ()  # the stages a features_only model returns
+    pruned_keys: frozenset[str] = frozenset()  # the full model's state-dict keys a features_only model lacks
     grad_checkpointing: bool = False
 
     def init_features(self, features_only: bool = False, out_indices: int | Sequence[int] | None = None) -> None:
@@ -50,7 +51,9 @@ class ZooModel(nn.Module):
                 raise ValueError(f"out_indices={out_indices!r} needs features_only=True")
             return
         take = take_indices(len(self.stages), out_indices, "out_indices")
+        full = set(self.state_dict())
         self.prune_intermediate_layers(take, prune_norm=True)
+        self.pruned_keys = frozenset(full - set(self.state_dict()))  # a classifier checkpoint's keys it ignores
         self.out_indices = tuple(take)
         self.feature_info = FeatureInfo(self.feature_info[i] for i in take)
         self.features_only = True

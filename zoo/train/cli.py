@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from functools import partial
+from pathlib import Path
 from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
@@ -47,6 +48,11 @@ def run_one(cfg: DictConfig, run_dir: str, overrides: tuple[str, ...], jobs_afte
         s = train(cfg, run_dir, overrides, jobs_after)
     except ZooError as e:
         _exit(f"error: {e}", 2)
+    except OSError as e:
+        if e.filename is None:  # not about a file the user can fix
+            raise
+        _exit(f"error: {e.filename}: {e.strerror}; a run writes only into its run dir: give it a writable "
+              "hydra.run.dir", 2)
     except TrainingInterrupted as e:
         _exit(f"interrupted: {e}", e.exit_code)
     except KeyboardInterrupt:  # a second Ctrl-C inside the loop
@@ -88,6 +94,7 @@ def _exit(line: str, code: int) -> NoReturn:
 def say(line: str, error: BaseException | None = None) -> None:
     """``line`` on stderr and at the end of the run's log file (train.log), with ``error``'s traceback there."""
     print(line, file=sys.stderr)
+    logging.raiseExceptions = False  # a log file that cannot be written (a read-only run dir) stays silent
     exc_info = (type(error), error, error.__traceback__) if error is not None else None
     record = logging.LogRecord("train", logging.ERROR, __file__, 0, line, None, exc_info)
     for handler in logging.getLogger().handlers:  # the file handlers only: the console has the line
@@ -141,6 +148,7 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
     resuming = bool(resume) and resume[-1] not in ("", "null", "None")
     if resuming and not multirun:
         resolve_checkpoint(resume[-1])  # one line for a mistyped path, before any dir exists
+    check_writable(args, multirun, resume[-1] if resuming else None)
     local = not any(a.startswith("hydra/launcher=") for a in args)
     search = next((a for a in args if a.startswith("hydra/sweeper=optuna")), None)
     try:
@@ -159,3 +167,20 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
         raise
     except Exception:  # not a config mistake: Hydra (or the run) says what is wrong, in its own words
         return
+
+
+def check_writable(args: list[str], multirun: bool, resume: str | None) -> None:
+    """The run (or sweep) dir, or the nearest folder above it that exists, is writable: Hydra writes there
+    first, and fails with a traceback."""
+    from .config import resumed_run_dir
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = [a.partition("=")[2] for a in args if a.startswith(key + "=")]
+    where = given[-1] if given else "multirun" if multirun else "outputs"
+    run_dir = (resumed_run_dir(resume) if resume and not multirun else None) or Path(where.partition("$")[0] or ".")
+    folder = Path(os.path.abspath(run_dir.expanduser()))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={where}: {folder} is not writable (read-only or not yours): "
+                          f"give {key}= a writable path")

@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 
 from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 from torch import nn
 
@@ -104,12 +104,22 @@ class SGDConfig:
     momentum: float
     nesterov: bool
 
+    @staticmethod
+    def check(c: DictConfig) -> None:
+        _need(0 <= c.momentum < 1, "optim.momentum", "in [0, 1)", c.momentum)
+
 
 @dataclass
 class AdamWConfig:
     name: str  # a key of GROUP_SCHEMAS["optim"]
     betas: tuple[float, float]
     eps: float
+
+    @staticmethod
+    def check(c: DictConfig) -> None:
+        for i, beta in enumerate(c.betas):
+            _need(0 <= beta < 1, f"optim.betas[{i}]", "in [0, 1)", beta)
+        _need(c.eps > 0, "optim.eps", "> 0", c.eps)
 
 
 @dataclass
@@ -126,11 +136,23 @@ class SchedConfig:
 class CosineConfig(SchedConfig):
     min_lr_ratio: float
 
+    @staticmethod
+    def check(c: DictConfig) -> None:
+        SchedConfig.check(c)
+        _need(0 <= c.min_lr_ratio <= 1, "sched.min_lr_ratio", "in [0, 1] (a fraction of lr)", c.min_lr_ratio)
+
 
 @dataclass
 class StepConfig(SchedConfig):
     milestones: list[float]
     gamma: float
+
+    @staticmethod
+    def check(c: DictConfig) -> None:
+        SchedConfig.check(c)
+        for i, m in enumerate(c.milestones):
+            _need(0 <= m <= 1, f"sched.milestones[{i}]", "in [0, 1] (a fraction of training)", m)
+        _need(0 < c.gamma <= 1, "sched.gamma", "in (0, 1] (the lr's factor at each milestone)", c.gamma)
 
 
 @dataclass
@@ -224,6 +246,8 @@ class TrainConfig:
             _need(c[key] >= 0, key, ">= 0", c[key])
         _need(0 <= c.label_smoothing < 1, "label_smoothing", "in [0, 1)", c.label_smoothing)
         _need(0 < c.ema_decay < 1, "ema_decay", "in (0, 1)", c.ema_decay)
+        # The groups' own checks ran first (validate_config checks this node last), so the value is finite.
+        _need(c.sched.warmup_epochs <= c.epochs, "sched.warmup_epochs", f"<= epochs={c.epochs}", c.sched.warmup_epochs)
         _need(c.clip_grad is None or c.clip_grad > 0, "clip_grad", "> 0 (null: no clipping)", c.clip_grad)
         _need(c.accum_steps >= 1, "accum_steps", "an integer >= 1", c.accum_steps)
         if c.batch_size % c.accum_steps:
@@ -231,6 +255,15 @@ class TrainConfig:
                               f"the global batch of one optimizer step, split into accum_steps equal micro-batches")
         for key, allowed in (("amp", AUTO_FLAGS), ("channels_last", AUTO_FLAGS), ("compile", COMPILE_MODES)):
             _need(c[key] in allowed, key, f"one of {', '.join(map(str, allowed))}", c[key])
+
+
+def _check_finite(key: str, value: Any) -> None:
+    """A float, or each float of a list, is finite (nan and inf pass every range comparison's negation)."""
+    if isinstance(value, float):
+        _need(math.isfinite(value), key, "a finite number", value)
+    elif isinstance(value, ListConfig):
+        for i, v in enumerate(value):
+            _check_finite(f"{key}[{i}]", v)
 
 
 def check_model(c: DictConfig) -> None:
@@ -243,13 +276,14 @@ def check_model(c: DictConfig) -> None:
         if key != "name" and key not in allowed:
             raise ConfigError(f"unknown key 'model.{key}'{_hint(str(key), allowed, 'model.')} "
                               f"({c.name}'s keys: {', '.join(allowed)})")
+        _check_finite(f"model.{key}", c[key])
 
 
 def validate_config(cfg: DictConfig) -> DictConfig:
     """``cfg`` checked against the schema (types, keys, choices, then ranges), as a plain config whose
     choices are strings. Raises :class:`ConfigError` for the first bad value."""
     schema = OmegaConf.structured(TrainConfig)
-    nodes: list[tuple[str, type]] = [("", TrainConfig), ("data", DataConfig)]
+    nodes: list[tuple[str, type]] = [("data", DataConfig)]
     for group, options in GROUP_SCHEMAS.items():
         name = OmegaConf.select(cfg, f"{group}.name")
         _need(name in options, f"{group}.name", f"one of {', '.join(options)}", name)
@@ -260,14 +294,13 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         schema.logger = schema.logger or {}  # Any in TrainConfig: each choice gets its own schema here
         schema.logger[name] = OmegaConf.structured(LOGGER_SCHEMAS[name])
         nodes.append((f"logger.{name}", LOGGER_SCHEMAS[name]))
+    nodes.append(("", TrainConfig))  # last: its check compares across groups (warmup_epochs against epochs)
     try:
         typed = OmegaConf.merge(schema, OmegaConf.to_container(cfg, enum_to_str=True))  # a plain copy: no key passes unchecked
         for path, kind in nodes:
             node = OmegaConf.select(typed, path) if path else typed
             for f in fields(kind):
-                if isinstance(node[f.name], float):
-                    key = f"{path}.{f.name}" if path else f.name
-                    _need(math.isfinite(node[f.name]), key, "a finite number", node[f.name])
+                _check_finite(f"{path}.{f.name}" if path else f.name, node[f.name])
             getattr(kind, "check", lambda c: None)(node)
     except (ValidationError, ConfigKeyError, ConfigAttributeError) as e:
         raise _explain(e) from None

@@ -3,7 +3,8 @@
 Both sources give the same thing: a :class:`Cifar10` with ``(N, 32, 32, 3)`` uint8 images and int64
 labels for the train and test splits, in the standard label order (the alphabetical class names).
 An image folder is decoded once with Pillow and cached as tensors in ``cache_dir``, keyed by the
-source's path, size and modification time, so a second run loads it in seconds.
+source's path and the list of its files (names, sizes, times), so a second run loads it in seconds and a
+renamed class folder or a replaced file is decoded again.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ TRAIN_PER_CLASS = 5000  # CIFAR-10's training images of each class (what a confi
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 _CACHE_VERSION = 1  # bump when the cache layout changes, so old files are not read
+MAX_IMAGE_BYTES = 1 << 20  # a 32x32 image file is a few kB in any format: a bigger one is refused unread
 
 
 @dataclass
@@ -162,8 +164,11 @@ def load_image_folder(path: str | os.PathLike | None, cache_dir: str | os.PathLi
     """
     src = source_path(path)
     cache = cache_file(src, cache_dir)
-    remove_stale_temporaries(cache)  # a save killed mid-write; never read
-    if cache.exists():
+    try:
+        remove_stale_temporaries(cache)  # a save killed mid-write; never read
+    except OSError:  # an unreadable cache dir: the save below says so, once
+        pass
+    if cache.is_file():
         try:
             blob = torch.load(cache, weights_only=True)
             return Cifar10(Split(blob["train_x"], blob["train_y"]), Split(blob["test_x"], blob["test_y"]), str(src))
@@ -176,6 +181,9 @@ def load_image_folder(path: str | os.PathLike | None, cache_dir: str | os.PathLi
         save_atomic(blob, cache)
     except DiskFull as e:  # the cache only saves time: train without it
         log.warning("not caching the decoded data set: %s", e)
+    except OSError as e:  # an unwritable or misplaced cache dir: the same
+        log.warning("not caching the decoded data set: cannot write %s (%s); set data.cache_dir to a writable "
+                    "dir to decode once", cache, e.strerror or e)
     return Cifar10(splits[0], splits[1], str(src))
 
 
@@ -193,20 +201,23 @@ def source_path(path: str | os.PathLike | None) -> Path:
 
 
 def cache_file(src: Path, cache_dir: str | os.PathLike | None) -> Path:
-    """The cache path for ``src``: it changes when the source's path, size or modification time does."""
+    """The cache path for ``src``: it changes when the source's path or any of its files' names (the class
+    folders' names with them), sizes, modification times, change times or inodes do. A file rewritten or
+    replaced gets a new change time, which no tool sets back; an archive's member list can change no other
+    way."""
     root = Path(cache_dir or os.environ.get("ZOO_CACHE_DIR") or "~/.cache/zoo").expanduser()
+    digest = hashlib.sha1(f"{src}|v{_CACHE_VERSION}".encode())
     if src.is_dir():
-        count, size, mtime = 0, 0, 0
-        for dirpath, _, files in os.walk(src):
-            for f in files:
-                st = os.stat(os.path.join(dirpath, f))
-                count, size, mtime = count + 1, size + st.st_size, max(mtime, st.st_mtime_ns)
-        stamp = f"dir|{count}|{size}|{mtime}"
+        for dirpath, dirs, files in os.walk(src):
+            dirs.sort()
+            for f in sorted(files):
+                path = os.path.join(dirpath, f)
+                st = os.stat(path) if os.path.exists(path) else os.lstat(path)  # a broken link: refused later
+                digest.update(f"{os.path.relpath(path, src)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}\n".encode())
     else:
         st = src.stat()
-        stamp = f"file|{st.st_size}|{st.st_mtime_ns}"
-    key = hashlib.sha1(f"{src}|{stamp}|v{_CACHE_VERSION}".encode()).hexdigest()[:16]
-    return root / f"cifar10_folder-{src.name}-{key}.pt"
+        digest.update(f"file|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}".encode())
+    return root / f"cifar10_folder-{src.name}-{digest.hexdigest()[:16]}.pt"
 
 
 def decode_image_folder(src: Path) -> tuple[Split, Split]:
@@ -214,9 +225,10 @@ def decode_image_folder(src: Path) -> tuple[Split, Split]:
     found: dict[str, list[tuple[int, str, np.ndarray]]] = {s: [] for s in SPLITS}
     class_dirs: dict[str, set[str]] = {s: set() for s in SPLITS}
     for split, cls, name, read, where in _iter_files(src):
-        class_dirs[split].add(cls)
         if cls not in CLASSES:
-            continue
+            raise DataError(f"{where}: {split}/{cls}/ is not a CIFAR-10 class folder (expected {split}/<class>/<image> "
+                            f"for each of: {', '.join(CLASSES)}); move it out of the data set")
+        class_dirs[split].add(cls)
         found[split].append((CLASSES.index(cls), name, _decode(read, where)))
     for split in SPLITS:
         missing = [c for c in CLASSES if c not in class_dirs[split]]
@@ -240,56 +252,104 @@ def decode_image_folder(src: Path) -> tuple[Split, Split]:
 
 
 def _decode(read, where: str) -> np.ndarray:
+    """One 32x32 image as (32, 32, 3) uint8 RGB. Its size is read from the header before its pixels are
+    decoded; 16-bit grey keeps its top 8 bits (Pillow's RGB conversion would clip it to 255); other
+    high-depth modes (32-bit integer, float) are refused."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(read())) as im:
-            arr = np.asarray(im.convert("RGB"))
+            if im.size != (32, 32):
+                raise DataError(f"image {where} is {im.size[0]}x{im.size[1]}, expected 32x32")
+            if im.mode in ("I", "F"):
+                raise DataError(f"image {where} has {im.mode!r} pixels (32-bit integer or float): save it as 8-bit RGB")
+            if im.mode.startswith("I;16"):
+                return np.repeat((np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)[..., None], 3, axis=2)
+            return np.asarray(im.convert("RGB"))
+    except DataError:
+        raise
     except UnidentifiedImageError:
         raise DataError(f"unreadable image {where}: not an image format Pillow can decode (empty or damaged file?)") from None
     except Exception as e:
         raise DataError(f"unreadable image {where}: {type(e).__name__}: {e}") from None
-    if arr.shape != (32, 32, 3):
-        raise DataError(f"image {where} is {arr.shape[1]}x{arr.shape[0]}, expected 32x32")
-    return arr
 
 
-def _split_class(parts: tuple[str, ...]) -> tuple[str, str, str] | None:
-    """(split, class, file) when ``parts`` ends in <split>/<class>/<file>, else None (READMEs, hidden files)."""
+def _split_class(parts: tuple[str, ...]) -> tuple[str, str, str, str] | None:
+    """(tree root, split, class, file) when ``parts`` ends in <split>/<class>/<file>, else None (READMEs,
+    hidden files)."""
     if len(parts) < 3 or parts[-3] not in SPLITS or any(p.startswith((".", "__MACOSX")) for p in parts):
         return None
-    return parts[-3], parts[-2], parts[-1]
+    return "/".join(parts[:-3]), parts[-3], parts[-2], parts[-1]
+
+
+def _second_tree(src: Path, root: str, other: str, member: str) -> DataError:
+    outer, inner = sorted((root, other), key=len)
+    where = f"a second tree {inner}/ inside {outer or '.'}/" if inner.startswith(f"{outer}/" if outer else "") \
+        else f"two trees, {root or '.'}/ and {other or '.'}/"
+    return DataError(f"data.path={str(src)!r} holds {where} (at {member}): keep one train/ + test/ tree per archive")
+
+
+def _check_size(size: int, where: str) -> None:
+    """A file bigger than a 32x32 image can be (a decompression bomb) is refused before it is read."""
+    if size > MAX_IMAGE_BYTES:
+        raise DataError(f"{where} is {size / 1e6:.1f} MB, more than the {MAX_IMAGE_BYTES >> 20} MB a 32x32 image "
+                        "can take: refused unread (a damaged or hostile file?)")
 
 
 def _iter_files(src: Path) -> Iterator[tuple[str, str, str, object, str]]:
     """Yield (split, class, file name, read(), where) for every file in a tree or archive, in storage
     order; ``where`` names the file for error messages (its path, or ``archive:member``)."""
     if src.is_dir():
-        root = _tree_root(src)
-        for split in SPLITS:
-            for cls_dir in sorted(p for p in (root / split).iterdir() if p.is_dir() and not p.name.startswith(".")):
-                for f in sorted(cls_dir.iterdir()):
-                    if f.is_file() and not f.name.startswith("."):
-                        yield split, cls_dir.name, f.name, f.read_bytes, str(f)
+        yield from _iter_tree(_tree_root(src))
         return
+    root = None
     try:
         # Streaming mode ("r|*") reads a .tar.gz front to back once, far faster than random access.
         with tarfile.open(src, "r|*") as tf:
             for member in tf:
                 hit = _split_class(PurePosixPath(member.name).parts) if member.isfile() else None
-                if hit is not None:
-                    data = tf.extractfile(member).read()
-                    yield *hit, (lambda d=data: d), f"{src}:{member.name}"
+                if hit is None:
+                    continue
+                root = hit[0] if root is None else root
+                if hit[0] != root:
+                    raise _second_tree(src, root, hit[0], member.name)
+                _check_size(member.size, f"{src}:{member.name}")
+                data = tf.extractfile(member).read()
+                yield *hit[1:], (lambda d=data: d), f"{src}:{member.name}"
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise DataError(
             f"data.path={str(src)!r} is neither a directory nor a readable .tar/.tar.gz archive ({type(e).__name__}: {e})"
         ) from None
 
 
+def _iter_tree(root: Path) -> Iterator[tuple[str, str, str, object, str]]:
+    """:func:`_iter_files` for a directory tree: every entry of a class folder is an image file (hidden ones
+    aside); a folder, a broken link or an unreadable folder there is a DataError that names it."""
+    for split in SPLITS:
+        try:
+            class_dirs = sorted(p for p in (root / split).iterdir() if not p.name.startswith("."))
+            for cls_dir in class_dirs:
+                if not cls_dir.is_dir():
+                    continue  # a README beside the class folders
+                for f in sorted(p for p in cls_dir.iterdir() if not p.name.startswith(".")):
+                    if f.is_symlink() and not f.exists():
+                        raise DataError(f"{f} is a broken symbolic link (to {os.readlink(f)}): fix or remove it")
+                    if f.is_dir():
+                        raise DataError(f"{f} is a folder, where {split}/{cls_dir.name}/ should hold images only: "
+                                        f"expected {split}/<class>/<image> (a second tree inside this one?)")
+                    _check_size(f.stat().st_size, str(f))
+                    yield split, cls_dir.name, f.name, f.read_bytes, str(f)
+        except PermissionError as e:
+            raise DataError(f"cannot read {e.filename}: permission denied") from None
+
+
 def _tree_root(src: Path) -> Path:
     if all((src / s).is_dir() for s in SPLITS):
         return src
-    inner = [p for p in src.iterdir() if p.is_dir() and all((p / s).is_dir() for s in SPLITS)]
+    inner = sorted(p for p in src.iterdir() if p.is_dir() and all((p / s).is_dir() for s in SPLITS))
     if len(inner) == 1:
         return inner[0]
+    if inner:
+        raise DataError(f"data.path={str(src)!r} holds {len(inner)} trees ({', '.join(p.name for p in inner)}): "
+                        "point data.path at one of them")
     raise DataError(f"data.path={str(src)!r} holds no train/ and test/ folders (nor one folder that holds them)")

@@ -206,6 +206,7 @@ def _missing(sweep: Sweep) -> list[str]:
     out += [f"- job `{r.name}` (`{sweep.run_label(r)}`): no metrics yet (not started, or stopped before its first "
             "epoch)" for r in sweep.no_metrics if r.failure is None]
     out += [f"- job `{r.name}` (`{sweep.run_label(r)}`): failed (see Failed jobs)" for r in sweep.failed]
+    out += [f"- job `{r.name}` (`{sweep.run_label(r)}`): unreadable, left out: {r.unreadable}" for r in sweep.unreadable]
     for config in sweep.configurations:
         for r in config.runs:
             if not r.finished and r.failure is None:
@@ -408,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = write_report(args.sweep_dir, with_plot=not args.no_plot)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2  # bad input, as the trainer's
     print("wrote " + " and ".join(str(p) for p in paths))
     return 0
 

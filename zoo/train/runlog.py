@@ -84,6 +84,10 @@ class RunLog:
         self.loggers: list[Logger] = []
         if enabled:
             self.dir.mkdir(parents=True, exist_ok=True)
+            for name in ("config.yaml", "metrics.jsonl", "summary.json"):
+                if (self.dir / name).is_dir():
+                    raise ConfigError(f"{self.dir / name} is a directory where the run writes its {name}: "
+                                      "move it away, or give this run another hydra.run.dir")
             lock_run_dir(self.dir)
 
     def close(self) -> None:

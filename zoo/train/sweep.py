@@ -45,6 +45,7 @@ class Run:
     summary: dict[str, Any] | None  # None until the run finished
     bad_lines: int = 0  # metrics.jsonl lines that did not parse (a run killed mid-write)
     failure: dict[str, Any] | None = None  # failed.json, {"exit_status": 2, "error": "error: ..."}; None: no failure
+    unreadable: str | None = None  # why its summary.json cannot be used (the run is then left out), if so
 
     @property
     def finished(self) -> bool:
@@ -128,6 +129,7 @@ class Sweep:
     not_started: list[Pairs] = field(default_factory=list)  # jobs multirun.yaml asks for, with no dir
     multirun: dict[str, Any] | None = None  # the sweep's multirun.yaml as a plain dict
     failed: list[Run] = field(default_factory=list)  # job dirs with a failed.json, with or without metrics
+    unreadable: list[Run] = field(default_factory=list)  # job dirs whose summary.json cannot be used
 
     def short(self, pairs: list[tuple[str, str]] | Pairs) -> str:
         """Overrides without those every job shares, as ``key=value`` words."""
@@ -166,11 +168,32 @@ def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
         except json.JSONDecodeError:
             bad += 1
             continue
-        if isinstance(row, dict):
+        if isinstance(row, dict) and ("test_acc" not in row or _is_accuracy(row["test_acc"])):
             rows.append(row)
         else:
             bad += 1
     return rows, bad
+
+
+def _is_accuracy(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1  # False for nan
+
+
+def _read_summary(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(summary.json, None), (None, None) when there is none yet, or (None, why it cannot be used): not
+    JSON, not an object, or an accuracy that is not a number in [0, 1] (nan, a string)."""
+    if not path.is_file():
+        return None, None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return None, f"summary.json is not readable JSON ({type(e).__name__}: {e})"
+    if not isinstance(summary, dict):
+        return None, f"summary.json holds a {type(summary).__name__}, not a JSON object"
+    for key in ("final_test_acc", "best_test_acc", "test_acc_at_best_val"):
+        if (key == "final_test_acc" or summary.get(key) is not None) and not _is_accuracy(summary.get(key)):
+            return None, f"summary.json's {key} is {summary.get(key)!r}, not a number in [0, 1]"
+    return summary, None
 
 
 def _is_job_dir(path: Path) -> bool:
@@ -204,12 +227,11 @@ def load_run(path: Path, root: Path) -> Run:
     config_file = hydra_dir / "config.yaml" if (hydra_dir / "config.yaml").is_file() else path / "config.yaml"
     config = flatten(_load_yaml(config_file)) if config_file.is_file() else {}
     metrics, bad = _read_metrics(path / "metrics.jsonl")
-    summary_file = path / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+    summary, unreadable = _read_summary(path / "summary.json")
     name = path.relative_to(root).as_posix() if path != root else path.name
     failure = _read_failure(path / FAILED_NAME) if summary is None else None
     overrides = [str(o) for o in overrides] if overrides is not None else None
-    return Run(path, name, overrides, config, metrics, summary, bad, failure)
+    return Run(path, name, overrides, config, metrics, summary, bad, failure, unreadable)
 
 
 def _read_failure(path: Path) -> dict[str, Any] | None:
@@ -252,9 +274,12 @@ def load_sweep(path: str | Path) -> Sweep:
     if not root.is_dir():
         raise ReportError(f"{str(root)!r} is not a directory; give the sweep dir of a multirun")
     all_runs = [load_run(d, root) for d in _job_dirs(root)]
-    runs = [r for r in all_runs if r.metrics]
+    unreadable = [r for r in all_runs if r.unreadable]
+    runs = [r for r in all_runs if r.metrics and not r.unreadable]
     if not runs and not any(r.failure is not None for r in all_runs):  # failed jobs alone: a report that lists them
         what = f"{len(all_runs)} job dir(s) but none has a metrics line yet" if all_runs else "no job dirs"
+        if unreadable:
+            what = f"{len(unreadable)} job dir(s) with an unreadable summary.json ({unreadable[0].name}: {unreadable[0].unreadable})"
         raise ReportError(f"no runs in {str(root)!r}: {what} (expected job dirs with metrics.jsonl)")
     multirun_file = next((f for f in (root / "multirun.yaml", root / ".hydra" / "multirun.yaml") if f.is_file()), None)
     multirun = _load_yaml(multirun_file) if multirun_file else None
@@ -277,8 +302,9 @@ def load_sweep(path: str | Path) -> Sweep:
 
     have = {tuple(sorted(override_pairs(r.overrides or []))) for r in all_runs}
     not_started = [job for job in jobs or [] if job not in have]
-    return Sweep(root, runs, configurations, common, [r for r in all_runs if not r.metrics], not_started, multirun,
-                 [r for r in all_runs if r.failure is not None])
+    no_metrics = [r for r in all_runs if not r.metrics and not r.unreadable]
+    return Sweep(root, runs, configurations, common, no_metrics, not_started, multirun,
+                 [r for r in all_runs if r.failure is not None], unreadable)
 
 
 def failed_jobs(path: str | Path) -> list[Run]:
