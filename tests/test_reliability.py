@@ -689,9 +689,9 @@ def test_two_runs_in_one_second_never_share_the_default_run_dir(tmp_path, monkey
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(config, "_DEFAULT_RUN_DIR", {"reserve": True, "dir": None})
-    assert config._fresh_run_dir("outputs/d/10-00-00_resnet8") == "outputs/d/10-00-00_resnet8"
+    assert config._fresh_run_dir("same-second/10-00-00_resnet8") == "same-second/10-00-00_resnet8"
     monkeypatch.setattr(config, "_DEFAULT_RUN_DIR", {"reserve": True, "dir": None})  # a second process
-    assert config._fresh_run_dir("outputs/d/10-00-00_resnet8") == "outputs/d/10-00-00_resnet8_2"
+    assert config._fresh_run_dir("same-second/10-00-00_resnet8") == "same-second/10-00-00_resnet8_2"
     # End to end: every name the run could be given in the next minute holds another run.
     taken = [time.strftime("%Y-%m-%d/%H-%M-%S", time.localtime(time.time() + s)) for s in range(60)]
     for name in taken:
@@ -701,6 +701,8 @@ def test_two_runs_in_one_second_never_share_the_default_run_dir(tmp_path, monkey
     assert out.returncode == 0, out.stderr[-2000:]
     new = [p for p in (tmp_path / "outputs").glob("*/*") if (p / "summary.json").exists() and p.name.endswith("_2")]
     assert len(new) == 1 and new[0].name.removesuffix("_2") in {n.rpartition("/")[2] + "_resnet8" for n in taken}
+    dirs = {str(p.relative_to(tmp_path / "outputs")) for p in (tmp_path / "outputs").glob("*/*")}
+    assert dirs == {f"{n}_resnet8" for n in taken} | {str(new[0].relative_to(tmp_path / "outputs"))}  # no other
     assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith(str(new[0].relative_to(tmp_path)))} == before
     # 5c: the run names its dir on its first line and on its last
     assert out.stdout.splitlines()[0] == f"run dir: {new[0]}"
