@@ -513,7 +513,7 @@ def test_sigterm_while_decoding_says_what_stopped_and_that_nothing_was_lost(tmp_
         try:
             deadline = time.monotonic() + 120
             log = run_dir / "train.log"
-            while not (log.exists() and "decoding" in log.read_text()):
+            while not (log.exists() and "decoding " in log.read_text()):  # not "decoding_" of the dir name
                 assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it decoded"
                 time.sleep(0.05)
             time.sleep(0.5)

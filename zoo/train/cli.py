@@ -125,7 +125,7 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
             cfg = validate_config(cfg)
             if local and cfg.data.name == "cifar10_folder":
                 source_path(cfg.data.path)
-            if not multirun:
+            if not multirun and int(os.environ.get("RANK", "0")) == 0:  # torchrun's other ranks write no files
                 check_run_dir(args, cfg.overwrite)
     except ZooError:
         raise
@@ -141,7 +141,8 @@ def check_resume(cfg: DictConfig, overrides: list[str]) -> None:
 
     saved = load_checkpoint(cfg.resume)
     validate_config(resumed_config(cfg, saved, overrides))
-    check_unlocked(Path(saved["path"]).parent)
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun's other ranks write no files
+        check_unlocked(Path(saved["path"]).parent)
 
 
 def check_run_dir(args: list[str], overwrite: bool) -> None:
