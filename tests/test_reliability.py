@@ -157,7 +157,7 @@ def test_cli_config_mistakes_are_one_line(tmp_path):
 
 def test_cli_data_mistakes_name_the_path(tmp_path, monkeypatch):
     """A missing path is refused before Hydra starts; what is wrong inside the data is found while the run
-    reads it: one line on stderr, and the run's train.log ends with the same line (end to end, once)."""
+    reads it: one line on stderr, and the dir it was given is removed (nothing was saved; end to end, once)."""
     (tmp_path / "notes.txt").write_text("hello")
     bad = make_tree(tmp_path / "bad")
     (bad / "train" / "cat" / "0001.png").write_bytes(b"\x89PNG broken")
