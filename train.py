@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from zoo.train.cli import check_argv, run
+from zoo.train.cli import check_argv, reserve_run_dir, run
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -29,4 +29,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     check_argv(sys.argv, CONFIGS)
+    reserve_run_dir(sys.argv)
     main()

@@ -98,7 +98,7 @@ def test_cli_config_mistakes_are_one_line(tmp_path):
 
 def test_cli_data_mistakes_name_the_path(tmp_path, monkeypatch):
     """A missing path is refused before Hydra starts; what is wrong inside the data is found while the run
-    reads it: one line on stderr, and the run's train.log ends with the same line (end to end, once)."""
+    reads it: one line on stderr, and the dir it was given is removed (nothing was saved; end to end, once)."""
     (tmp_path / "notes.txt").write_text("hello")
     bad = make_tree(tmp_path / "bad")
     (bad / "train" / "cat" / "0001.png").write_bytes(b"\x89PNG broken")
@@ -119,7 +119,8 @@ def test_cli_data_mistakes_name_the_path(tmp_path, monkeypatch):
                   f"hydra.run.dir={tmp_path / 'run'}")
     line = one_error_line(out)
     assert f"unreadable image {bad}/train/cat/0001.png: not an image format" in line
-    assert (tmp_path / "run" / "train.log").read_text().strip().endswith(line)
+    assert line.endswith(f"(nothing was saved: run dir {tmp_path / 'run'} removed)")  # no stub dir with a train.log
+    assert not (tmp_path / "run").exists() and out.stdout.splitlines()[0] == f"run dir: {tmp_path / 'run'}"
 
 
 def test_a_run_without_a_network_leaves_no_data_dir(tmp_path):
@@ -129,7 +130,7 @@ def test_a_run_without_a_network_leaves_no_data_dir(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "train.py"), "model=resnet8", f"hydra.run.dir={tmp_path / 'run'}"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert "could not download CIFAR-10 into data.root='./data'" in one_error_line(out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nor the run dir: nothing was saved in it
 
 
 def test_data_problems_in_an_archive_name_the_member(tmp_path):
@@ -253,7 +254,8 @@ def test_cli_divergence_is_one_line(tmp_path, cifar10_archive, cifar10_cache):
                   f"hydra.run.dir={tmp_path}")
     line = one_error_line(out)
     assert line.startswith("error: the training loss became nan at epoch 1 step ")
-    assert line.endswith("last good checkpoint: none (no epoch had finished); lower lr or change the recipe")
+    assert line.endswith("last good checkpoint: none (no epoch had finished); lower lr or change the recipe "
+                         f"(nothing was saved: run dir {tmp_path} removed)")
     assert not (tmp_path / CHECKPOINT_NAME).exists()
 
 
@@ -366,7 +368,8 @@ def test_a_full_disk_during_a_save_is_one_line(tmp_path, size, kept, cifar10_arc
                       f"data.cache_dir={cifar10_cache}", f"hydra.run.dir={disk / 'run'}")
         line = one_error_line(out)
         assert line.startswith(f"error: no space left on the device writing {disk / 'run' / CHECKPOINT_NAME} (")
-        assert line.endswith(f"; {kept}; free some space and run again")
+        where = f"run dir {disk / 'run'}" if "intact" in kept else f"nothing was saved: run dir {disk / 'run'} removed"
+        assert line.endswith(f"; {kept}; free some space and run again ({where})")
         assert not list((disk / "run").glob(".*.tmp"))
         if "intact" in kept:
             assert load_checkpoint(disk / "run")["epoch"] == 1
@@ -476,7 +479,7 @@ def test_sigterm_while_decoding_says_what_stopped_and_that_nothing_was_lost(tmp_
     assert proc.returncode == 143, err[-2000:]
     assert err.strip().splitlines()[-1] == (
         "interrupted: SIGTERM while loading the data set; nothing was lost (no checkpoint was due yet; "
-        "a data cache is written whole or not at all)"
+        f"a data cache is written whole or not at all) (nothing was saved: run dir {run_dir} removed)"
     )
     assert f"once; cached as {cache}/" in (run_dir / "train.log").read_text()  # the dir looked at below
     assert not (cache.exists() and list(cache.iterdir())), "no cache file, whole or partial"
@@ -676,11 +679,136 @@ def test_a_file_the_run_cannot_write_mid_run_is_one_line(tmp_path, monkeypatch, 
     def train(*args):
         raise IsADirectoryError(21, "Is a directory", str(tmp_path / "summary.json"))
 
+    from hydra.types import RunMode
+
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(
-        runtime=SimpleNamespace(output_dir=str(tmp_path)), overrides=SimpleNamespace(task=[]))))
+        mode=RunMode.RUN, output_subdir=None, runtime=SimpleNamespace(output_dir=str(tmp_path)),
+        overrides=SimpleNamespace(task=[]))))
     monkeypatch.setattr(loop, "train", train)
     with pytest.raises(SystemExit) as info:
         cli.run(compose_train("model=resnet8"))
     assert info.value.code == 2
     assert capsys.readouterr().err == (f"error: {tmp_path / 'summary.json'}: Is a directory; a run writes only into its "
-                                       "run dir: give it a writable hydra.run.dir\n")
+                                       f"run dir: give it a writable hydra.run.dir (run dir {tmp_path})\n")
+# --- where a run is, and never over another (issue 25) --------------------------------------------
+
+def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``root``: its bytes and modification time (a refused run changes neither)."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def fake_run(run_dir: Path, last: bool = False) -> Path:
+    """A finished run's records (its last.pt only with ``last``): what a new run must not write over."""
+    (run_dir / ".hydra").mkdir(parents=True)
+    for name in ("config.yaml", ".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.jsonl", "summary.json"):
+        (run_dir / name).write_text(f"{name} of an earlier run\n")
+    if last:
+        (run_dir / CHECKPOINT_NAME).write_bytes(b"an earlier run's checkpoint")
+    return run_dir
+
+
+def test_a_new_run_never_writes_into_a_dir_holding_another_run(tmp_path):
+    """hydra.run.dir=<a run's dir> is refused before Hydra writes there (with last.pt, naming the resume
+    that continues it), unless the dir is empty or overwrite=true asks for it."""
+    old = fake_run(tmp_path / "old")
+    line = check_cli("model=resnet8", f"hydra.run.dir={old}")
+    assert line == (f"error: hydra.run.dir={old} already holds a run (config.yaml, metrics.jsonl, summary.json, .hydra); "
+                    "it has no last.pt to continue from (resume=<dir> continues a run that has one); give this run "
+                    "another hydra.run.dir, or add overwrite=true to replace that run's records")
+    resumable = fake_run(tmp_path / "a=b,c", last=True)
+    assert f"; 'resume='\"'\"'{resumable}'\"'\"'' continues it;" in check_cli("model=resnet8", f"hydra.run.dir='{resumable}'")
+    (tmp_path / "empty").mkdir()
+    assert check_cli("model=resnet8", f"hydra.run.dir={tmp_path / 'empty'}") == ""
+    assert check_cli("model=resnet8", f"hydra.run.dir={old}", "overwrite=true") == ""
+    before = snapshot(tmp_path)
+    one_error_line(run_cli("model=resnet8", "lr=0.5", f"hydra.run.dir={old}"))  # end to end: Hydra never ran
+    assert snapshot(tmp_path) == before
+
+
+def test_a_refused_run_changes_nothing_on_disk(tmp_path, finished_run):
+    """A resume refused for a changed key, a bad value or a dir in use, and a new run refused for its
+    dir: no file of the run is written, not even Hydra's .hydra/ ones."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
+    before = snapshot(tmp_path)
+    assert "the command line changes lr=0.5 (saved 0.002)" in one_error_line(run_cli(f"resume={run}", "lr=0.5"))
+    assert one_error_line(run_cli(f"resume={run}", "log_every_s=-1")).startswith("error: log_every_s must be >= 0")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('locked', flush=True); time.sleep(60)", str(run / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before["run/.lock"] = ((run / ".lock").read_bytes(), (run / ".lock").stat().st_mtime_ns)
+        assert "is in use by" in one_error_line(run_cli(f"resume={run}"))
+        assert "is in use by" in one_error_line(run_cli("model=resnet8", f"hydra.run.dir={run}", "overwrite=true"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert snapshot(tmp_path) == before
+
+
+def test_two_runs_in_one_second_never_share_the_default_run_dir(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
+    """The default run dir is made new as the run starts: a name another run took (in the same second)
+    gets _2, _3, ...; the run there is left alone."""
+    from zoo.train import config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config, "_DEFAULT_RUN_DIR", {"reserve": True, "dir": None})
+    assert config._fresh_run_dir("same-second/10-00-00_resnet8") == "same-second/10-00-00_resnet8"
+    monkeypatch.setattr(config, "_DEFAULT_RUN_DIR", {"reserve": True, "dir": None})  # a second process
+    assert config._fresh_run_dir("same-second/10-00-00_resnet8") == "same-second/10-00-00_resnet8_2"
+    # End to end: every name the run could be given in the next minute holds another run.
+    taken = [time.strftime("%Y-%m-%d/%H-%M-%S", time.localtime(time.time() + s)) for s in range(60)]
+    for name in taken:
+        fake_run(tmp_path / "outputs" / f"{name}_resnet8")
+    before = snapshot(tmp_path)
+    out = run_cli(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    new = [p for p in (tmp_path / "outputs").glob("*/*") if (p / "summary.json").exists() and p.name.endswith("_2")]
+    assert len(new) == 1 and new[0].name.removesuffix("_2") in {n.rpartition("/")[2] + "_resnet8" for n in taken}
+    dirs = {str(p.relative_to(tmp_path / "outputs")) for p in (tmp_path / "outputs").glob("*/*")}
+    assert dirs == {f"{n}_resnet8" for n in taken} | {str(new[0].relative_to(tmp_path / "outputs"))}  # no other
+    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith(str(new[0].relative_to(tmp_path)))} == before
+    # 5c: the run names its dir on its first line and on its last
+    assert out.stdout.splitlines()[0] == f"run dir: {new[0]}"
+    assert out.stdout.strip().splitlines()[-1].endswith(f"; run dir {new[0]}")
+
+
+def test_the_printed_resume_command_runs_as_pasted(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
+    """A sweep job interrupted in its first epoch, in a dir whose name holds Hydra's and the shell's
+    special characters: the interrupt message and the report give one resume command, and pasted into a
+    shell it resumes the run to its end."""
+    import yaml
+
+    from zoo.train.report import render_markdown
+    from zoo.train.sweep import load_sweep
+
+    sweep = tmp_path / "sweep"
+    job = sweep / "0_data=cifar10_folder,seed=7 $(touch pwned);'q\"`x`"
+    job.mkdir(parents=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(loop.StopOnSignal, "requested", property(lambda self: True))
+        with pytest.raises(loop.TrainingInterrupted) as info:
+            loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=128")), job)
+    message = str(info.value)
+    assert message.startswith(f"SIGTERM before the first step; saved {job / CHECKPOINT_NAME}; continue with: ")
+    command = message.partition("; continue with: ")[2]
+    (job / ".hydra").mkdir()
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["seed=7"]))
+    other = sweep / "1"  # a job beside it, one epoch done
+    row = {"epoch": 1, "train_loss": 2.0, "train_acc": 0.1, "test_loss": 2.0, "test_acc": 0.1, "lr": 0.1,
+           "drop_path_rate": 0.1, "epoch_seconds": 1.0, "images_per_second": 64.0}
+    (other / ".hydra").mkdir(parents=True)
+    (other / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["seed=8"]))
+    (other / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    md = render_markdown(load_sweep(sweep), plot_name=None)
+    assert f"- job `{job.name}` (`seed=7`): interrupted before its first epoch ended; continue with `{command}`" in md
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((job / "summary.json").read_text())["epochs"] == 1
+    assert not (REPO / "pwned").exists() and not (job / "pwned").exists()

@@ -14,9 +14,9 @@ from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import compose_configs, validate_config
+from .config import compose_configs, reserve_default_run_dir, validate_config
 from .errors import ConfigError, ZooError
-from .overrides import expand
+from .overrides import expand, override_value
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -34,38 +34,46 @@ def run(cfg: DictConfig) -> float | None:
         from .sweep_job import run_job
 
         return run_job(cfg, hc.runtime.output_dir, tuple(hc.overrides.task), partial(run_one, jobs_after=jobs_after(hc)))
-    return run_one(cfg, hc.runtime.output_dir, tuple(hc.overrides.task))
+    # A single run that saved nothing leaves no dir behind; a sweep's job dir stays, the record of its job.
+    return run_one(cfg, hc.runtime.output_dir, tuple(hc.overrides.task), stub=hc.output_subdir)
 
 
-def run_one(cfg: DictConfig, run_dir: str, overrides: tuple[str, ...], jobs_after: int = 0) -> float | None:
+def run_one(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...], jobs_after: int = 0,
+            stub: str | None = None) -> float | None:
     """:func:`run` for one run in ``run_dir`` (``jobs_after``: the sweep's rounds of jobs still to come, for
-    its ETA); returns its best validation accuracy (None without a split)."""
+    its ETA; ``stub``: the run's Hydra subdir, to remove the dir when nothing was saved); returns its best
+    validation accuracy (None without a split)."""
     from . import distributed as dist
     from .interrupt import TrainingInterrupted
     from .loop import train
 
+    run_dir = Path(run_dir)
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
+        logging.getLogger("train").info("run dir: %s", run_dir)
     try:
         s = train(cfg, run_dir, overrides, jobs_after)
     except ZooError as e:
-        _exit(f"error: {e}", 2)
+        _exit(f"error: {e}{_where(run_dir, stub, main)}", 2)
     except OSError as e:
         if e.filename is None:  # not about a file the user can fix
             raise
         _exit(f"error: {e.filename}: {e.strerror}; a run writes only into its run dir: give it a writable "
-              "hydra.run.dir", 2)
+              f"hydra.run.dir{_where(run_dir, stub, main)}", 2)
     except TrainingInterrupted as e:
-        _exit(f"interrupted: {e}", e.exit_code)
+        named = "continue with:" in str(e)  # the resume command names the dir
+        _exit(f"interrupted: {e}{_where(run_dir, stub, main, not named)}", e.exit_code)
     except KeyboardInterrupt:  # a second Ctrl-C inside the loop
-        _exit("interrupted: stopped at once by a second Ctrl-C; the last checkpoint saved (if any) is intact",
-              128 + signal.SIGINT)
+        _exit("interrupted: stopped at once by a second Ctrl-C; the last checkpoint saved (if any) is intact"
+              f"{_where(run_dir, stub, main)}", 128 + signal.SIGINT)
     finally:
         dist.cleanup()
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main:
         world = f" x{s['world_size']}" if s["world_size"] > 1 else ""
         at_best = f"test_acc_at_best_val={s['test_acc_at_best_val']:.4f} " if "test_acc_at_best_val" in s else ""
         print(
             f"done: {s['model']} test_acc={s['final_test_acc']:.4f} {at_best}"
-            f"epochs={s['epochs']} in {s['wall_seconds_last_invocation']:.1f}s ({s['device']}{world})"
+            f"epochs={s['epochs']} in {s['wall_seconds_last_invocation']:.1f}s ({s['device']}{world}); run dir {run_dir}"
         )
     return s.get("best_val_acc")
 
@@ -83,6 +91,18 @@ def jobs_after(hc: Any) -> int:
     parallel = OmegaConf.select(hc, "launcher.n_jobs", default=None) or 1
     parallel = parallel if parallel > 0 else os.cpu_count() or 1  # joblib's -1: every core
     return math.ceil(max(0, total - int(hc.job.num) - 1) / parallel)
+
+
+def _where(run_dir: Path, stub: str | None, main: bool, name_it: bool = True) -> str:
+    """The end of a stopped run's last line: where its files are. With ``stub`` (the run's Hydra subdir),
+    a run that saved nothing removes its dir (:func:`runlog.remove_stub`)."""
+    from .runlog import remove_stub
+
+    if not main:
+        return ""
+    if stub is not None and remove_stub(run_dir, stub):
+        return f" (nothing was saved: run dir {run_dir} removed)"
+    return f" (run dir {run_dir})" if name_it else ""
 
 
 def _exit(line: str, code: int) -> NoReturn:
@@ -124,10 +144,10 @@ MAX_CHECKED_JOBS = 256  # a bigger sweep is checked job by job as it runs
 
 def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
     """Compose the config of every job the command line asks for through the schema and validate it, so
-    that a bad value is refused before Hydra creates a run or sweep dir. Left to Hydra and to the run:
-    Hydra's flags, glob sweeps, a resumed run's checkpoint and ranges (checked when it starts, against the
-    saved config; a missing path is refused here), and data that a launcher's machines may hold but this one
-    does not."""
+    that a bad value is refused before Hydra creates a run or sweep dir, or writes into one: for a single
+    run also its checkpoint and saved config when it resumes, and its run dir (:func:`check_run_dir`).
+    Left to Hydra and to the run: Hydra's flags, glob sweeps, a sweep's resumed jobs, and data that a
+    launcher's machines may hold but this one does not."""
     from .checkpoint import resolve_checkpoint
     from .data import source_path
 
@@ -144,16 +164,18 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
         sweep = next(a for a in args if len(expand([a]) or ()) > 1)
         raise ConfigError(f"{sweep} is a sweep: add -m to run one job per value "
                           "(or quote it, key='a,b', for one string value)")
-    resume = [a.partition("=")[2].strip("'\"") for a in args if a.startswith("resume=")]
-    resuming = bool(resume) and resume[-1] not in ("", "null", "None")
+    resume = [override_value(a) for a in args if a.startswith("resume=")]
+    resuming = bool(resume) and resume[-1] not in ("", "null", "None", None)
     if resuming and not multirun:
-        resolve_checkpoint(resume[-1])  # one line for a mistyped path, before any dir exists
-    check_writable(args, multirun, resume[-1] if resuming else None)
+        resolve_checkpoint(str(resume[-1]))  # one line for a mistyped path, before any dir exists
+    check_writable(args, multirun, str(resume[-1]) if resuming else None)
     local = not any(a.startswith("hydra/launcher=") for a in args)
     search = next((a for a in args if a.startswith("hydra/sweeper=optuna")), None)
     try:
-        for cfg in compose_configs(config_dir, jobs):  # types, keys and choices
-            if resuming:  # the rest is the saved config's, checked when the run has read it
+        for cfg, job in zip(compose_configs(config_dir, jobs), jobs):  # types, keys and choices
+            if resuming and not multirun:
+                check_resume(cfg, job)
+            if resuming:  # a sweep's resumed jobs are checked against their saved configs as they start
                 continue
             cfg = validate_config(cfg)
             if search and cfg.data.val_size == 0:
@@ -163,6 +185,8 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
                 source_path(cfg.data.path)
             if local and cfg.init_from:
                 resolve_checkpoint(cfg.init_from, "init_from")
+            if not multirun and int(os.environ.get("RANK", "0")) == 0:  # torchrun's other ranks write no files
+                check_run_dir(args, cfg.overwrite)
     except ZooError:
         raise
     except Exception:  # not a config mistake: Hydra (or the run) says what is wrong, in its own words
@@ -184,3 +208,37 @@ def check_writable(args: list[str], multirun: bool, resume: str | None) -> None:
     if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(f"{key}={where}: {folder} is not writable (read-only or not yours): "
                           f"give {key}= a writable path")
+
+
+def check_resume(cfg: DictConfig, overrides: list[str]) -> None:
+    """What a resumed run checks when it starts, before Hydra writes into the run's dir: a checkpoint
+    that loads, overrides that change only environment keys, the saved config's ranges, a free dir."""
+    from .checkpoint import load_checkpoint, resumed_config
+    from .runlog import check_unlocked
+
+    saved = load_checkpoint(cfg.resume)
+    validate_config(resumed_config(cfg, saved, overrides))
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun's other ranks write no files
+        check_unlocked(Path(saved["path"]).parent)
+
+
+def check_run_dir(args: list[str], overwrite: bool) -> None:
+    """A new run's ``hydra.run.dir=`` holds no other run's records (or ``overwrite=true`` says to replace
+    them) and no other process writes there. The default dir is made new when the run starts."""
+    from .runlog import check_new_run_dir, check_unlocked
+
+    given = [override_value(a) for a in args if a.startswith("hydra.run.dir=")]
+    if not given or not isinstance(given[-1], str) or "${" in given[-1]:  # an interpolation: Hydra resolves it
+        return
+    run_dir = Path(given[-1]).expanduser()
+    if not overwrite:
+        check_new_run_dir(run_dir)
+    check_unlocked(run_dir)
+
+
+def reserve_run_dir(argv: list[str]) -> None:
+    """For a single run with the default run dir, have the dir made new when Hydra resolves it
+    (:func:`config.reserve_default_run_dir`): two runs started in the same second get two dirs."""
+    if any(a.startswith("-") or a.startswith("hydra.mode=") for a in argv[1:]):  # a sweep, or Hydra's flags
+        return
+    reserve_default_run_dir()

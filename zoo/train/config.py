@@ -231,6 +231,7 @@ class TrainConfig:
     clip_mode: ClipMode = ClipMode("norm")  # type: ignore[assignment]
     accum_steps: int = 1
     init_from: Optional[str] = None
+    overwrite: bool = False  # absent from configs saved before it existed
 
     @staticmethod
     def check(c: DictConfig) -> None:
@@ -385,6 +386,32 @@ def resumed_run_dir(resume: str | None) -> Path | None:
     return run_dir.resolve() if run_dir and ((run_dir / "config.yaml").is_file() or (run_dir / ".hydra").is_dir()) else None
 
 
+_DEFAULT_RUN_DIR: dict[str, Any] = {"reserve": False, "dir": None}
+
+
+def reserve_default_run_dir() -> None:
+    """From now on in this process, the default run dir Hydra resolves is made at once, and made new: when
+    another run took that name (two runs started in the same second), ``_2``, ``_3``, ... is appended.
+    train.py turns this on for a single run; a sweep, and a dir given by ``hydra.run.dir=``, never ask."""
+    _DEFAULT_RUN_DIR["reserve"] = True
+
+
+def _fresh_run_dir(default: str) -> str:
+    if not _DEFAULT_RUN_DIR["reserve"]:
+        return default
+    if _DEFAULT_RUN_DIR["dir"] is None:  # once: Hydra resolves the run dir more than once
+        Path(default).parent.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 10_000):
+            candidate = default if n == 1 else f"{default}_{n}"
+            try:
+                os.mkdir(candidate)  # atomic: of two runs asking for one name, one gets it
+            except FileExistsError:
+                continue
+            _DEFAULT_RUN_DIR["dir"] = candidate
+            break
+    return _DEFAULT_RUN_DIR["dir"] or default
+
+
 def _register() -> None:
     """The schema and the model choices into Hydra's ConfigStore, and the resolvers configs/train.yaml's hydra
     node uses: a resumed run runs in its own dir (this invocation's .hydra/ files in .hydra/resume-<time>/);
@@ -393,7 +420,7 @@ def _register() -> None:
     worker = int(os.environ.get("RANK", "0")) > 0
     stamp = time.strftime("%Y%m%d-%H%M%S")
     resolvers = {
-        "zoo.run_dir": lambda resume, default: "." if worker else str(resumed_run_dir(resume) or default),
+        "zoo.run_dir": lambda resume, default: "." if worker else str(resumed_run_dir(resume) or _fresh_run_dir(default)),
         "zoo.output_subdir": lambda resume: None if worker else f".hydra/resume-{stamp}" if resumed_run_dir(resume) else ".hydra",
         "zoo.log_file": lambda default: os.devnull if worker else default,
         "zoo.log_level": lambda: "WARNING" if worker else "INFO",

@@ -37,6 +37,7 @@ from .ema import EMA, build_ema
 from .interrupt import StopAtOnce, StopOnSignal, TrainingInterrupted
 from .mixing import Mixing, build_mixing
 from .optim import build_optimizer, sched_lr
+from .overrides import quoted_override, resume_command
 from .precision import Precision, resolve_precision, restored_torch_flags
 from .progress import Progress
 from .runlog import RunLog, versions
@@ -138,8 +139,9 @@ def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any]
     if ctx.is_main:
         for name in (CHECKPOINT_NAME, BEST_NAME):  # temporaries of a save killed mid-write; never read
             remove_stale_temporaries(run.dir / name)
-    if saved is None and (run.dir / CHECKPOINT_NAME).exists() and ctx.is_main:
-        raise ConfigError(f"{run.dir} already holds a run; continue it with resume={run.dir} or pick another hydra.run.dir")
+    if saved is None and (run.dir / CHECKPOINT_NAME).exists() and ctx.is_main and not cfg.overwrite:
+        raise ConfigError(f"{run.dir} already holds a run; continue it with {quoted_override('resume', run.dir)}, "
+                          "pick another hydra.run.dir, or add overwrite=true to replace it")
     precision = device_settings(cfg, ctx.device)
     kept = f"{run.dir / CHECKPOINT_NAME} is as it was" if saved else "no checkpoint was due yet"
     with StopAtOnce("loading the data set", f"nothing was lost ({kept}; a data cache is written whole or not at all)"):
@@ -159,6 +161,8 @@ def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any]
     s.mixing = build_mixing(cfg.mixup_alpha, cfg.cutmix_alpha)
     if saved is not None:
         restore(s, saved)
+    elif cfg.overwrite:
+        run.forget_records()  # the run replaced: none of its files may be read as this run's
     run.config(cfg)
     run.restart_metrics(s.history)
     run.open_loggers(cfg, s.history)
@@ -337,7 +341,7 @@ def interrupted(s: TrainState, stop: StopOnSignal, epoch: int, step: int) -> Tra
     signum = stop.signum or signal.SIGTERM  # None: another rank was signalled
     return TrainingInterrupted(
         f"{signal.Signals(signum).name} {where(epoch, step, s.steps_per_epoch)}; saved {s.ckpt_path}; "
-        f"continue with: python train.py resume={s.run.dir}",
+        f"continue with: {resume_command(s.run.dir.resolve())}",
         signum,
     )
 

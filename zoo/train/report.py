@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .paired import (CONFIDENCE, Paired, at_best_val, final_acc, paired_by_epoch, paired_difference, rate_response,
                      runs_per_seed, t_quantile, unpaired_seeds)
+from .overrides import resume_command
 from .report_plot import plot
 from .sweep import (Configuration, ReportError, Run, Sweep, baseline_of, expected_jobs, failed_jobs, load_sweep,
                      override_pairs)
@@ -203,14 +204,23 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _missing(sweep: Sweep) -> list[str]:
     out = [f"- not started: `{sweep.short(job)}`" for job in sweep.not_started]
-    out += [f"- job `{r.name}` (`{sweep.run_label(r)}`): no metrics yet (not started, or stopped before its first "
-            "epoch)" for r in sweep.no_metrics if r.failure is None]
+    for r in sweep.no_metrics:
+        if r.failure is not None:
+            continue  # listed below, as failed
+        if (r.path / "last.pt").is_file():
+            out.append(f"- job `{r.name}` (`{sweep.run_label(r)}`): interrupted before its first epoch ended; "
+                       f"continue with `{resume_command(r.path.resolve())}`")
+        else:
+            out.append(f"- job `{r.name}` (`{sweep.run_label(r)}`): no metrics yet (not started, or stopped before "
+                       "its first epoch)")
     out += [f"- job `{r.name}` (`{sweep.run_label(r)}`): failed (see Failed jobs)" for r in sweep.failed]
     out += [f"- job `{r.name}` (`{sweep.run_label(r)}`): unreadable, left out: {r.unreadable}" for r in sweep.unreadable]
     for config in sweep.configurations:
         for r in config.runs:
             if not r.finished and r.failure is None:
-                out.append(f"- job `{r.name}` (`{sweep.run_label(r)}`): no summary.json, {len(r.metrics)} of {r.planned_epochs} epochs done")
+                resume = f"; continue with `{resume_command(r.path.resolve())}`" if (r.path / "last.pt").is_file() else ""
+                out.append(f"- job `{r.name}` (`{sweep.run_label(r)}`): no summary.json, {len(r.metrics)} of "
+                           f"{r.planned_epochs} epochs done{resume}")
             if r.bad_lines:
                 out.append(f"- job `{r.name}`: {r.bad_lines} unreadable line(s) in metrics.jsonl (skipped)")
         if not config.is_baseline:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import socket
 from pathlib import Path
 from typing import IO, Any
@@ -19,6 +20,8 @@ from .errors import ConfigError
 from .loggers import Logger, open_loggers
 
 LOCK_NAME = ".lock"
+# What a run leaves in its dir: a new run refuses a dir that holds any of them (unless overwrite=true).
+RUN_RECORDS = ("config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt", ".hydra")
 _LOCKS: dict[Path, IO[str]] = {}  # run dirs this process holds: taking one again is no conflict
 
 METRIC_KEYS = (
@@ -58,15 +61,67 @@ def lock_run_dir(run_dir: Path) -> None:
         f.seek(0)
         holder = f.read().strip() or "another process"
         f.close()
-        raise ConfigError(
-            f"{run_dir} is in use by {holder} (another run, or this run still going); wait for it to end, "
-            "or give this run another hydra.run.dir"
-        ) from None
+        raise in_use(run_dir, holder) from None
     f.seek(0)
     f.truncate()
     f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
     f.flush()
     _LOCKS[key] = f
+
+
+def in_use(run_dir: Path, holder: str) -> ConfigError:
+    return ConfigError(f"{run_dir} is in use by {holder} (another run, or this run still going); wait for it to end, "
+                       "or give this run another hydra.run.dir")
+
+
+def check_unlocked(run_dir: Path) -> None:
+    """Refuse ``run_dir`` while another process holds its lock, without writing anything (before Hydra
+    writes its files there)."""
+    try:
+        import fcntl
+
+        f = open(run_dir / LOCK_NAME)
+    except (ImportError, OSError):  # no lock file: nobody holds it
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise in_use(run_dir, f.read().strip() or "another process") from None
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """A new run writes only into a dir that holds no run's records (:data:`RUN_RECORDS`)."""
+    found = [name for name in RUN_RECORDS if (run_dir / name).exists()]
+    if not found:
+        return
+    from .overrides import quoted_override
+
+    if "last.pt" in found:
+        what = f"{quoted_override('resume', run_dir)} continues it"
+    else:
+        what = "it has no last.pt to continue from (resume=<dir> continues a run that has one)"
+    raise ConfigError(f"hydra.run.dir={run_dir} already holds a run ({', '.join(found)}); {what}; give this run "
+                      "another hydra.run.dir, or add overwrite=true to replace that run's records")
+
+
+def remove_stub(run_dir: Path, hydra_subdir: str | None) -> bool:
+    """Remove what a run that failed before it saved anything left in ``run_dir`` (its log, Hydra's files,
+    an empty metrics.jsonl, its lock), and the dir itself when that leaves it empty. Nothing is removed
+    from a dir that holds a checkpoint, a summary or metrics. True when ``run_dir`` is gone."""
+    metrics = run_dir / "metrics.jsonl"
+    if any((run_dir / n).exists() for n in ("last.pt", "best.pt", "summary.json")) or (
+            metrics.is_file() and metrics.stat().st_size):
+        return False
+    for name in ("train.log", "config.yaml", "metrics.jsonl", LOCK_NAME):
+        (run_dir / name).unlink(missing_ok=True)
+    if hydra_subdir:
+        shutil.rmtree(run_dir / hydra_subdir, ignore_errors=True)
+    try:
+        run_dir.rmdir()
+    except OSError:  # something else is in it: kept
+        return False
+    return True
 
 
 def unlock_run_dir(run_dir: Path) -> None:
@@ -101,6 +156,13 @@ class RunLog:
         """Start (or, resumed, continue) the trackers ``cfg.logger`` names (:mod:`zoo.train.loggers`)."""
         if self.enabled:
             self.loggers = open_loggers(cfg.get("logger"), self.dir, OmegaConf.to_container(cfg, resolve=True), history)
+
+    def forget_records(self) -> None:
+        """Remove the checkpoints and summary another run left here (``overwrite=true``); config.yaml and
+        metrics.jsonl are rewritten when the run starts."""
+        if self.enabled:
+            for name in ("summary.json", "best.pt", "last.pt"):
+                (self.dir / name).unlink(missing_ok=True)
 
     def config(self, cfg: DictConfig) -> None:
         if self.enabled:
