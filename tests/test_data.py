@@ -174,7 +174,7 @@ def test_real_archive_has_the_full_cifar10(cifar10_archive, cifar10_cache):
 def test_renamed_class_folders_or_a_replaced_file_rebuild_the_cache(tmp_path, monkeypatch):
     """The cache key lists the files: swapping two class folders' names (same count, sizes and times)
     or rewriting a file in place with its old size and modification time decodes the source again."""
-    tree = make_tree(tmp_path / "src")
+    tree = cifar_tree(tmp_path / "src")
     first = load_image_folder(tree, tmp_path / "cache")
     for a, b in (("cat", "tmp"), ("dog", "cat"), ("tmp", "dog")):
         (tree / "train" / a).rename(tree / "train" / b)
@@ -200,7 +200,7 @@ def test_renamed_class_folders_or_a_replaced_file_rebuild_the_cache(tmp_path, mo
 def test_a_tree_with_extra_folders_is_refused_with_the_path(tmp_path, layout, match):
     """An 11th class folder or a second tree inside train/ is refused, in a directory and in an archive,
     naming the path: never merged into the data set or silently left out."""
-    tree = make_tree(tmp_path / "src")
+    tree = cifar_tree(tmp_path / "src")
     if layout == "eleventh":
         shutil.copytree(tree / "train" / "cat", tree / "train" / "unicorn")
     else:
@@ -213,7 +213,7 @@ def test_a_tree_with_extra_folders_is_refused_with_the_path(tmp_path, layout, ma
 
 
 def test_an_archive_with_two_trees_is_refused_with_both(tmp_path):
-    tree = make_tree(tmp_path / "src")
+    tree = cifar_tree(tmp_path / "src")
     with tarfile.open(tmp_path / "two.tar", "w") as tf:
         tf.add(tree, arcname="a")
         tf.add(tree, arcname="b")
@@ -225,7 +225,7 @@ def test_an_archive_with_two_trees_is_refused_with_both(tmp_path):
 
 
 def test_16_bit_and_palette_images_decode_to_their_values_not_clipped(tmp_path):
-    tree = make_tree(tmp_path / "src")
+    tree = cifar_tree(tmp_path / "src")
     grey16 = (np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 64)  # up to 65472: Pillow's RGB would clip to 255
     Image.fromarray(grey16).save(tree / "train" / "cat" / "0000.png")
     palette = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).quantize(16)
@@ -244,7 +244,7 @@ def test_16_bit_and_palette_images_decode_to_their_values_not_clipped(tmp_path):
 def test_a_member_bigger_than_an_image_can_be_is_refused_unread(tmp_path, monkeypatch):
     """A decompression bomb: a few kB compressed, 2 MB as a member; refused from its header, before
     a byte of it is read or decoded."""
-    tree = make_tree(tmp_path / "src")
+    tree = cifar_tree(tmp_path / "src")
     (tree / "train" / "cat" / "bomb.png").write_bytes(bytes(2 << 20))
     archive = make_tar(tree, tmp_path / "c.tar.gz")
     assert archive.stat().st_size < 100_000
@@ -257,7 +257,7 @@ def test_a_member_bigger_than_an_image_can_be_is_refused_unread(tmp_path, monkey
 
 
 def test_broken_links_unreadable_files_and_an_unwritable_cache_are_one_line(tmp_path, monkeypatch, caplog):
-    tree = make_tree(tmp_path / "src")
+    tree = cifar_tree(tmp_path / "src")
     (tree / "train" / "cat" / "0009.png").symlink_to(tmp_path / "gone.png")
     with pytest.raises(DataError, match=r"train/cat/0009\.png is a broken symbolic link \(to .*gone\.png\)"):
         load_image_folder(tree, tmp_path / "cache")

@@ -51,7 +51,7 @@ def test_the_sweep_subdir_uses_the_short_name():
 
 
 def _job_cfg(**values):
-    return OmegaConf.merge(compose_train("model=resnet8", "epochs=2"), values)
+    return OmegaConf.merge(compose_train("model=resnet8", "epochs=2", "sched.warmup_epochs=0"), values)
 
 
 def test_a_failing_job_is_recorded_and_returns(tmp_path, capsys):

@@ -335,6 +335,7 @@ class DropPath(nn.Module):
         make it; the fixed draw keeps its count for ``count_drop_prob``."""
         if not (self.training and self.active):
             return shortcut + branch_fn(x)
+        _check_input(x)
         if resolve_draw(self.skip_draw, self.mode, x.device) == "fixed":
             return _fixed_skip_add(shortcut, x, branch_fn, self.keep_units, self.scale_by_keep)
         return _bernoulli_skip_add(shortcut, x, branch_fn, self.rate, self._drop_prob, self.scale_by_keep, self.mode)
