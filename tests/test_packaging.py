@@ -15,6 +15,7 @@ import torch
 from conftest import REPO
 
 TRAINER_ONLY = ("hydra", "omegaconf", "tqdm", "matplotlib", "torchvision")
+NOT_NEEDED = (*TRAINER_ONLY, "timm")  # timm too: zoo.register_timm alone imports it
 
 # Runs in a fresh interpreter where the trainer's dependencies cannot be imported at all (torch itself
 # tries tqdm, and copes without it), then uses the library as another project would.
@@ -22,7 +23,7 @@ BLOCKED_IMPORT = f"""
 import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {TRAINER_ONLY!r}:
+        if name.split(".")[0] in {NOT_NEEDED!r}:
             raise ImportError("blocked: " + name)
 sys.meta_path.insert(0, Block())
 import torch, zoo, zoo.layers, zoo.blocks, zoo.models

@@ -61,8 +61,12 @@ class MetaFormerBlock(DropPathBlock):
         self.layer_scale2 = make_scale(LayerScale, dim, layer_scale_init_value)
         self.res_scale2 = make_scale(ResScale, dim, res_scale_init_value)
         # "auto" may pick skip for the MLP but not for a mixer too cheap to repay the gather and scatter.
-        cheap_mixer = bool(getattr(self.token_mixer, "cheap", False))
-        self.mixer_skip = resolve_skip(self.drop_path_mode, self.base_drop_path, cheap_branch=cheap_mixer)
+        self.cheap_mixer = bool(getattr(self.token_mixer, "cheap", False))
+        self.mixer_skip = resolve_skip(self.drop_path_mode, self.base_drop_path, cheap_branch=self.cheap_mixer)
+
+    def set_base_drop_path(self, rate: float) -> None:
+        super().set_base_drop_path(rate)
+        self.mixer_skip = resolve_skip(self.drop_path_mode, self.base_drop_path, cheap_branch=self.cheap_mixer)
 
     def mixer_branch(self, x: Tensor) -> Tensor:
         return self.layer_scale1(self.token_mixer(self.norm1(x)))

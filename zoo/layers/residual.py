@@ -118,6 +118,8 @@ class DropPathBlock(nn.Module):
         self.base_drop_path = args.rate  # set_drop_path_factor scales this
         self.drop_path_factor = 1.0  # the factor installed now: the one record of it
         self.drop_path_mode = args.mode
+        self.drop_path_skip_draw = args.skip_draw
+        self.cheap_branch = cheap_branch
         self.drop_path = DropPath(args.rate, skip_draw=args.skip_draw) if args.rate > 0 else None
         self.skip = resolve_skip(args.mode, args.rate, cheap_branch)
 
@@ -133,10 +135,29 @@ class DropPathBlock(nn.Module):
         if factor == self.drop_path_factor:  # a schedule asks every step; the buffers change when it moves
             return
         self.drop_path_factor = factor
+        self._install_rate()
+
+    def set_base_drop_path(self, rate: float) -> None:
+        """Change the rate the block was built with to ``rate`` (in [0, 1]), as if built with it: a
+        DropPath is added (on the block's device and dtype) or removed, "auto" mode decides skip or
+        mask again, and the installed factor applies on top."""
+        self.base_drop_path = check_drop_prob(rate, "drop_path")
+        if rate == 0:
+            self.drop_path = None
+        elif self.drop_path is None:
+            place = next(self.parameters(), None)
+            self.drop_path = DropPath(rate, skip_draw=self.drop_path_skip_draw)
+            if place is not None:
+                self.drop_path.to(device=place.device, dtype=place.dtype)
+        self.skip = resolve_skip(self.drop_path_mode, self.base_drop_path, self.cheap_branch)
+        self._install_rate()
+
+    def _install_rate(self) -> None:
+        """Put ``drop_path_factor`` times the built rate into the DropPath."""
         if self.drop_path is not None:
-            self.drop_path.drop_prob = self.base_drop_path * factor
+            self.drop_path.drop_prob = self.base_drop_path * self.drop_path_factor
             steps = FIXED_DRAW_FACTOR_STEPS
-            self.drop_path.count_drop_prob = self.base_drop_path * round(factor * steps) / steps
+            self.drop_path.count_drop_prob = self.base_drop_path * round(self.drop_path_factor * steps) / steps
 
     def residual(
         self, shortcut: Tensor, x: Tensor, branch_fn: Callable[[Tensor], Tensor], skip: bool | None = None

@@ -1,13 +1,68 @@
-"""What every zoo model shares: timm's classifier and feature API, and the installed drop path rates."""
+"""What every zoo model shares: timm's classifier, feature API and pretrained_cfg, and its drop path rates."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
-from ..layers import block_drop_path_rates, drop_path_blocks, set_drop_path_factor
+from ..layers import (
+    DropPathArgs,
+    block_drop_path_rates,
+    check_drop_prob,
+    drop_path_blocks,
+    drop_path_rates,
+    set_drop_path_factor,
+)
 from ._features import FeatureInfo, check_output_fmt, take_indices
+
+# timm's names: the mean ("fast" is timm's faster mean, here the same), the max, or their average over H and W
+GLOBAL_POOLS = ("avg", "fast", "max", "avgmax")
+
+
+def check_global_pool(global_pool: str) -> str:
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool must be one of {', '.join(GLOBAL_POOLS)}, got {global_pool!r}")
+    return global_pool
+
+
+def global_pool_2d(x: Tensor, kind: str) -> Tensor:
+    """An NCHW map pooled to (B, C): ``kind`` is one of :data:`GLOBAL_POOLS`."""
+    if kind in ("avg", "fast"):
+        return x.mean((2, 3))
+    if kind == "max":
+        return x.amax((2, 3))
+    return 0.5 * (x.mean((2, 3)) + x.amax((2, 3)))
+
+
+def block_rates(
+    rate: float | Sequence[float], depths: Sequence[int], schedule: str | None
+) -> list[list[float]]:
+    """Every block's drop path rate, one list per stage: one ``rate`` spread over ``depths`` by
+    ``schedule`` (:func:`zoo.layers.drop_path_rates`), or a flat sequence of one rate per block, in
+    forward order, which must have ``sum(depths)`` entries."""
+    if isinstance(rate, Sequence) and not isinstance(rate, str):
+        rates = [check_drop_prob(r, f"drop_path_rates[{i}]") for i, r in enumerate(rate)]
+        if len(rates) != sum(depths):
+            raise ValueError(f"drop_path_rates has {len(rates)} entries but the model has {sum(depths)} blocks "
+                             f"(depths {tuple(depths)}): give one rate per block")
+        starts = [sum(depths[:i]) for i in range(len(depths))]
+        return [rates[start : start + d] for start, d in zip(starts, depths)]
+    if schedule is None:
+        raise ValueError("this model was built from a list of rates, it has no schedule over depth: pass schedule=")
+    return drop_path_rates(rate, tuple(depths), schedule)
+
+
+def stage_drop_path_rates(
+    rate: float, rates: Sequence[float] | None, depths: Sequence[int], schedule: str
+) -> list[list[float]]:
+    """A constructor's per-stage rates: ``rates`` (one per block) when given, else ``rate`` over depth."""
+    if rates is None:
+        return block_rates(rate, depths, schedule)
+    if rate > 0:
+        raise ValueError(f"give drop_path_rate or drop_path_rates, not both (got drop_path_rate={rate} and a list)")
+    return block_rates(rates, depths, None)
 
 
 class ZooModel(nn.Module):
@@ -39,6 +94,26 @@ class ZooModel(nn.Module):
     out_indices: tuple[int, ...] = ()  # the stages a features_only model returns
     pruned_keys: frozenset[str] = frozenset()  # the full model's state-dict keys a features_only model lacks
     grad_checkpointing: bool = False
+    global_pool: str = "avg"
+    head_drop: nn.Module
+    drop_path_schedule: str | None = None  # how the built rates grow with depth; None when built from a list
+    drop_path_depths: tuple[int, ...] = ()  # the depths the rates were spread over (before any pruning)
+    first_conv: str  # the stem convolution's module name, for pretrained_cfg
+    pretrained_cfg: dict[str, Any]  # timm's fields: input size, mean, std, interpolation, crop, classifier
+
+    def init_head(self, num_classes: int, global_pool: str, drop_rate: float) -> None:
+        """The classifier for ``num_classes`` after ``global_pool`` and a dropout of ``drop_rate``."""
+        self.head_drop = nn.Dropout(check_drop_prob(drop_rate, "drop_rate"))
+        self.reset_classifier(num_classes, global_pool)
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name of :attr:`pretrained_cfg`."""
+        return self.pretrained_cfg
+
+    @default_cfg.setter
+    def default_cfg(self, cfg: dict[str, Any]) -> None:
+        self.pretrained_cfg = cfg
 
     def init_features(self, features_only: bool = False, out_indices: int | Sequence[int] | None = None) -> None:
         """Make this a feature extractor (``features_only``): ``forward`` returns the maps of the stages
@@ -67,9 +142,10 @@ class ZooModel(nn.Module):
         return self.to_nchw(self.stages(self.stem(x)))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Pool a map from :meth:`forward_features` to (B, num_features), norm it where the family does
-        (MetaFormer), then classify it: the logits, or the normed pooled features with ``pre_logits``."""
-        x = self.norm(x.mean((2, 3)))
+        """Pool a map from :meth:`forward_features` to (B, num_features) (``global_pool``), norm it where
+        the family does (MetaFormer), apply the dropout of ``drop_rate``, then classify it: the logits,
+        or the features the classifier would see with ``pre_logits``."""
+        x = self.head_drop(self.norm(global_pool_2d(x, self.global_pool)))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
@@ -144,14 +220,17 @@ class ZooModel(nn.Module):
         """The classifier: a Linear (num_features -> num_classes), or Identity when there is none."""
         return self.head
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh one for ``num_classes`` classes (0: none)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier with a fresh one for ``num_classes`` classes (0: none); a ``global_pool``
+        (one of :data:`GLOBAL_POOLS`) replaces the pooling too."""
         if self.features_only:
             raise ValueError(
                 f"reset_classifier({num_classes!r}): a features_only model has no classifier; build one without features_only"
             )
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        if global_pool is not None:
+            self.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -182,3 +261,52 @@ class ZooModel(nn.Module):
         factor rounded to quarters, so a compiled run makes at most
         ``zoo.layers.FIXED_DRAW_FACTOR_STEPS + 2`` graphs (6) whatever its schedule."""
         set_drop_path_factor(self, factor)
+
+    @property
+    def drop_path_rate(self) -> float:
+        """The largest per-block rate the model was built with (a schedule's r). Assigning a value sets
+        every block's rate again: ``model.drop_path_rate = 0.3`` is :func:`set_drop_path_rate`."""
+        return max((block.base_drop_path for block in drop_path_blocks(self)), default=0.0)
+
+    @drop_path_rate.setter
+    def drop_path_rate(self, rate: float) -> None:
+        set_drop_path_rate(self, rate)
+
+
+def set_drop_path_rate(model: ZooModel, rate: float | Sequence[float], schedule: str | None = None) -> None:
+    """Set every block's drop path rate as if ``model`` had been built with ``rate``.
+
+    Unlike :func:`zoo.layers.set_drop_path_factor`, which scales the built rates by a factor in [0, 1],
+    this replaces them: blocks built at 0 get a DropPath, blocks set to 0 lose theirs. A training-time
+    factor already installed applies on top of the new rates.
+
+    Args:
+        model: a zoo model.
+        rate: the largest rate r in [0, 1], spread over depth by ``schedule``; or a sequence of one
+            rate per block, in forward order (as ``create_model(drop_path_rates=...)``).
+        schedule: one of :data:`zoo.layers.DEPTH_SCHEDULES`; None keeps the model's own
+            (``model.drop_path_schedule``), which the model then records.
+    """
+    if not isinstance(model, ZooModel):
+        raise TypeError(f"set_drop_path_rate takes a zoo model, got {type(model).__name__}")
+    blocks = drop_path_blocks(model)
+    is_list = isinstance(rate, Sequence) and not isinstance(rate, str)
+    if is_list and schedule is not None:
+        raise ValueError(f"give a rate and a schedule, or a list of rates alone (got the list and schedule={schedule!r})")
+    schedule = None if is_list else schedule or model.drop_path_schedule
+    # a pruned model keeps the first blocks of the depths its rates were spread over
+    depths = (len(blocks),) if is_list else model.drop_path_depths
+    rates = [r for stage in block_rates(rate, depths, schedule) for r in stage][: len(blocks)]
+    for block, block_rate in zip(blocks, rates):
+        block.set_base_drop_path(block_rate)
+    model.drop_path_schedule = schedule
+    if model.model_args is not None:  # what a checkpoint rebuilds the model with
+        args = {k: v for k, v in model.model_args.items() if k not in ("drop_path_rate", "drop_path_rates", "drop_path_schedule")}
+        given = args.pop("drop_path", None)
+        if isinstance(given, DropPathArgs):  # keep its mode and draw, under create_model's names
+            args.update(drop_path_mode=given.mode, drop_path_skip_draw=given.skip_draw)
+        if is_list:
+            args["drop_path_rates"] = [float(r) for r in rate]
+        else:
+            args.update(drop_path_rate=float(rate), drop_path_schedule=schedule)
+        model.model_args = args

@@ -29,10 +29,11 @@ from torch import Tensor, nn
 
 from .._registry import register_model
 from ..blocks.metaformer import MetaFormerBlock
-from ..layers import DropPathArgs, LayerNorm, as_drop_path, drop_path_from_kwargs, drop_path_rates
+from ..layers import DropPathArgs, LayerNorm, as_drop_path, drop_path_from_kwargs
 from ..layers.mixers import TokenMixer, check_token_mixer
 from ..layers.mlp import check_act_layer
-from ._base import ZooModel
+from ._base import ZooModel, stage_drop_path_rates
+from ._cfg import pretrained_cfg
 from ._features import FeatureInfo, run_blocks
 
 
@@ -161,9 +162,14 @@ class MetaFormer(ZooModel):
             mode's draw. The registered builders (``create_model``) take it as timm's keywords
             (``drop_path_rate`` and the like: :func:`zoo.layers.drop_path_from_kwargs`).
         drop_path_schedule: how rates grow with depth (see :func:`zoo.layers.drop_path_rates`).
+        drop_path_rates: one rate per block, in forward order, instead of a rate and a schedule.
+        drop_rate: dropout before the classifier, after the head's norm (timm's ``drop_rate``).
+        global_pool: how the head pools the last map: "avg", "max" or "avgmax" (their average).
         layer_scale_init_values: LayerScale init per stage; None turns it off.
         res_scale_init_values: ResScale init per stage; None turns it off (the paper: stages 3-4).
     """
+
+    first_conv = "stem.conv"  # timm's pretrained_cfg names it
 
     def __init__(
         self,
@@ -179,6 +185,9 @@ class MetaFormer(ZooModel):
         stem_stride: int = 1,
         drop_path: float | DropPathArgs = 0.0,
         drop_path_schedule: str = "linear",
+        drop_path_rates: Sequence[float] | None = None,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
         layer_scale_init_values: float | None | Sequence[float | None] = None,
         res_scale_init_values: float | None | Sequence[float | None] = (None, None, 1.0, 1.0),
         features_only: bool = False,
@@ -198,9 +207,10 @@ class MetaFormer(ZooModel):
         check_act_layer(mlp_act, "mlp_act")
         drop_path = as_drop_path(drop_path)
         sizes = stage_sizes(img_size, stem_stride, n)
-        rates = drop_path_rates(drop_path.rate, depths, drop_path_schedule)
+        rates = stage_drop_path_rates(drop_path.rate, drop_path_rates, depths, drop_path_schedule)
 
-        self.depths = depths
+        self.depths = self.drop_path_depths = depths
+        self.drop_path_schedule = drop_path_schedule if drop_path_rates is None else None
         self.stem = Stem(in_chans, dims[0], stem_stride)
         self.stages = nn.Sequential(
             *(
@@ -217,7 +227,8 @@ class MetaFormer(ZooModel):
         )
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)  # the head's norm keeps its bias, as in the paper
         self.num_features = dims[-1]
-        self.reset_classifier(num_classes)
+        self.init_head(num_classes, global_pool, drop_rate)
+        self.pretrained_cfg = pretrained_cfg(self.first_conv, num_classes, in_chans, img_size)
         self.apply(self._init_weights)
         self.init_features(features_only, out_indices)
 

@@ -14,8 +14,9 @@ from torch import Tensor, nn
 
 from .._registry import register_model
 from ..blocks.resnet import BasicBlock, Bottleneck
-from ..layers import DropPathArgs, as_drop_path, drop_path_from_kwargs, drop_path_rates
-from ._base import ZooModel
+from ..layers import DropPathArgs, as_drop_path, drop_path_from_kwargs
+from ._base import ZooModel, stage_drop_path_rates
+from ._cfg import pretrained_cfg
 from ._features import FeatureInfo, run_blocks
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -65,11 +66,16 @@ class ResNetCifar(ZooModel):
             mode's draw. The registered builders (``create_model``) take it as timm's keywords
             (``drop_path_rate`` and the like: :func:`zoo.layers.drop_path_from_kwargs`).
         drop_path_schedule: how rates grow with depth (see :func:`zoo.layers.drop_path_rates`).
+        drop_path_rates: one rate per block, in forward order, instead of a rate and a schedule.
+        drop_rate: dropout before the classifier (timm's ``drop_rate``).
+        global_pool: how the head pools the last map: "avg", "max" or "avgmax" (their average).
         shortcut: "A" (zero-padding, parameter-free) or "B" (1x1 conv) where the shape changes.
         zero_init_last: start every branch's last BatchNorm at gamma = 0, so each block starts as
             its shortcut (timm's default). Without it resnet1202 at initialisation overflows in
             eval mode; set False for the exact initialisation of He et al.
     """
+
+    first_conv = "stem.0"  # timm's pretrained_cfg names it
 
     def __init__(
         self,
@@ -81,6 +87,9 @@ class ResNetCifar(ZooModel):
         in_chans: int = 3,
         drop_path: float | DropPathArgs = 0.0,
         drop_path_schedule: str = "linear",
+        drop_path_rates: Sequence[float] | None = None,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
         shortcut: str = "A",
         zero_init_last: bool = True,
         features_only: bool = False,
@@ -93,8 +102,9 @@ class ResNetCifar(ZooModel):
         if len(depths) != len(widths):
             raise ValueError(f"depths and widths need one entry per stage, got {depths} and {widths}")
         block_cls = BLOCKS[block]
-        self.depths = tuple(depths)
-        rates = drop_path_rates(drop_path.rate, tuple(depths), drop_path_schedule)
+        self.depths = self.drop_path_depths = tuple(depths)
+        rates = stage_drop_path_rates(drop_path.rate, drop_path_rates, self.depths, drop_path_schedule)
+        self.drop_path_schedule = drop_path_schedule if drop_path_rates is None else None
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
         )
@@ -108,7 +118,8 @@ class ResNetCifar(ZooModel):
         self.stages = nn.Sequential(*stages)
         self.num_features = in_chs
         self.norm = nn.Identity()  # the head pools, then classifies: no norm
-        self.reset_classifier(num_classes)
+        self.init_head(num_classes, global_pool, drop_rate)
+        self.pretrained_cfg = pretrained_cfg(self.first_conv, num_classes, in_chans)
         self._init_weights(zero_init_last)
         self.init_features(features_only, out_indices)
 

@@ -20,6 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import torch
 from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -29,6 +30,7 @@ from torch import nn
 from .._registry import create_model, is_model, list_models, model_arguments, unknown_model_message
 from ..layers import DEPTH_SCHEDULES, DROP_PATH_MODES, EARLY_MODES, SKIP_DRAWS, TIME_SCHEDULES, check_drop_prob
 from .augment import check_augment
+from ..models._base import check_global_pool
 from .data import check_val_size
 from .errors import ConfigError
 from .loggers import check_installed
@@ -232,11 +234,14 @@ class TrainConfig:
     accum_steps: int = 1
     init_from: Optional[str] = None
     overwrite: bool = False  # absent from configs saved before it existed
+    drop_path_rates: Optional[list[float]] = None  # absent from configs saved before it existed: off
 
     @staticmethod
     def check(c: DictConfig) -> None:
         try:
             check_drop_prob(c.drop_path_rate, "drop_path_rate")
+            for i, rate in enumerate(c.drop_path_rates or ()):
+                check_drop_prob(rate, f"drop_path_rates[{i}]")
         except ValueError as e:
             raise ConfigError(str(e)) from None
         _need(c.drop_path_time_cutoff >= 0, "drop_path_time_cutoff", ">= 0 epochs", c.drop_path_time_cutoff)
@@ -272,12 +277,19 @@ def check_model(c: DictConfig) -> None:
     (but those the trainer sets: num_classes and the drop path keys, which it hands over as drop_path)."""
     if not isinstance(c.get("name"), str) or not is_model(c.name):
         raise ConfigError(f"model.name: {unknown_model_message(c.get('name'))}")
-    allowed = [k for k in model_arguments(c.name) if k not in ("num_classes", "drop_path", *DROP_PATH_KEYS)]
+    allowed = [k for k in model_arguments(c.name) if k not in ("num_classes", "drop_path", "drop_path_rates", *DROP_PATH_KEYS)]
     for key in c:
         if key != "name" and key not in allowed:
             raise ConfigError(f"unknown key 'model.{key}'{_hint(str(key), allowed, 'model.')} "
                               f"({c.name}'s keys: {', '.join(allowed)})")
         _check_finite(f"model.{key}", c[key])
+    try:  # the head's keys every model has, checked by the library's own checks
+        if "drop_rate" in c:
+            check_drop_prob(c.drop_rate, "model.drop_rate")
+        if "global_pool" in c:
+            check_global_pool(c.global_pool)
+    except ValueError as e:
+        raise ConfigError(str(e).replace("global_pool", "model.global_pool", 1)) from None
 
 
 def validate_config(cfg: DictConfig) -> DictConfig:
@@ -307,7 +319,11 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         raise _explain(e) from None
     check_model(typed.model)
     check_installed(list(typed.logger or ()))
-    return OmegaConf.create(OmegaConf.to_container(typed, enum_to_str=True))
+    plain = OmegaConf.create(OmegaConf.to_container(typed, enum_to_str=True))
+    if plain.drop_path_rates is not None:
+        with torch.device("meta"):  # the block count is the model's: build it, with no memory or init cost
+            build_model(plain)
+    return plain
 
 
 def compose_config(config_dir: str | os.PathLike, overrides: list[str], hydra: bool = False) -> DictConfig:
@@ -364,10 +380,16 @@ def _hint(name: str, options: typing.Iterable[str], prefix: str = "") -> str:
 
 def model_args(cfg: DictConfig, num_classes: int = 10) -> dict[str, Any]:
     """The ``create_model`` keyword arguments of ``cfg``'s model: the model group's keys besides its
-    name, and the top-level drop path keys. A checkpoint stores them to rebuild the model."""
+    name, and the top-level drop path keys (``drop_path_rates``, when set, instead of the rate and the
+    schedule). A checkpoint stores them to rebuild the model."""
     group = OmegaConf.to_container(cfg.model, resolve=True)
     group.pop("name")
-    return {"num_classes": num_classes, **{k: cfg[k] for k in DROP_PATH_KEYS}, **group}
+    keys = DROP_PATH_KEYS
+    rates = cfg.get("drop_path_rates")
+    if rates is not None:
+        keys = tuple(k for k in DROP_PATH_KEYS if k not in ("drop_path_rate", "drop_path_schedule"))
+        group = {"drop_path_rates": [float(r) for r in rates], **group}
+    return {"num_classes": num_classes, **{k: cfg[k] for k in keys}, **group}
 
 
 def build_model(cfg: DictConfig, num_classes: int = 10) -> nn.Module:

@@ -24,16 +24,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..models._cfg import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 from .atomic import DiskFull, remove_stale_temporaries, save_atomic
 from .errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CLASSES = CIFAR10_CLASSES
 SPLITS = ("train", "test")
 TRAIN_PER_CLASS = 5000  # CIFAR-10's training images of each class (what a config is checked against)
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2470, 0.2435, 0.2616)
+MEAN, STD = CIFAR10_MEAN, CIFAR10_STD  # the library's: every model's pretrained_cfg carries them
 _CACHE_VERSION = 1  # bump when the cache layout changes, so old files are not read
 MAX_IMAGE_BYTES = 1 << 20  # a 32x32 image file is a few kB in any format: a bigger one is refused unread
 

@@ -215,7 +215,7 @@ def unused_parameters(cfg: DictConfig, device: torch.device) -> bool:
         return False
     draw = cfg.drop_path_skip_draw
     fixed = resolve_draw(draw, "row", device) == "fixed" or (draw == "auto" and bool(cfg.compile))
-    return not fixed or cfg.drop_path_rate >= 1
+    return not fixed or max(cfg.drop_path_rates or [cfg.drop_path_rate]) >= 1
 
 
 def wrap(net: nn.Module, compile: bool | str, world: int, unused_parameters: bool = False) -> tuple[nn.Module, nn.Module]:
