@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import torchvision
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from zoo.profile import cpu_model  # noqa: E402
 from zoo.train import loop  # noqa: E402
 from zoo.train.augment import build_policy  # noqa: E402
 from zoo.train.batches import epoch_plan, train_batch  # noqa: E402
@@ -81,12 +81,6 @@ def augment_rate(args: argparse.Namespace, policy: list[str]) -> float:
     return plan.steps * args.batch / (time.perf_counter() - start)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
-    except OSError:
-        return platform.processor() or "unknown"
 
 
 def header(args: argparse.Namespace) -> str:

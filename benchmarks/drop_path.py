@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 import zoo
 from zoo.layers import DropPath, drop_path_add
+from zoo.profile import cpu_model
 from zoo.layers.residual import AUTO_SKIP_MIN_RATE
 
 try:
@@ -262,15 +263,6 @@ def bench_sweep(args, device: torch.device) -> None:
 # ----------------------------------------------------------------------------------------- main
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def print_header(device: torch.device) -> None:

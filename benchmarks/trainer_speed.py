@@ -41,6 +41,7 @@ from torchvision import datasets, transforms
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from zoo.profile import cpu_model  # noqa: E402
 from zoo.train import loop  # noqa: E402
 from zoo.train.config import build_model  # noqa: E402
 from zoo.train.data import CLASSES, MEAN, STD, _iter_files  # noqa: E402
@@ -154,12 +155,6 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} [{min(values):.1f}, {max(values):.1f}]"
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
-    except OSError:
-        return platform.processor() or "unknown"
 
 
 def header(args: argparse.Namespace) -> str:

@@ -318,9 +318,10 @@ def test_a_trained_run_loads_back_as_the_model_it_saved(tiny_run):
     assert same_weights(model, saved["model"]) and not model.training
     assert config["model"]["name"] == "resnet8" and config["drop_path_rate"] == 0.2
     assert model.drop_path_rates() == pytest.approx([0.0, 0.1, 0.2])
-    # the create_model arguments the run built its model with, as the trainer composed them
+    # the create_model arguments the run built its model with, as the trainer composed them (model=resnet8
+    # adds no key of its own: the registry's defaults build it)
     assert saved["model_args"] == {"num_classes": 10, "drop_path_rate": 0.2, "drop_path_schedule": "linear",
-                                   "drop_path_mode": "mask", "drop_path_skip_draw": "auto", "shortcut": "A"}
+                                   "drop_path_mode": "mask", "drop_path_skip_draw": "auto"}
     again = zoo.create_model("resnet8", checkpoint_path=tiny_run).eval()
     x = torch.randn(4, 3, 32, 32)
     assert torch.equal(model(x), again(x))

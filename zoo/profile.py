@@ -1,7 +1,9 @@
-"""Model size and cost: parameters, forward FLOPs, and CPU forward+backward time."""
+"""Model size and cost: parameters, forward FLOPs, and CPU forward+backward time; the CPU they were
+measured on (:func:`cpu_model`, for benchmark headers)."""
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 
@@ -41,3 +43,12 @@ def time_train_step(model: nn.Module, batch: int = 128, repeats: int = 5, warmup
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what the platform says: every figure names its CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    except OSError:
+        return platform.processor() or "unknown"
