@@ -182,7 +182,9 @@ loop.StopOnSignal = StopOnRank1
 try:
     loop.train(compose_train(*{overrides!r}), {run_dir!r})
 except loop.TrainingInterrupted as e:
-    print(f"rank {{rank}}: {{e}}", flush=True)
+    # a file per rank: the two processes share one stdout, where their lines can interleave
+    with open(f"rank{{rank}}.txt", "w") as f:
+        f.write(f"rank {{rank}}: {{e}}")
     sys.exit(e.exit_code)
 """
 
@@ -202,7 +204,7 @@ def test_two_processes_stop_together_when_one_is_signalled(tmp_path, cifar10_arc
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
                          timeout=300)
-    said = sorted(line for line in out.stdout.splitlines() if line.startswith("rank "))
+    said = sorted(p.read_text() for p in tmp_path.glob("rank*.txt"))
     where = "SIGTERM in epoch 1 after step 4 of 8"
     assert [line[:7] for line in said] == ["rank 0:", "rank 1:"] and all(where in line for line in said), \
         out.stdout[-2000:] + out.stderr[-3000:]
