@@ -39,6 +39,7 @@ BAD_VALUES = [
     ("epochs=0", "epochs must be an integer >= 1, got 0"),
     ("epochs=abc", "epochs must be an integer, got 'abc'"),
     ("batch_size=0", "batch_size must be an integer >= 1, got 0"),
+    ("test_every=-1", "test_every must be an integer >= 0, got -1"),
     ("batch_size=1.5", "batch_size must be an integer, got 1.5"),
     ("lr=0", "lr must be > 0, got 0"),
     ("lr=-0.1", "lr must be > 0, got -0.1"),

@@ -127,6 +127,24 @@ def test_best_pt_and_the_summary_follow_validation_accuracy(val_run):
     assert same == (rows[best]["epoch"] == len(rows))
 
 
+def test_test_every_0_tests_the_last_epoch_and_best_pt_only(tmp_path, cifar10_archive, cifar10_cache):
+    """test_every=0: no per-epoch test pass but the last; the test accuracy at the best validation epoch
+    is best.pt's, evaluated once at the end."""
+    from zoo.train.evaluate import accuracy, load_for_eval
+
+    run = tmp_path / "run"
+    summary = train(compose_train("model=resnet8", "optim=sgd", "lr=0.2", "data=cifar10_folder", f"data.path={cifar10_archive}",
+                                  f"data.cache_dir={cifar10_cache}", "data.subset=100", "data.test_subset=100",
+                                  "data.val_size=50", "epochs=4", "batch_size=50", "sched.warmup_epochs=0",
+                                  "device=cpu", "amp=false", "test_every=0"), run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert ["test_acc" in r for r in rows] == [False, False, False, True] and all("val_acc" in r for r in rows)
+    assert summary["final_test_acc"] == summary["best_test_acc"] == rows[-1]["test_acc"]
+    loaded = load_for_eval(run, torch.device("cpu"), None, 100, which="best")
+    assert summary["test_acc_at_best_val"] == accuracy(loaded, loaded.model)[0]
+    assert summary["best_val_epoch"] == best_val_epoch(rows)["epoch"]
+
+
 def test_which_best_without_a_validation_split_says_why(tmp_path, val_run):
     run = tmp_path / "run"
     shutil.copytree(val_run, run)

@@ -235,6 +235,7 @@ class TrainConfig:
     init_from: Optional[str] = None
     overwrite: bool = False  # absent from configs saved before it existed
     drop_path_rates: Optional[list[float]] = None  # absent from configs saved before it existed: off
+    test_every: int = 1  # absent from configs saved before it existed: every epoch
 
     @staticmethod
     def check(c: DictConfig) -> None:
@@ -245,7 +246,7 @@ class TrainConfig:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         _need(c.drop_path_time_cutoff >= 0, "drop_path_time_cutoff", ">= 0 epochs", c.drop_path_time_cutoff)
-        for key, least in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
+        for key, least in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("test_every", 0)):
             _need(c[key] >= least, key, f"an integer >= {least}", c[key])
         _need(c.lr > 0, "lr", "> 0", c.lr)
         for key in ("weight_decay", "mixup_alpha", "cutmix_alpha", "log_every_s"):

@@ -8,6 +8,7 @@ ends exactly where an uninterrupted one does (same device, same seed).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import signal
@@ -21,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .._weights import BEST_NAME, one_line
+from .._weights import BEST_NAME, load_file, one_line
 from ..layers import time_factor
 from ..layers.drop import resolve_draw
 from ..models import ZooModel
@@ -346,37 +347,42 @@ def interrupted(s: TrainState, stop: StopOnSignal, epoch: int, step: int) -> Tra
     )
 
 
+def tests_after(cfg: DictConfig, epoch: int) -> bool:
+    """Whether the test split is evaluated after ``epoch`` (0-based): every ``test_every`` epochs and
+    always after the last (``test_every: 0``: the last only, where a pass over it costs a run's time)."""
+    return epoch + 1 == cfg.epochs or (cfg.test_every > 0 and (epoch + 1) % cfg.test_every == 0)
+
+
 def evaluate_epoch(s: TrainState, epoch: int, meter: Meter) -> dict[str, Any]:
     """The metrics.jsonl line of a finished epoch: its training sums and the test split's (and the
-    validation split's), summed over ranks (and, with EMA, the averaged weights' test loss and accuracy)."""
+    validation split's), summed over ranks (and, with EMA, the averaged weights' test loss and accuracy).
+    An epoch :func:`tests_after` skips has no test keys."""
     start = time.perf_counter()
-    test = dist.all_sum(first_compiled_call(s, evaluate, s.eval_model, s.test_data, EVAL_BATCH, s.amp, s.channels_last,
-                                            s.ctx.rank, s.ctx.world)).tolist()
+    test = ema = None
+    if tests_after(s.cfg, epoch):
+        test = dist.all_sum(first_compiled_call(s, evaluate, s.eval_model, s.test_data, EVAL_BATCH, s.amp,
+                                                s.channels_last, s.ctx.rank, s.ctx.world)).tolist()
+        if s.ema is not None:
+            ema = dist.all_sum(evaluate(s.ema, s.test_data, EVAL_BATCH, s.amp, s.channels_last, s.ctx.rank,
+                                        s.ctx.world)).tolist()
     val = None
     if s.val_data is not None:
         val = dist.all_sum(evaluate(s.eval_model, s.val_data, EVAL_BATCH, s.amp, s.channels_last, s.ctx.rank,
                                     s.ctx.world)).tolist()
-    ema = None
-    if s.ema is not None:
-        ema = dist.all_sum(evaluate(s.ema, s.test_data, EVAL_BATCH, s.amp, s.channels_last, s.ctx.rank, s.ctx.world))
-    row = epoch_row(s, epoch, meter, test, time.perf_counter() - start)
-    if val is not None:
-        row.update(val_loss=val[0] / val[2], val_acc=val[1] / val[2])
-    if ema is not None:
-        ema_loss, ema_correct, count = ema.tolist()
-        row.update(ema_test_loss=ema_loss / count, ema_test_acc=ema_correct / count)
+    row = epoch_row(s, epoch, meter, time.perf_counter() - start)
+    for prefix, sums in (("test", test), ("val", val), ("ema_test", ema)):
+        if sums is not None:
+            row.update({f"{prefix}_loss": sums[0] / sums[2], f"{prefix}_acc": sums[1] / sums[2]})
     return row
 
 
-def epoch_row(s: TrainState, epoch: int, meter: Meter, test: list[float], eval_seconds: float) -> dict[str, Any]:
-    """The metrics line from the epoch's training sums (over ranks) and its test sums."""
+def epoch_row(s: TrainState, epoch: int, meter: Meter, eval_seconds: float) -> dict[str, Any]:
+    """The metrics line's training keys, from the epoch's sums over ranks."""
     train_sums = dist.all_sum(meter.sums(s.ctx.device)).tolist()
     return {
         "epoch": epoch + 1,
         "train_loss": train_sums[0] / train_sums[2],
         "train_acc": train_sums[1] / train_sums[2],
-        "test_loss": test[0] / test[2],
-        "test_acc": test[1] / test[2],
         "lr": s.lr,
         "drop_path_rate": max(s.net.drop_path_rates(), default=0.0),
         "epoch_seconds": meter.seconds + eval_seconds,
@@ -405,15 +411,28 @@ def save_best(s: TrainState) -> None:
                      "metrics": dict(best)}, s.run.dir / BEST_NAME)
 
 
-def selection_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """summary.json's selection keys: ``best_test_acc``, the highest test accuracy of any epoch (chosen
-    on the test set: a record, not a result); with a validation split, the best validation epoch, its
-    validation accuracy and the test accuracy at that epoch (chosen without looking at the test set)."""
-    out: dict[str, Any] = {"best_test_acc": max(r["test_acc"] for r in history)}
+def selection_summary(s: TrainState) -> dict[str, Any]:
+    """summary.json's selection keys: ``best_test_acc``, the highest test accuracy of any tested epoch
+    (chosen on the test set: a record, not a result); with a validation split, the best validation
+    epoch, its validation accuracy and the test accuracy at that epoch (chosen without looking at the
+    test set), from its metrics line, or from best.pt's weights where ``test_every`` skipped that epoch."""
+    history = s.history
+    out: dict[str, Any] = {"best_test_acc": max(r["test_acc"] for r in history if "test_acc" in r)}
     best = best_val_epoch(history)
     if best is not None:
-        out.update(best_val_epoch=best["epoch"], best_val_acc=best["val_acc"], test_acc_at_best_val=best["test_acc"])
+        at_best = best["test_acc"] if "test_acc" in best else test_acc_of_best(s)
+        out.update(best_val_epoch=best["epoch"], best_val_acc=best["val_acc"], test_acc_at_best_val=at_best)
     return out
+
+
+def test_acc_of_best(s: TrainState) -> float:
+    """The test accuracy of best.pt's weights (every rank reads the file rank 0 wrote)."""
+    dist.barrier()
+    model = copy.deepcopy(s.net)
+    load_model_state(model, load_file(s.run.dir / BEST_NAME))
+    _, correct, count = dist.all_sum(evaluate(model, s.test_data, EVAL_BATCH, s.amp, s.channels_last,
+                                                 s.ctx.rank, s.ctx.world)).tolist()
+    return correct / count
 
 
 def make_summary(s: TrainState, wall_seconds: float) -> dict[str, Any]:
@@ -422,7 +441,7 @@ def make_summary(s: TrainState, wall_seconds: float) -> dict[str, Any]:
     return {
         "model": cfg.model.name,
         "final_test_acc": history[-1]["test_acc"],
-        **selection_summary(history),
+        **selection_summary(s),
         **({"final_ema_test_acc": history[-1]["ema_test_acc"]} if "ema_test_acc" in history[-1] else {}),
         "params": sum(p.numel() for p in s.net.parameters()),
         "total_seconds": sum(r["epoch_seconds"] for r in history),
@@ -454,6 +473,7 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
     return (
         f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  train_acc {row['train_acc']:.4f}  "
         + (f"val_acc {row['val_acc']:.4f}  " if "val_acc" in row else "")
-        + f"test_loss {row['test_loss']:.4f}  test_acc {row['test_acc']:.4f}  lr {row['lr']:.4g}  "
+        + (f"test_loss {row['test_loss']:.4f}  test_acc {row['test_acc']:.4f}  " if "test_acc" in row else "")
+        + f"lr {row['lr']:.4g}  "
         f"drop_path {row['drop_path_rate']:.3f}  {row['epoch_seconds']:.1f}s  {row['images_per_second']:.0f} img/s"
     )
