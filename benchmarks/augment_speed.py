@@ -54,10 +54,20 @@ def compose(*overrides: str):
 
 
 def overrides(args: argparse.Namespace, policy: list[str]) -> list[str]:
-    return [f"model={args.model}", "data=cifar10_folder", f"data.path={args.data}", f"data.subset={args.images}",
-            "data.test_subset=100", f"epochs={args.epochs}", f"batch_size={args.batch}", "sched.warmup_epochs=0",
-            f"device={args.device}", "log_every_s=0", *([f"data.cache_dir={args.cache_dir}"] if args.cache_dir else []),
-            *policy]
+    return [
+        f"model={args.model}",
+        "data=cifar10_folder",
+        f"data.path={args.data}",
+        f"data.subset={args.images}",
+        "data.test_subset=100",
+        f"epochs={args.epochs}",
+        f"batch_size={args.batch}",
+        "sched.warmup_epochs=0",
+        f"device={args.device}",
+        "log_every_s=0",
+        *([f"data.cache_dir={args.cache_dir}"] if args.cache_dir else []),
+        *policy,
+    ]
 
 
 def train_rate(args: argparse.Namespace, policy: list[str], run_dir: Path) -> float:
@@ -81,16 +91,16 @@ def augment_rate(args: argparse.Namespace, policy: list[str]) -> float:
     return plan.steps * args.batch / (time.perf_counter() - start)
 
 
-
-
 def header(args: argparse.Namespace) -> str:
     device = resolve_device(args.device)
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return (f"# data.augment policies against crop_flip, {time.strftime('%Y-%m-%d %H:%M')}\n"
-            f"CPU {cpu_model()} x {os.cpu_count()}, {torch.get_num_threads()} torch threads{gpu}; load average "
-            f"{os.getloadavg()[0]:.2f} (1 min)\ntorch {torch.__version__}, torchvision {torchvision.__version__}\n"
-            f"{args.model}, {args.images} training images, batch {args.batch}, the last of {args.epochs} epochs timed, "
-            f"{args.repeats} repeats in rotating order")
+    return (
+        f"# data.augment policies against crop_flip, {time.strftime('%Y-%m-%d %H:%M')}\n"
+        f"CPU {cpu_model()} x {os.cpu_count()}, {torch.get_num_threads()} torch threads{gpu}; load average "
+        f"{os.getloadavg()[0]:.2f} (1 min)\ntorch {torch.__version__}, torchvision {torchvision.__version__}\n"
+        f"{args.model}, {args.images} training images, batch {args.batch}, the last of {args.epochs} epochs timed, "
+        f"{args.repeats} repeats in rotating order"
+    )
 
 
 def spread(values: list[float]) -> str:

@@ -41,8 +41,8 @@ from torch import Tensor, nn
 
 import zoo
 from zoo.layers import DropPath, drop_path_add
-from zoo.profile import cpu_model
 from zoo.layers.residual import AUTO_SKIP_MIN_RATE
+from zoo.profile import cpu_model
 
 try:
     import timm
@@ -157,8 +157,10 @@ def op_variants(p: float, device: torch.device) -> dict[str, Callable[[Tensor, T
 def bench_ops(args, device: torch.device) -> list[tuple[str, str, float]]:
     """Print the op table; return (op, shape, ratio) rows for the goal check."""
     rows = []
-    print(f"\n## Residual drop path ops: forward + backward, fp32, p = {args.drop_prob}, "
-          f"{args.repeats} interleaved repeats of {args.inner} calls; ratio to timm x + DropPath(p)(b)")
+    print(
+        f"\n## Residual drop path ops: forward + backward, fp32, p = {args.drop_prob}, "
+        f"{args.repeats} interleaved repeats of {args.inner} calls; ratio to timm x + DropPath(p)(b)"
+    )
     print(f"{'op':44s} {'shape':18s} {'median ms ± iqr/2':>18s} {'ratio':>6s}")
     for shape in OP_SHAPES:
         x = torch.randn(shape, device=device, requires_grad=True)
@@ -201,18 +203,31 @@ def step_variants(name: str, rate: float, modes: tuple[str, ...], batch: int, co
     for mode in modes:
         drop_path_mode, _, draw = mode.partition(" ")
         torch.manual_seed(0)
-        model = zoo.create_model(name, drop_path_rate=rate, drop_path_schedule=schedule, drop_path_mode=drop_path_mode,
-                                 drop_path_skip_draw=draw or "auto").to(device).train()
+        model = (
+            zoo.create_model(
+                name,
+                drop_path_rate=rate,
+                drop_path_schedule=schedule,
+                drop_path_mode=drop_path_mode,
+                drop_path_skip_draw=draw or "auto",
+            )
+            .to(device)
+            .train()
+        )
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         fns[mode] = train_step_fn(torch.compile(model) if compiled else model, images, labels)
     return fns
 
 
-def bench_train(name: str, rate: float, modes: tuple[str, ...], batch: int, compiled: bool, args, device) -> dict[str, float]:
+def bench_train(
+    name: str, rate: float, modes: tuple[str, ...], batch: int, compiled: bool, args, device
+) -> dict[str, float]:
     fns = step_variants(name, rate, modes, batch, compiled, device)
-    print(f"\n## Training step (fwd + bwd + SGD): {name}, drop_path_rate={rate}, batch {batch}, "
-          f"{'compiled' if compiled else 'eager'}, {args.train_repeats} interleaved repeats")
+    print(
+        f"\n## Training step (fwd + bwd + SGD): {name}, drop_path_rate={rate}, batch {batch}, "
+        f"{'compiled' if compiled else 'eager'}, {args.train_repeats} interleaved repeats"
+    )
     # warm-up rounds: compilation, cudnn autotuning, oneDNN kernels for skip mode's batch sizes, allocator growth
     times = round_robin(fns, device, args.train_repeats, inner=1, warmup=args.train_warmup)
     ratios = {m: paired_ratio(ts, times["mask"]) for m, ts in times.items()}
@@ -239,8 +254,14 @@ def bench_sweep(args, device: torch.device) -> None:
             return self.residual(x, x, lambda t: self.mlp(self.norm(t)))
 
     cases = {
-        "BasicBlock 16ch (128,16,32,32)": (lambda r, m: BasicBlock(16, 16, drop_path=DropPathArgs(r, m)), (128, 16, 32, 32)),
-        "BasicBlock 64ch (128,64,8,8)": (lambda r, m: BasicBlock(64, 64, drop_path=DropPathArgs(r, m)), (128, 64, 8, 8)),
+        "BasicBlock 16ch (128,16,32,32)": (
+            lambda r, m: BasicBlock(16, 16, drop_path=DropPathArgs(r, m)),
+            (128, 16, 32, 32),
+        ),
+        "BasicBlock 64ch (128,64,8,8)": (
+            lambda r, m: BasicBlock(64, 64, drop_path=DropPathArgs(r, m)),
+            (128, 64, 8, 8),
+        ),
         "MLP block (128,64,64)": (lambda r, m: MlpBlock(64, DropPathArgs(r, m)), (128, 64, 64)),
     }
     print(f"\n## Sweep: one block, fwd + bwd, skip / mask against the rate (AUTO_SKIP_MIN_RATE = {AUTO_SKIP_MIN_RATE})")
@@ -263,16 +284,20 @@ def bench_sweep(args, device: torch.device) -> None:
 # ----------------------------------------------------------------------------------------- main
 
 
-
-
 def print_header(device: torch.device) -> None:
     print("# zoo drop path benchmark")
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__ if torchvision else 'missing'}, "
-          f"timm {timm.__version__ if timm else 'missing'}, python {platform.python_version()}")
-    print(f"machine: {platform.platform()}, CPU {cpu_model()} x {os.cpu_count()}, "
-          f"load average {os.getloadavg()[0]:.2f} (1 min)")
-    print(f"torch threads: {torch.get_num_threads()}, device: {device}, clock: {clock.__name__}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    print(
+        f"torch {torch.__version__}, torchvision {torchvision.__version__ if torchvision else 'missing'}, "
+        f"timm {timm.__version__ if timm else 'missing'}, python {platform.python_version()}"
+    )
+    print(
+        f"machine: {platform.platform()}, CPU {cpu_model()} x {os.cpu_count()}, "
+        f"load average {os.getloadavg()[0]:.2f} (1 min)"
+    )
+    print(
+        f"torch threads: {torch.get_num_threads()}, device: {device}, clock: {clock.__name__}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    )
 
 
 def goal(label: str, value: float | None, limit: float) -> bool:
@@ -295,8 +320,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="training batches (CPU 128; CUDA 128 512)")
     ap.add_argument("--compile", action="store_true", help="also time compiled training steps (always on CUDA)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    ap.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
-                    help="CPU timing clock: wall, or process CPU time for a loaded machine")
+    ap.add_argument(
+        "--clock",
+        choices=tuple(CLOCKS),
+        default="wall",
+        help="CPU timing clock: wall, or process CPU time for a loaded machine",
+    )
     ap.add_argument("--drop-prob", type=float, default=0.2, help="rate for the op table")
     ap.add_argument("--only", choices=("ops", "train", "sweep"), default=None, help="run one part")
     ap.add_argument("--sweep", action="store_true", help="also run the per-block rate sweep")

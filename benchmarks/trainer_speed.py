@@ -75,9 +75,20 @@ def extract(archive: Path, n: int, dest: Path) -> Path:
 def overrides(args: argparse.Namespace, model: str) -> list[str]:
     """zoo's defaults, with the model, the batch, the data subset and the run's length set."""
     cache = [f"data.cache_dir={args.cache_dir}"] if args.cache_dir else []  # else the trainer's default cache
-    return [f"model={model}", "data=cifar10_folder", f"data.path={args.data}", *cache, f"data.subset={args.images}",
-            "data.test_subset=100", f"epochs={args.epochs}", f"batch_size={args.batch}", "sched.warmup_epochs=0",
-            "log_every_s=0", f"device={args.device}", *args.set]
+    return [
+        f"model={model}",
+        "data=cifar10_folder",
+        f"data.path={args.data}",
+        *cache,
+        f"data.subset={args.images}",
+        "data.test_subset=100",
+        f"epochs={args.epochs}",
+        f"batch_size={args.batch}",
+        "sched.warmup_epochs=0",
+        "log_every_s=0",
+        f"device={args.device}",
+        *args.set,
+    ]
 
 
 def zoo_rate(args: argparse.Namespace, model: str, run_dir: Path) -> float:
@@ -88,13 +99,28 @@ def zoo_rate(args: argparse.Namespace, model: str, run_dir: Path) -> float:
 
 
 def hand_loader(folder: Path, batch: int, workers: int, cuda: bool) -> DataLoader:
-    augment = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                  transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
-    return DataLoader(datasets.ImageFolder(str(folder), transform=augment), batch_size=batch, shuffle=True,
-                      drop_last=True, num_workers=workers, persistent_workers=workers > 0, pin_memory=cuda)
+    augment = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ]
+    )
+    return DataLoader(
+        datasets.ImageFolder(str(folder), transform=augment),
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=cuda,
+    )
 
 
-def hand_rates(cfg, folder: Path, workers: int, epochs: int, max_steps: int | None = None, skip: int = 0) -> list[float]:
+def hand_rates(
+    cfg, folder: Path, workers: int, epochs: int, max_steps: int | None = None, skip: int = 0
+) -> list[float]:
     """images/s of each epoch of the hand-written loop (after its first ``skip`` batches; at most
     ``max_steps`` batches an epoch)."""
     device = resolve_device(cfg.device)
@@ -135,44 +161,62 @@ def best_workers(cfg, folder: Path, candidates: list[int], steps: int) -> tuple[
 def bench_model(args: argparse.Namespace, model: str, folder: Path) -> dict:
     cfg = compose(*overrides(args, model))
     workers, calibration = best_workers(cfg, folder, args.workers, args.calibration_steps)
-    print(f"{model}: hand loop num_workers {workers} (images/s over {args.calibration_steps} batches: "
-          + ", ".join(f"{w}: {r:.0f}" for w, r in calibration.items()) + ")", flush=True)
+    print(
+        f"{model}: hand loop num_workers {workers} (images/s over {args.calibration_steps} batches: "
+        + ", ".join(f"{w}: {r:.0f}" for w, r in calibration.items())
+        + ")",
+        flush=True,
+    )
     zoo, hand = [], []
     for r in range(args.repeats):
-        for side in (("zoo", "hand") if r % 2 == 0 else ("hand", "zoo")):
+        for side in ("zoo", "hand") if r % 2 == 0 else ("hand", "zoo"):
             if side == "zoo":
                 zoo.append(zoo_rate(args, model, args.work / f"{model}-{r}"))
             else:
                 hand.append(hand_rates(cfg, folder, workers, args.epochs)[-1])
         print(f"{model} repeat {r + 1}: zoo {zoo[-1]:.1f}, hand {hand[-1]:.1f} images/s", flush=True)
     ratios = [z / h for z, h in zip(zoo, hand, strict=True)]
-    return {"model": model, "zoo": zoo, "hand": hand, "ratio": statistics.median(ratios), "num_workers": workers,
-            "calibration": calibration, "precision": resolve_precision(cfg.amp, cfg.channels_last,
-                                                                       resolve_device(cfg.device)).describe()}
+    return {
+        "model": model,
+        "zoo": zoo,
+        "hand": hand,
+        "ratio": statistics.median(ratios),
+        "num_workers": workers,
+        "calibration": calibration,
+        "precision": resolve_precision(cfg.amp, cfg.channels_last, resolve_device(cfg.device)).describe(),
+    }
 
 
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} [{min(values):.1f}, {max(values):.1f}]"
 
 
-
-
 def header(args: argparse.Namespace) -> str:
     device = resolve_device(args.device)
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return (f"# zoo trainer vs hand-written loop, {time.strftime('%Y-%m-%d %H:%M')}"
-            f"{'; trainer overrides: ' + ' '.join(args.set) if args.set else ''}\n"
-            f"CPU {cpu_model()} x {os.cpu_count()}, {torch.get_num_threads()} torch threads{gpu}; load average "
-            f"{os.getloadavg()[0]:.2f} (1 min)\ntorch {torch.__version__}, torchvision {torchvision.__version__}, "
-            f"python {platform.python_version()}\n{args.images} training images, batch {args.batch}, the last of "
-            f"{args.epochs} epochs timed, {args.repeats} repeats in alternating order")
+    return (
+        f"# zoo trainer vs hand-written loop, {time.strftime('%Y-%m-%d %H:%M')}"
+        f"{'; trainer overrides: ' + ' '.join(args.set) if args.set else ''}\n"
+        f"CPU {cpu_model()} x {os.cpu_count()}, {torch.get_num_threads()} torch threads{gpu}; load average "
+        f"{os.getloadavg()[0]:.2f} (1 min)\ntorch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"python {platform.python_version()}\n{args.images} training images, batch {args.batch}, the last of "
+        f"{args.epochs} epochs timed, {args.repeats} repeats in alternating order"
+    )
 
 
 def table(results: list[dict]) -> str:
-    lines = [("| model | precision (both) | zoo images/s, median [min, max] | hand loop images/s | hand num_workers "
-              "| zoo / hand (median of per-repeat ratios) |"), "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['precision']} | {spread(r['zoo'])} | {spread(r['hand'])} | {r['num_workers']} | "
-              f"**{r['ratio']:.2f}x** |" for r in results]
+    lines = [
+        (
+            "| model | precision (both) | zoo images/s, median [min, max] | hand loop images/s | hand num_workers "
+            "| zoo / hand (median of per-repeat ratios) |"
+        ),
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['precision']} | {spread(r['zoo'])} | {spread(r['hand'])} | {r['num_workers']} | "
+        f"**{r['ratio']:.2f}x** |"
+        for r in results
+    ]
     return "\n".join(lines)
 
 
@@ -188,14 +232,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--calibration-steps", type=int, default=6, help="batches timed per num_workers candidate")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--cache-dir", help="the decoded data set's cache (default: the trainer's, ~/.cache/zoo)")
-    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                    help="trainer overrides beyond zoo's defaults, e.g. compile=true (the hand loop reads the "
-                         "model, amp, channels_last, lr, weight_decay and label_smoothing from the same config)")
+    ap.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="trainer overrides beyond zoo's defaults, e.g. compile=true (the hand loop reads the "
+        "model, amp, channels_last, lr, weight_decay and label_smoothing from the same config)",
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--tiny", action="store_true", help="tiny models and sizes: checks that it runs (CI)")
     args = ap.parse_args(argv)
     if args.tiny:
-        args.images, args.batch, args.epochs, args.repeats, args.workers, args.calibration_steps = 40, 8, 1, 1, [0, 1], 1
+        args.images, args.batch, args.epochs, args.repeats, args.workers, args.calibration_steps = (
+            40,
+            8,
+            1,
+            1,
+            [0, 1],
+            1,
+        )
     args.models = args.models or (["resnet8", "convformer_tiny"] if args.tiny else ["resnet20", "metaformer"])
     if not args.data or not Path(args.data).exists():
         ap.error(f"--data {args.data!r}: not found (the CIFAR-10 image folder or .tar.gz; or set ZOO_CIFAR10)")

@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 import zoo  # noqa: E402
 from zoo._weights import one_line  # noqa: E402
 from zoo.train.batches import epoch_plan, train_batch  # noqa: E402
-from zoo.train.errors import ZooError  # noqa: E402
 from zoo.train.data import Split, load_image_folder  # noqa: E402
+from zoo.train.errors import ZooError  # noqa: E402
 from zoo.train.step import train_step  # noqa: E402
 
 
@@ -70,11 +70,53 @@ class Plan:
         return self.total_s - self.setup_s - self.tests_s - self.throughput_s - self.claim_s - self.margin_s
 
 
-REAL = Plan("cuda", 480, 35, 70, 75, 140, 15, {"resnet20": (0.1, "linear"), "resnet56": (0.1, "linear"),
-            "resnet110": (0.5, "paper"), "metaformer": (0.1, "linear")}, (128, 512), 20, "inductor",
-            ("resnet110", 512), "resnet20", (0, 1, 2), 512, (), 60, 5, 60)
-DRY = Plan("cpu", 360, 30, 60, 60, 60, 15, {"resnet8": (0.1, "linear"), "convformer_tiny": (0.1, "linear")}, (16,),
-           2, "eager", ("resnet8", 16), "resnet8", (0, 1), 64, ("data.subset=256", "data.test_subset=100"), 0, 1, 1)
+REAL = Plan(
+    "cuda",
+    480,
+    35,
+    70,
+    75,
+    140,
+    15,
+    {
+        "resnet20": (0.1, "linear"),
+        "resnet56": (0.1, "linear"),
+        "resnet110": (0.5, "paper"),
+        "metaformer": (0.1, "linear"),
+    },
+    (128, 512),
+    20,
+    "inductor",
+    ("resnet110", 512),
+    "resnet20",
+    (0, 1, 2),
+    512,
+    (),
+    60,
+    5,
+    60,
+)
+DRY = Plan(
+    "cpu",
+    360,
+    30,
+    60,
+    60,
+    60,
+    15,
+    {"resnet8": (0.1, "linear"), "convformer_tiny": (0.1, "linear")},
+    (16,),
+    2,
+    "eager",
+    ("resnet8", 16),
+    "resnet8",
+    (0, 1),
+    64,
+    ("data.subset=256", "data.test_subset=100"),
+    0,
+    1,
+    1,
+)
 
 
 @dataclass
@@ -98,14 +140,24 @@ def log(msg: str) -> None:
 
 
 def machine(plan: Plan) -> dict:
-    info = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "cpu_count": os.cpu_count(), "device": plan.device}
+    info = {
+        "date": time.strftime("%Y-%m-%d"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cpu_count": os.cpu_count(),
+        "device": plan.device,
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         smi = shutil.which("nvidia-smi")
         if smi:
-            out = subprocess.run([smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20)
+            out = subprocess.run(
+                [smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
             info["nvidia_smi"] = out.stdout.strip()
     return info
 
@@ -123,8 +175,10 @@ def cuda_tests(plan: Plan, out: Path, archive: Path, cache: Path) -> dict:
         res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=plan.tests_s)
         text, status = res.stdout + res.stderr, ("passed" if res.returncode == 0 else f"exit {res.returncode}")
     except subprocess.TimeoutExpired as e:
-        text, status = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""), \
-            f"stopped after its {plan.tests_s:.0f} s budget"
+        text, status = (
+            (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""),
+            f"stopped after its {plan.tests_s:.0f} s budget",
+        )
     (out / "cuda_tests.txt").write_text(text)
     last = next((line for line in reversed(text.splitlines()) if line.strip()), "")
     if "archive not found" in text:  # tests that train were skipped: not a pass
@@ -179,9 +233,16 @@ def time_row(plan: Plan, data: Split, name: str, batch: int, compiled: bool, mod
         step(i)
     sync(device)
     seconds = time.perf_counter() - t0
-    return {"model": name, "batch": batch, "compiled": compiled, "mode": mode, "drop_path_rate": rate,
-            "images_per_s": batch * plan.steps / seconds, "step_ms": 1e3 * seconds / plan.steps,
-            "first_step_s": first}
+    return {
+        "model": name,
+        "batch": batch,
+        "compiled": compiled,
+        "mode": mode,
+        "drop_path_rate": rate,
+        "images_per_s": batch * plan.steps / seconds,
+        "step_ms": 1e3 * seconds / plan.steps,
+        "first_step_s": first,
+    }
 
 
 def sync(device: torch.device) -> None:
@@ -230,8 +291,15 @@ def compare_epochs(plan: Plan, report: Report, seconds: float, runs: int) -> int
     """Epochs that fit ``seconds`` with ``runs`` runs sharing the device at once: each gets the solo rate
     measured in the eager table (the comparison model at its batch, mask mode) divided by ``runs``,
     after ``plan.compare_startup_s`` of start-up; an epoch is 50k training images and 10k evaluated."""
-    rows = [r for r in report.throughput if r.get("model") == plan.compare_model and not r["compiled"]
-            and r.get("batch") == plan.compare_batch and r.get("mode") == "mask" and "images_per_s" in r]
+    rows = [
+        r
+        for r in report.throughput
+        if r.get("model") == plan.compare_model
+        and not r["compiled"]
+        and r.get("batch") == plan.compare_batch
+        and r.get("mode") == "mask"
+        and "images_per_s" in r
+    ]
     if not rows or plan.device != "cuda":
         return plan.min_epochs
     per_run = rows[0]["images_per_s"] / runs
@@ -246,15 +314,40 @@ def comparison(plan: Plan, report: Report, out: Path, archive: Path) -> None:
     jobs = [(rate, seed) for rate in (0.0, 0.1) for seed in plan.compare_seeds]
     epochs = compare_epochs(plan, report, seconds, len(jobs))
     lr = 0.1 * plan.compare_batch / 128
-    common = [f"model={plan.compare_model}", "optim=sgd", f"lr={lr:g}", "weight_decay=5e-4", f"epochs={epochs}",
-              f"batch_size={plan.compare_batch}", "sched.warmup_epochs=1", "data=cifar10_folder", f"data.path={archive}",
-              f"data.cache_dir={cache}", f"device={plan.device}", *plan.compare_data]
+    common = [
+        f"model={plan.compare_model}",
+        "optim=sgd",
+        f"lr={lr:g}",
+        "weight_decay=5e-4",
+        f"epochs={epochs}",
+        f"batch_size={plan.compare_batch}",
+        "sched.warmup_epochs=1",
+        "data=cifar10_folder",
+        f"data.path={archive}",
+        f"data.cache_dir={cache}",
+        f"device={plan.device}",
+        *plan.compare_data,
+    ]
     log(f"comparison: {len(jobs)} runs of {plan.compare_model}, {epochs} epochs, at once, {seconds:.0f} s left")
     sweep.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "2"}  # several runs share the host's cores
-    procs = [subprocess.Popen([sys.executable, str(REPO / "train.py"), *common, f"drop_path_rate={rate:g}", f"seed={seed}",
-                               f"hydra.run.dir={sweep / str(i)}"], cwd=REPO, stdout=subprocess.DEVNULL, env=env,
-                              stderr=open(sweep / f"{i}.err", "w")) for i, (rate, seed) in enumerate(jobs)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "train.py"),
+                *common,
+                f"drop_path_rate={rate:g}",
+                f"seed={seed}",
+                f"hydra.run.dir={sweep / str(i)}",
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            env=env,
+            stderr=open(sweep / f"{i}.err", "w"),
+        )
+        for i, (rate, seed) in enumerate(jobs)
+    ]
     deadline = time.monotonic() + seconds
     for p in procs:
         try:
@@ -268,8 +361,13 @@ def comparison(plan: Plan, report: Report, out: Path, archive: Path) -> None:
             p.kill()
             p.wait()
     errors = [(sweep / f"{i}.err").read_text().strip().splitlines()[-1:] for i, p in enumerate(procs) if p.returncode]
-    report.comparison = {"dir": str(sweep), "epochs": epochs, "runs": len(jobs),
-                         "exit_codes": [p.returncode for p in procs], "errors": errors}
+    report.comparison = {
+        "dir": str(sweep),
+        "epochs": epochs,
+        "runs": len(jobs),
+        "exit_codes": [p.returncode for p in procs],
+        "errors": errors,
+    }
     from zoo.train.report import ReportError, write_report
 
     try:
@@ -277,8 +375,11 @@ def comparison(plan: Plan, report: Report, out: Path, archive: Path) -> None:
             shutil.copy(path, out / path.name)
     except ReportError as e:
         report.skipped.append(f"comparison report: {e}")
-    report.comparison["summaries"] = [json.loads((sweep / str(i) / "summary.json").read_text())
-                                      for i in range(len(jobs)) if (sweep / str(i) / "summary.json").exists()]
+    report.comparison["summaries"] = [
+        json.loads((sweep / str(i) / "summary.json").read_text())
+        for i in range(len(jobs))
+        if (sweep / str(i) / "summary.json").exists()
+    ]
 
 
 # ------------------------------------------------------------------------------------- summary
@@ -286,27 +387,44 @@ def comparison(plan: Plan, report: Report, out: Path, archive: Path) -> None:
 
 def markdown(report: Report) -> str:
     m = report.machine
-    lines = [f"# gpu_check, {m.get('date')}: {m.get('gpu', 'no GPU (dry run on the CPU)')}", "",
-             f"torch {m.get('torch')}, CUDA {m.get('cuda')}, python {m.get('python')}, {m.get('nvidia_smi', '')}", "",
-             f"CUDA tests (`pytest -m 'cuda and not slow'`): {report.tests.get('status')}: {report.tests.get('summary')}", "",
-             "| model | batch | compiled | mode | images/s | step ms | first step s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# gpu_check, {m.get('date')}: {m.get('gpu', 'no GPU (dry run on the CPU)')}",
+        "",
+        f"torch {m.get('torch')}, CUDA {m.get('cuda')}, python {m.get('python')}, {m.get('nvidia_smi', '')}",
+        "",
+        f"CUDA tests (`pytest -m 'cuda and not slow'`): {report.tests.get('status')}: {report.tests.get('summary')}",
+        "",
+        "| model | batch | compiled | mode | images/s | step ms | first step s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in report.throughput:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['batch']} | {r['compiled']} | {r['mode']} | error: {r['error']} | | |")
         else:
-            lines.append(f"| {r['model']} | {r['batch']} | {r['compiled']} | {r['mode']} | {r['images_per_s']:,.0f} | "
-                         f"{r['step_ms']:.1f} | {r['first_step_s']:.1f} |")
+            lines.append(
+                f"| {r['model']} | {r['batch']} | {r['compiled']} | {r['mode']} | {r['images_per_s']:,.0f} | "
+                f"{r['step_ms']:.1f} | {r['first_step_s']:.1f} |"
+            )
     claim = [r for r in report.throughput if r["compiled"] and "step_ms" in r]  # the claim stage's rows
     if sorted(r["mode"] for r in claim) == ["mask", "skip"]:
         ms = {r["mode"]: r["step_ms"] for r in claim}
-        lines += ["", f"Compiled, {claim[0]['model']} at batch {claim[0]['batch']}: skip / mask step time "
-                      f"{ms['skip'] / ms['mask']:.3f}x"]
+        lines += [
+            "",
+            f"Compiled, {claim[0]['model']} at batch {claim[0]['batch']}: skip / mask step time "
+            f"{ms['skip'] / ms['mask']:.3f}x",
+        ]
     c = report.comparison
     if c:
-        lines += ["", f"Comparison: {c['runs']} runs, {c['epochs']} epochs each, exit codes {c['exit_codes']} "
-                      "(comparison.md, comparison.png)"]
-        lines += [f"- {s['drop_path_rate']} seed {s['seed']}: test acc {s['final_test_acc']:.4f}, "
-                  f"{s['images_per_second']:,.0f} images/s" for s in c.get("summaries", [])]
+        lines += [
+            "",
+            f"Comparison: {c['runs']} runs, {c['epochs']} epochs each, exit codes {c['exit_codes']} "
+            "(comparison.md, comparison.png)",
+        ]
+        lines += [
+            f"- {s['drop_path_rate']} seed {s['seed']}: test acc {s['final_test_acc']:.4f}, "
+            f"{s['images_per_second']:,.0f} images/s"
+            for s in c.get("summaries", [])
+        ]
     lines += [""] + [f"- skipped: {s}" for s in report.skipped]
     return "\n".join(lines) + "\n"
 

@@ -52,10 +52,14 @@ BAD_VALUES = [
     ("drop_path_skip_draw=exact", "drop_path_skip_draw must be one of auto, bernoulli, fixed, got 'exact'"),
     ("lr=abc", "lr must be a number, got 'abc'"),
     ("optim.name=lamb", "optim.name must be one of sgd, adamw, got 'lamb'"),
-    ("data.augment=maybe", "data.augment must be one of crop_flip, autoaugment, randaugment, trivialaugment, none, "
-     "got 'maybe'"),
-    ("data.augment=null", "data.augment must be one of crop_flip, autoaugment, randaugment, trivialaugment, none, "
-     "got None"),
+    (
+        "data.augment=maybe",
+        "data.augment must be one of crop_flip, autoaugment, randaugment, trivialaugment, none, got 'maybe'",
+    ),
+    (
+        "data.augment=null",
+        "data.augment must be one of crop_flip, autoaugment, randaugment, trivialaugment, none, got None",
+    ),
     ("mixup_alpha=-1", "mixup_alpha must be >= 0, got -1"),
     ("ema_decay=1", "ema_decay must be in (0, 1), got 1.0"),
     ("ema=sometimes", "ema must be one of True, False, got 'sometimes'"),
@@ -165,9 +169,20 @@ def check_cli(*args: str) -> str:
 def tiny(archive: Path, cache: Path, *extra: str, device: str = "cpu", amp: str | None = "false") -> tuple[str, ...]:
     """resnet8 on 256 images, 4 steps per epoch, 2 epochs, fp32 on the CPU: seconds in process.
     ``amp=None`` leaves the precision to the device (``auto``)."""
-    return ("model=resnet8", "data=cifar10_folder", f"data.path={archive}", f"data.cache_dir={cache}", "data.subset=256",
-            "data.test_subset=100", "epochs=2", "batch_size=64", "sched.warmup_epochs=0", f"device={device}",
-            *([f"amp={amp}"] if amp is not None else []), *extra)
+    return (
+        "model=resnet8",
+        "data=cifar10_folder",
+        f"data.path={archive}",
+        f"data.cache_dir={cache}",
+        "data.subset=256",
+        "data.test_subset=100",
+        "epochs=2",
+        "batch_size=64",
+        "sched.warmup_epochs=0",
+        f"device={device}",
+        *([f"amp={amp}"] if amp is not None else []),
+        *extra,
+    )
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -183,8 +198,14 @@ def metrics(run_dir: Path) -> list[dict]:
 def run_cli(*args: str, cwd: Path = REPO, module: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """``python [module] train.py args`` in ``cwd``, with this checkout's zoo on the path."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, *module, str(REPO / "train.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, *module, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def make_tree(root: Path, classes: tuple[str, ...] | list[str] | None = None, train: int = 2, test: int = 2) -> Path:
@@ -224,8 +245,9 @@ def stop_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
     monkeypatch.setattr(loop, "StopOnSignal", StopAfter)
 
 
-def train_cut_and_resumed(monkeypatch: pytest.MonkeyPatch, overrides: tuple[str, ...], run_dir: Path,
-                          stop_at_read: int = 6) -> BaseException:
+def train_cut_and_resumed(
+    monkeypatch: pytest.MonkeyPatch, overrides: tuple[str, ...], run_dir: Path, stop_at_read: int = 6
+) -> BaseException:
     """Trains into ``run_dir`` as if SIGTERM arrived at the loop's ``stop_at_read``-th look at its stop
     flag (the 6th: epoch 2 after its first step, with 4 steps an epoch), then resumes it to the end.
     Returns the interruption the first part raised."""

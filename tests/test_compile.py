@@ -29,7 +29,9 @@ MODES = ("mask", "skip", "auto")
 def tiny_models() -> dict[str, callable]:
     models = {name: (lambda name=name, **kw: zoo.create_model(name, **kw)) for name in zoo.list_models("*_tiny")}
     models["resnet8"] = lambda **kw: zoo.create_model("resnet8", **kw)
-    models["bottleneck"] = lambda **kw: ResNetCifar((1, 1, 1), (4, 8, 16), block="bottleneck", **drop_path_from_kwargs(kw))
+    models["bottleneck"] = lambda **kw: ResNetCifar(
+        (1, 1, 1), (4, 8, 16), block="bottleneck", **drop_path_from_kwargs(kw)
+    )
     return models
 
 
@@ -45,13 +47,17 @@ def forward_backward(model: nn.Module, x: Tensor, seed: int) -> tuple[Tensor, di
     torch.manual_seed(seed)
     out = model(x)
     out.square().mean().backward()
-    return out.detach(), {n.removeprefix("_orig_mod."): p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return out.detach(), {
+        n.removeprefix("_orig_mod."): p.grad for n, p in model.named_parameters() if p.grad is not None
+    }
 
 
 def assert_same_gradients(grads: dict[str, Tensor], ref: dict[str, Tensor]) -> None:
     assert grads.keys() == ref.keys(), sorted(grads.keys() ^ ref.keys())
     for name in ref:
-        torch.testing.assert_close(grads[name], ref[name], rtol=1e-3, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            grads[name], ref[name], rtol=1e-3, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -105,7 +111,11 @@ def test_functional_forms_with_a_float_rate_trace_to_one_graph(form):
         torch.manual_seed(seed)
         out = compiled(x)
         torch.manual_seed(seed)
-        ref = Functional()(x) if form != "skip" else drop_path_skip_add(x, x, torch.sin, 0.4, training=True, skip_draw="fixed")
+        ref = (
+            Functional()(x)
+            if form != "skip"
+            else drop_path_skip_add(x, x, torch.sin, 0.4, training=True, skip_draw="fixed")
+        )
         torch.testing.assert_close(out, ref)
     assert counter.frame_count == 1
 

@@ -15,9 +15,23 @@ from zoo.train.errors import ConfigError
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENT_FILES = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 CONTRACT_KEYS = (
-    "drop_path_rate", "drop_path_schedule", "drop_path_mode", "drop_path_time_schedule", "drop_path_time_cutoff",
-    "drop_path_time_early_mode", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "seed", "device",
-    "amp", "channels_last", "compile", "resume",
+    "drop_path_rate",
+    "drop_path_schedule",
+    "drop_path_mode",
+    "drop_path_time_schedule",
+    "drop_path_time_cutoff",
+    "drop_path_time_early_mode",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "label_smoothing",
+    "seed",
+    "device",
+    "amp",
+    "channels_last",
+    "compile",
+    "resume",
 )
 
 
@@ -58,17 +72,24 @@ def test_the_model_group_is_the_registry():
 
 
 def test_any_create_model_argument_is_a_model_key():
-    model = build_model(validate_config(compose_train("model=metaformer", "model.stem_stride=2", "model.dims=[8,16,24,32]")))
+    model = build_model(
+        validate_config(compose_train("model=metaformer", "model.stem_stride=2", "model.dims=[8,16,24,32]"))
+    )
     assert model.forward_features(torch.randn(1, 3, 32, 32)).shape == (1, 32, 2, 2)  # 32 / (2 * 2**3)
-    with pytest.raises(ConfigError, match=r"unknown key 'model.stem_strid'; did you mean model.stem_stride\? "
-                                          r"\(metaformer's keys: depths, dims"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key 'model.stem_strid'; did you mean model.stem_stride\? "
+        r"\(metaformer's keys: depths, dims",
+    ):
         validate_config(compose_train("model=metaformer", "model.stem_strid=2"))
     with pytest.raises(ConfigError, match=r"unknown key 'model.stem_stride' \(resnet8's keys: depths, widths"):
         validate_config(compose_train("model=resnet8", "model.stem_stride=2"))
 
 
 def test_data_path_without_a_folder_source_says_to_add_it():
-    with pytest.raises(ConfigError, match="data.path=/x is read from a folder data source only: add data=cifar10_folder"):
+    with pytest.raises(
+        ConfigError, match="data.path=/x is read from a folder data source only: add data=cifar10_folder"
+    ):
         validate_config(compose_train("data.path=/x"))
 
 
@@ -99,11 +120,21 @@ def test_help_lists_the_keys_and_what_they_mean():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, str(CONFIGS.parent / "train.py"), "--help"], capture_output=True, text=True,
-                         timeout=120, cwd=CONFIGS.parent)
+    out = subprocess.run(
+        [sys.executable, str(CONFIGS.parent / "train.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=CONFIGS.parent,
+    )
     assert out.returncode == 0, out.stderr
-    for text in ("drop_path_schedule        over depth: linear", "drop_path_mode            mask", "early (the rate until",
-                 "model: caformer_s12, caformer_s18", "compile                   false | true"):
+    for text in (
+        "drop_path_schedule        over depth: linear",
+        "drop_path_mode            mask",
+        "early (the rate until",
+        "model: caformer_s12, caformer_s18",
+        "compile                   false | true",
+    ):
         assert text in out.stdout, text
     assert "Powered by Hydra" not in out.stdout
 

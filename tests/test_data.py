@@ -18,6 +18,7 @@ from zoo.train.batches import augment_params, crop_flip, normalize
 from zoo.train.data import CLASSES, balanced_subset, load_cifar10, load_image_folder
 from zoo.train.errors import ConfigError, DataError
 
+
 def cifar_tree(root: Path, classes=None) -> Path:
     """``make_tree`` one folder down (``root/cifar/train/...``), 3 train and 2 test images per class."""
     return make_tree(root / "cifar", classes, train=3, test=2)
@@ -80,7 +81,13 @@ def test_balanced_subset_takes_the_first_images_of_each_class():
 
 def test_config_subsets_apply_to_both_splits(tmp_path):
     tree = cifar_tree(tmp_path / "src")
-    cfg = {"name": "cifar10_folder", "path": str(tree), "cache_dir": str(tmp_path / "c"), "subset": 20, "test_subset": 10}
+    cfg = {
+        "name": "cifar10_folder",
+        "path": str(tree),
+        "cache_dir": str(tmp_path / "c"),
+        "subset": 20,
+        "test_subset": 10,
+    }
     got = load_cifar10(cfg)
     assert len(got.train) == 20 and len(got.test) == 10
     assert torch.bincount(got.test.labels).tolist() == [1] * 10
@@ -193,10 +200,13 @@ def test_renamed_class_folders_or_a_replaced_file_rebuild_the_cache(tmp_path, mo
     assert replaced.test.images[replaced.test.labels == ship][0, 0, 0, 0] == 201
 
 
-@pytest.mark.parametrize("layout, match", [
-    ("eleventh", r"train/unicorn/ is not a CIFAR-10 class folder"),
-    ("nested", r"cifar/train/test/airplane is a folder, where train/test/ should hold images only"),
-])
+@pytest.mark.parametrize(
+    "layout, match",
+    [
+        ("eleventh", r"train/unicorn/ is not a CIFAR-10 class folder"),
+        ("nested", r"cifar/train/test/airplane is a folder, where train/test/ should hold images only"),
+    ],
+)
 def test_a_tree_with_extra_folders_is_refused_with_the_path(tmp_path, layout, match):
     """An 11th class folder or a second tree inside train/ is refused, in a directory and in an archive,
     naming the path: never merged into the data set or silently left out."""
@@ -207,7 +217,9 @@ def test_a_tree_with_extra_folders_is_refused_with_the_path(tmp_path, layout, ma
         shutil.copytree(tree / "test", tree / "train" / "test")
     with pytest.raises(DataError, match=match):
         load_image_folder(tree, tmp_path / "cache")
-    archive_match = match if layout == "eleventh" else r"holds a second tree cifar/train/ inside cifar/ \(at cifar/train/"
+    archive_match = (
+        match if layout == "eleventh" else r"holds a second tree cifar/train/ inside cifar/ \(at cifar/train/"
+    )
     with pytest.raises(DataError, match=archive_match):
         load_image_folder(make_tar(tree, tmp_path / "c.tar.gz"), tmp_path / "cache")
 
@@ -226,7 +238,7 @@ def test_an_archive_with_two_trees_is_refused_with_both(tmp_path):
 
 def test_16_bit_and_palette_images_decode_to_their_values_not_clipped(tmp_path):
     tree = cifar_tree(tmp_path / "src")
-    grey16 = (np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 64)  # up to 65472: Pillow's RGB would clip to 255
+    grey16 = np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 64  # up to 65472: Pillow's RGB would clip to 255
     Image.fromarray(grey16).save(tree / "train" / "cat" / "0000.png")
     palette = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).quantize(16)
     palette.save(tree / "train" / "dog" / "0000.png")
@@ -251,7 +263,9 @@ def test_a_member_bigger_than_an_image_can_be_is_refused_unread(tmp_path, monkey
     extracted, extract = [], tarfile.TarFile.extractfile
     monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda self, m: extracted.append(m.name) or extract(self, m))
     for source in (archive, tree):
-        with pytest.raises(DataError, match=r"train/cat/bomb\.png is 2\.1 MB, more than the 1 MB a 32x32 image can take"):
+        with pytest.raises(
+            DataError, match=r"train/cat/bomb\.png is 2\.1 MB, more than the 1 MB a 32x32 image can take"
+        ):
             load_image_folder(source, tmp_path / "cache")
     assert extracted and not any("bomb" in name for name in extracted)
 

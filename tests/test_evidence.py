@@ -16,13 +16,12 @@ import torch
 import yaml
 
 import zoo
+from conftest import compose_train
 from zoo.train import knockout as ko
 from zoo.train.config import validate_config
 from zoo.train.data import CLASSES, Split, hold_out, load_cifar10
 from zoo.train.errors import ConfigError
 from zoo.train.loop import best_val_epoch, train
-
-from conftest import compose_train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,8 +47,13 @@ def test_held_out_images_are_the_last_of_each_class_and_never_trained_on():
 
 
 def test_real_split_keeps_the_subset_and_shares_no_image(cifar10_archive, cifar10_cache):
-    cfg = {"name": "cifar10_folder", "path": str(cifar10_archive), "cache_dir": str(cifar10_cache),
-           "subset": 1000, "test_subset": 100}
+    cfg = {
+        "name": "cifar10_folder",
+        "path": str(cifar10_archive),
+        "cache_dir": str(cifar10_cache),
+        "subset": 1000,
+        "test_subset": 100,
+    }
     plain = load_cifar10(cfg)
     held = load_cifar10({**cfg, "val_size": 500})
     assert plain.val is None
@@ -59,12 +63,15 @@ def test_real_split_keeps_the_subset_and_shares_no_image(cifar10_archive, cifar1
     assert not any(bytes(img.numpy()) in train_bytes for img in held.val.images)
 
 
-@pytest.mark.parametrize("value, subset, match", [
-    (15, None, "data.val_size must be a multiple of the 10 classes"),
-    (-10, None, r"data.val_size must be an integer >= 0, got -10"),
-    (49000, 2000, "does not fit beside data.subset=2000: 5000 training images of each class leave at most 48000"),
-    (50000, None, "leaves no training images"),
-])
+@pytest.mark.parametrize(
+    "value, subset, match",
+    [
+        (15, None, "data.val_size must be a multiple of the 10 classes"),
+        (-10, None, r"data.val_size must be an integer >= 0, got -10"),
+        (49000, 2000, "does not fit beside data.subset=2000: 5000 training images of each class leave at most 48000"),
+        (50000, None, "leaves no training images"),
+    ],
+)
 def test_bad_val_size_is_refused(value, subset, match):
     cfg = compose_train("model=resnet8", f"data.val_size={value}", f"data.subset={subset or 'null'}")
     with pytest.raises(ConfigError, match=match):
@@ -76,14 +83,23 @@ def test_bad_val_size_on_the_command_line_is_one_line_and_no_run_dir(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "error: data.val_size must be a multiple of the 10 classes (the same number of each), >= 0 (0: no "
-        "validation split), got 15"]
+        "validation split), got 15"
+    ]
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("experiment, val_size", [
-    ("compare", 5000), ("paper_resnet110", 5000), ("study_gpu", 5000), ("study_metaformer_gpu", 5000),
-    ("study_cpu", 1000), ("study_cpu_late", 1000), ("study_metaformer", 1000),
-])
+@pytest.mark.parametrize(
+    "experiment, val_size",
+    [
+        ("compare", 5000),
+        ("paper_resnet110", 5000),
+        ("study_gpu", 5000),
+        ("study_metaformer_gpu", 5000),
+        ("study_cpu", 1000),
+        ("study_cpu_late", 1000),
+        ("study_metaformer", 1000),
+    ],
+)
 def test_experiments_that_make_claims_select_on_a_validation_split(experiment, val_size):
     cfg = compose_train(f"experiment={experiment}")
     validate_config(cfg)
@@ -100,10 +116,25 @@ def test_best_epoch_is_the_first_argmax_of_validation_accuracy():
 def val_run(tmp_path_factory, cifar10_archive, cifar10_cache) -> Path:
     """resnet20 (7 removable blocks) on 192 images with 50 held out, 3 epochs of SGD."""
     run = tmp_path_factory.mktemp("val") / "run"
-    train(compose_train("model=resnet20", "optim=sgd", "lr=0.2", "data=cifar10_folder", f"data.path={cifar10_archive}",
-                        f"data.cache_dir={cifar10_cache}", "data.subset=192", "data.test_subset=100",
-                        "data.val_size=50", "epochs=3", "batch_size=64", "sched.warmup_epochs=0", "device=cpu",
-                        "amp=false"), run)
+    train(
+        compose_train(
+            "model=resnet20",
+            "optim=sgd",
+            "lr=0.2",
+            "data=cifar10_folder",
+            f"data.path={cifar10_archive}",
+            f"data.cache_dir={cifar10_cache}",
+            "data.subset=192",
+            "data.test_subset=100",
+            "data.val_size=50",
+            "epochs=3",
+            "batch_size=64",
+            "sched.warmup_epochs=0",
+            "device=cpu",
+            "amp=false",
+        ),
+        run,
+    )
     return run
 
 
@@ -118,7 +149,9 @@ def test_best_pt_and_the_summary_follow_validation_accuracy(val_run):
     saved = torch.load(val_run / "best.pt", weights_only=True)
     assert saved["epoch"] == rows[best]["epoch"]
     # best.pt's weights give that epoch's test accuracy again, through load_run(which="best")
-    out = run_module("-m", "zoo.train.evaluate", str(val_run), "--which", "best", "--test-subset", "100", "--device", "cpu")
+    out = run_module(
+        "-m", "zoo.train.evaluate", str(val_run), "--which", "best", "--test-subset", "100", "--device", "cpu"
+    )
     assert out.returncode == 0, out.stderr
     assert f"test_acc={rows[best]['test_acc']:.4f}" in out.stdout
     model, _ = zoo.load_run(val_run, which="best")
@@ -133,10 +166,26 @@ def test_test_every_0_tests_the_last_epoch_and_best_pt_only(tmp_path, cifar10_ar
     from zoo.train.evaluate import accuracy, load_for_eval
 
     run = tmp_path / "run"
-    summary = train(compose_train("model=resnet8", "optim=sgd", "lr=0.2", "data=cifar10_folder", f"data.path={cifar10_archive}",
-                                  f"data.cache_dir={cifar10_cache}", "data.subset=100", "data.test_subset=100",
-                                  "data.val_size=50", "epochs=4", "batch_size=50", "sched.warmup_epochs=0",
-                                  "device=cpu", "amp=false", "test_every=0"), run)
+    summary = train(
+        compose_train(
+            "model=resnet8",
+            "optim=sgd",
+            "lr=0.2",
+            "data=cifar10_folder",
+            f"data.path={cifar10_archive}",
+            f"data.cache_dir={cifar10_cache}",
+            "data.subset=100",
+            "data.test_subset=100",
+            "data.val_size=50",
+            "epochs=4",
+            "batch_size=50",
+            "sched.warmup_epochs=0",
+            "device=cpu",
+            "amp=false",
+            "test_every=0",
+        ),
+        run,
+    )
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert ["test_acc" in r for r in rows] == [False, False, False, True] and all("val_acc" in r for r in rows)
     assert summary["final_test_acc"] == summary["best_test_acc"] == rows[-1]["test_acc"]
@@ -180,9 +229,18 @@ def test_removing_no_block_changes_nothing_and_a_removed_branch_is_not_called(na
 
 def test_a_downsampling_block_cannot_be_removed_and_the_error_lists_those_that_can():
     model = zoo.create_model("resnet20")
-    assert zoo.removable_blocks(model) == ["stages.0.0", "stages.0.1", "stages.0.2", "stages.1.1", "stages.1.2",
-                                           "stages.2.1", "stages.2.2"]
-    with pytest.raises(ValueError, match=r"block 'stages.1.0' cannot be removed: .*downsamples.*; removable: stages.0.0, "):
+    assert zoo.removable_blocks(model) == [
+        "stages.0.0",
+        "stages.0.1",
+        "stages.0.2",
+        "stages.1.1",
+        "stages.1.2",
+        "stages.2.1",
+        "stages.2.2",
+    ]
+    with pytest.raises(
+        ValueError, match=r"block 'stages.1.0' cannot be removed: .*downsamples.*; removable: stages.0.0, "
+    ):
         zoo.remove_blocks(model, ["stages.1.0"])
     with pytest.raises(ValueError, match=r"'stem' is not a residual block of ResNetCifar; removable: stages.0.0"):
         zoo.remove_blocks(model, ["stem"])
@@ -228,12 +286,15 @@ def test_knockout_of_a_sweep_pairs_rate_0(val_run, tmp_path):
     assert (sweep / "knockout.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("args, line", [
-    (["/no/such/dir"], "error: '/no/such/dir': no such run dir or sweep dir"),
-    (["{run}", "--draws", "0"], "error: argument --draws: must be an integer >= 1, got '0' (see --help)"),
-    (["{run}", "--which", "first"], "error: argument --which: invalid choice: 'first' (choose from"),
-    (["{empty}"], "error: no runs in '{empty}': no job dirs (expected job dirs with metrics.jsonl)"),
-])
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["/no/such/dir"], "error: '/no/such/dir': no such run dir or sweep dir"),
+        (["{run}", "--draws", "0"], "error: argument --draws: must be an integer >= 1, got '0' (see --help)"),
+        (["{run}", "--which", "first"], "error: argument --which: invalid choice: 'first' (choose from"),
+        (["{empty}"], "error: no runs in '{empty}': no job dirs (expected job dirs with metrics.jsonl)"),
+    ],
+)
 def test_knockout_bad_arguments_are_one_line_and_exit_2(args, line, tmp_path, capsys):
     run, empty = tmp_path / "run", tmp_path / "empty"
     run.mkdir(), empty.mkdir()

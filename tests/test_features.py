@@ -15,7 +15,9 @@ from zoo.models import MetaFormer, ResNetCifar
 def tiny_models() -> dict[str, callable]:
     models = {name: (lambda name=name, **kw: zoo.create_model(name, **kw)) for name in zoo.list_models("*_tiny")}
     models["resnet8"] = lambda **kw: zoo.create_model("resnet8", **kw)
-    models["bottleneck"] = lambda **kw: ResNetCifar((1, 1, 1), (8, 16, 32), block="bottleneck", **drop_path_from_kwargs(kw))
+    models["bottleneck"] = lambda **kw: ResNetCifar(
+        (1, 1, 1), (8, 16, 32), block="bottleneck", **drop_path_from_kwargs(kw)
+    )
     return models
 
 
@@ -133,7 +135,9 @@ def test_out_indices_pick_stages_and_prune_the_ones_after(name):
     maps = model(inputs())
     assert [m.shape[1] for m in maps] == model.feature_info.channels()
     last = build(name, features_only=True, out_indices=1)  # an int: the last n stages
-    assert [m.shape[1] for m in last(inputs())] == full.feature_info.channels()[-1:] and last.out_indices == (len(full.stages) - 1,)
+    assert [m.shape[1] for m in last(inputs())] == full.feature_info.channels()[-1:] and last.out_indices == (
+        len(full.stages) - 1,
+    )
 
 
 def test_bad_feature_arguments_name_the_value_and_what_is_allowed():

@@ -38,7 +38,9 @@ def test_the_header_budget_is_the_plan_and_fits_eight_minutes():
 def test_the_comparison_is_sized_from_the_solo_rate_shared_by_the_runs():
     module = gpu_check_module()
     plan, report = module.REAL, module.Report()
-    report.throughput = [{"model": "resnet20", "batch": 512, "compiled": False, "mode": "mask", "images_per_s": 36_000.0}]
+    report.throughput = [
+        {"model": "resnet20", "batch": 512, "compiled": False, "mode": "mask", "images_per_s": 36_000.0}
+    ]
     # 6 runs at once: 6,000 images/s each, (145 - 60) s -> 510,000 images -> 8 epochs of 60,000
     assert module.compare_epochs(plan, report, 145, 6) == 8
     report.throughput[0]["batch"] = 128  # no row at the comparison's batch: the floor
@@ -48,8 +50,14 @@ def test_the_comparison_is_sized_from_the_solo_rate_shared_by_the_runs():
 @pytest.mark.slow
 def test_gpu_check_dry_run_on_the_cpu(tmp_path, cifar10_archive):
     env = {**os.environ, "ZOO_CIFAR10": str(cifar10_archive), "GPU_CHECK_RUNS": str(tmp_path / "runs")}
-    out = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry", "--out", str(tmp_path / "out")],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry", "--out", str(tmp_path / "out")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["comparison.md", "comparison.png", "cuda_tests.txt", "gpu_check.json", "gpu_check.md"]

@@ -19,7 +19,6 @@ from zoo.train.batches import crop_flip, epoch_plan, normalize, train_batch
 from zoo.train.data import Split
 from zoo.train.precision import resolve_precision
 
-
 # --- the precision each device gets ----------------------------------------------------------------
 
 
@@ -39,8 +38,9 @@ def test_auto_precision_per_device(monkeypatch):
 
 def test_the_run_logs_and_saves_its_precision(tmp_path, cifar10_archive, cifar10_cache, caplog):
     caplog.set_level("INFO", logger="train")
-    summary = loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64", amp=None)),
-                         tmp_path)
+    summary = loop.train(
+        compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64", amp=None)), tmp_path
+    )
     expected = resolve_precision("auto", "auto", torch.device("cpu"))
     assert summary["amp"] == ("bf16" if expected.amp else "off") and summary["channels_last"] is True
     assert summary["precision_choice"] == expected.why
@@ -61,8 +61,10 @@ def test_a_run_puts_the_global_torch_flags_back(tmp_path, monkeypatch, cifar10_a
         return real_epoch(s, epoch, stop)
 
     monkeypatch.setattr(loop, "train_one_epoch", seen_epoch)
-    loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64",
-                                   "deterministic=true")), tmp_path / "run")
+    loop.train(
+        compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64", "deterministic=true")),
+        tmp_path / "run",
+    )
     assert during[0]["deterministic"] and not before["deterministic"]
     assert torch_flags() == before
 
@@ -116,8 +118,9 @@ def optimizer_steps(optimizer: torch.optim.Optimizer):
 
 
 @pytest.mark.parametrize("mode", ["mask", "skip"])
-def test_a_training_step_reads_nothing_back_and_the_loss_check_once(tmp_path, monkeypatch, mode, cifar10_archive,
-                                                                    cifar10_cache):
+def test_a_training_step_reads_nothing_back_and_the_loss_check_once(
+    tmp_path, monkeypatch, mode, cifar10_archive, cifar10_cache
+):
     """``train_step`` itself (forward, loss, backward, optimizer; skip mode with the fixed draw, as on a
     GPU) reads no tensor value back; the loop reads one per step: the previous step's loss and count."""
     in_steps, real_step = [], loop.train_step
@@ -138,8 +141,19 @@ def test_a_training_step_reads_nothing_back_and_the_loss_check_once(tmp_path, mo
         return meter
 
     monkeypatch.setattr(loop, "train_one_epoch", counted_epoch)
-    loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, f"drop_path_mode={mode}",
-                                   "drop_path_skip_draw=fixed", "drop_path_rate=0.5", amp=None)), tmp_path)
+    loop.train(
+        compose_train(
+            *tiny(
+                cifar10_archive,
+                cifar10_cache,
+                f"drop_path_mode={mode}",
+                "drop_path_skip_draw=fixed",
+                "drop_path_rate=0.5",
+                amp=None,
+            )
+        ),
+        tmp_path,
+    )
     assert in_steps == []
     assert per_epoch == [["tolist"] * 4, ["tolist"] * 4]  # 4 steps per epoch, one read each
 
@@ -197,17 +211,31 @@ def test_two_processes_stop_together_when_one_is_signalled(tmp_path, cifar10_arc
     import subprocess
     import sys
 
-    overrides = tiny(cifar10_archive, cifar10_cache, "data.subset=512", "drop_path_mode=skip",
-                     "drop_path_skip_draw=fixed", "drop_path_rate=0.5")
+    overrides = tiny(
+        cifar10_archive,
+        cifar10_cache,
+        "data.subset=512",
+        "drop_path_mode=skip",
+        "drop_path_skip_draw=fixed",
+        "drop_path_rate=0.5",
+    )
     script = tmp_path / "stop_on_rank_1.py"
-    script.write_text(STOP_ON_RANK_1.format(tests=str(REPO / "tests"), overrides=overrides, run_dir=str(tmp_path / "run")))
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-                         timeout=300)
+    script.write_text(
+        STOP_ON_RANK_1.format(tests=str(REPO / "tests"), overrides=overrides, run_dir=str(tmp_path / "run"))
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     said = sorted(p.read_text() for p in tmp_path.glob("rank*.txt"))
     where = "SIGTERM in epoch 1 after step 4 of 8"
-    assert [line[:7] for line in said] == ["rank 0:", "rank 1:"] and all(where in line for line in said), \
+    assert [line[:7] for line in said] == ["rank 0:", "rank 1:"] and all(where in line for line in said), (
         out.stdout[-2000:] + out.stderr[-3000:]
+    )
     assert (tmp_path / "run" / "last.pt").is_file()
 
 
@@ -264,14 +292,22 @@ def test_cuda_step_syncs_once_for_the_loss_check(tmp_path, monkeypatch, mode, ci
         return meter
 
     monkeypatch.setattr(loop, "train_one_epoch", watched_epoch)
-    loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, f"drop_path_mode={mode}",
-                                   "drop_path_rate=0.5", device="cuda", amp=None)), tmp_path)
+    loop.train(
+        compose_train(
+            *tiny(
+                cifar10_archive, cifar10_cache, f"drop_path_mode={mode}", "drop_path_rate=0.5", device="cuda", amp=None
+            )
+        ),
+        tmp_path,
+    )
     assert warned[1] == 4, warned  # epoch 2 (cuDNN has picked its kernels): the 4 loss reads, nothing else
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("extra", [(), ("drop_path_mode=skip",), pytest.param(("compile=true",), marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "extra", [(), ("drop_path_mode=skip",), pytest.param(("compile=true",), marks=pytest.mark.slow)]
+)
 def test_cuda_two_epoch_run_and_resume_equality(tmp_path, monkeypatch, extra, cifar10_archive, cifar10_cache):
     """Two epochs on the GPU (bf16 autocast and channels_last by default), with the data on the device;
     interrupted after epoch 2's first step and resumed, it ends exactly as the uninterrupted run

@@ -15,13 +15,12 @@ import torch
 
 import zoo
 from conftest import REPO, compose_train, tiny
+from zoo.layers import drop_path_blocks
 from zoo.train import evaluate as evaluate_cli
 from zoo.train import loop
-from zoo.layers import drop_path_blocks
 from zoo.train.checkpoint import load_checkpoint, load_model_state
 from zoo.train.config import build_model, model_args
 from zoo.train.errors import CheckpointError
-
 
 
 def training_checkpoint(model_name: str = "resnet8", seed: int = 0, **config) -> dict:
@@ -29,10 +28,23 @@ def training_checkpoint(model_name: str = "resnet8", seed: int = 0, **config) ->
     torch.manual_seed(seed)
     group = {"name": model_name, **config.pop("model", {})}
     net = zoo.create_model(model_name, **{k: v for k, v in group.items() if k != "name"})
-    return {"model": net.state_dict(), "optimizer": {}, "epoch": 1, "step": 0, "global_step": 4, "history": [],
-            "config": {"model": group, "drop_path_rate": 0.1, "drop_path_schedule": "linear",
-                       "drop_path_mode": "mask", "drop_path_skip_draw": "auto", **config},
-            "model_name": model_name}
+    return {
+        "model": net.state_dict(),
+        "optimizer": {},
+        "epoch": 1,
+        "step": 0,
+        "global_step": 4,
+        "history": [],
+        "config": {
+            "model": group,
+            "drop_path_rate": 0.1,
+            "drop_path_schedule": "linear",
+            "drop_path_mode": "mask",
+            "drop_path_skip_draw": "auto",
+            **config,
+        },
+        "model_name": model_name,
+    }
 
 
 def keys_only_in(name: str, other: str) -> list[str]:
@@ -70,20 +82,27 @@ def test_a_checkpoint_of_another_model_names_both_models_and_the_first_keys(tmp_
     extra = keys_only_in("resnet20", "resnet8")  # resnet8's stage 0 has one block, resnet20's three
     assert extra[0] == "stages.0.1.conv_bn1.0.weight" and len(extra) > 3
     listed = ", ".join(extra[:3])
-    assert msg == (f"{tmp_path / 'last.pt'} (resnet8 weights) does not fit model resnet20: {len(extra)} missing keys "
-                   f"({listed}, ... {len(extra) - 3} more)")
+    assert msg == (
+        f"{tmp_path / 'last.pt'} (resnet8 weights) does not fit model resnet20: {len(extra)} missing keys "
+        f"({listed}, ... {len(extra) - 3} more)"
+    )
 
     torch.save(zoo.create_model("resnet20").state_dict(), tmp_path / "r20.pt")
     with pytest.raises(zoo.LoadError) as info:
         zoo.create_model("resnet8", checkpoint_path=tmp_path / "r20.pt")
-    assert str(info.value) == (f"{tmp_path / 'r20.pt'} (a state dict that does not record its model) does not fit model "
-                               f"resnet8: {len(extra)} unexpected keys ({listed}, ... {len(extra) - 3} more)")
+    assert str(info.value) == (
+        f"{tmp_path / 'r20.pt'} (a state dict that does not record its model) does not fit model "
+        f"resnet8: {len(extra)} unexpected keys ({listed}, ... {len(extra) - 3} more)"
+    )
 
 
 def test_shape_mismatches_list_both_shapes(tmp_path):
     torch.save(zoo.create_model("resnet8").state_dict(), tmp_path / "r8.pt")
-    with pytest.raises(zoo.LoadError, match=r"does not fit model resnet8: 2 shape mismatches, checkpoint vs model "
-                                            r"\(head\.weight 10x64 vs 5x64, head\.bias 10 vs 5\)$"):
+    with pytest.raises(
+        zoo.LoadError,
+        match=r"does not fit model resnet8: 2 shape mismatches, checkpoint vs model "
+        r"\(head\.weight 10x64 vs 5x64, head\.bias 10 vs 5\)$",
+    ):
         zoo.create_model("resnet8", num_classes=5, checkpoint_path=tmp_path / "r8.pt")
 
 
@@ -138,8 +157,14 @@ def test_list_models_pretrained_is_empty_and_patterns_still_work():
 
 def test_load_run_rebuilds_the_saved_model_group_and_drop_path_keys(tmp_path, device):
     # shortcut B adds 1x1 convs: their weights only fit a model built with the group's keys
-    state = training_checkpoint("resnet8", model={"shortcut": "B"}, drop_path_rate=0.2, drop_path_schedule="paper",
-                                drop_path_mode="skip", epochs=3)
+    state = training_checkpoint(
+        "resnet8",
+        model={"shortcut": "B"},
+        drop_path_rate=0.2,
+        drop_path_schedule="paper",
+        drop_path_mode="skip",
+        epochs=3,
+    )
     torch.save(state, tmp_path / "last.pt")
     model, config = zoo.load_run(tmp_path, device=device)
     assert not model.training and {p.device.type for p in model.parameters()} == {device}
@@ -165,8 +190,11 @@ def test_load_run_ema_loads_the_moving_average_of_the_weights(tmp_path):
 
 def test_load_run_needs_a_training_checkpoint(tmp_path):
     torch.save(zoo.create_model("resnet8").state_dict(), tmp_path / "weights.pt")
-    with pytest.raises(zoo.LoadError, match=r"weights.pt records no model \(model_name and model_args\); .* zoo.create_model\(<name>, "
-                                            r"checkpoint_path=\.\.\.\)"):
+    with pytest.raises(
+        zoo.LoadError,
+        match=r"weights.pt records no model \(model_name and model_args\); .* zoo.create_model\(<name>, "
+        r"checkpoint_path=\.\.\.\)",
+    ):
         zoo.load_run(tmp_path / "weights.pt")
     torch.save(training_checkpoint("resnet8", drop_path_mode="sideways"), tmp_path / "last.pt")
     with pytest.raises(zoo.LoadError, match="its saved arguments no longer build model resnet8: .*sideways"):
@@ -188,8 +216,13 @@ model, config = zoo.load_run({str(tmp_path)!r})
 zoo.create_model("resnet8", checkpoint_path={str(tmp_path)!r})
 print(config["model"]["name"], model.training)
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["resnet8", "False"]
 
@@ -203,8 +236,11 @@ def test_a_checkpoint_written_before_model_args_still_loads():
     drop_path_schedule=paper seed=3``, one step on 64 images): its saved training config still
     rebuilds the model, through load_run and create_model(checkpoint_path=) alike."""
     saved = torch.load(FIXTURE, map_location="cpu", weights_only=True)
-    assert "model_args" not in saved and saved["config"]["model"] == {"name": "resnet8", "shortcut": "B",
-                                                                      "widths": [4, 8, 16]}
+    assert "model_args" not in saved and saved["config"]["model"] == {
+        "name": "resnet8",
+        "shortcut": "B",
+        "widths": [4, 8, 16],
+    }
     model, config = zoo.load_run(FIXTURE)
     assert same_weights(model, saved["model"]) and config == saved["config"]
     assert model.feature_info.channels() == [4, 8, 16] and model.num_classes == 10
@@ -222,7 +258,9 @@ def test_a_checkpoint_rebuilds_its_model_from_model_args_alone(tmp_path):
     args = {"num_classes": 5, "widths": [4, 8, 16], "shortcut": "B", "drop_path_rate": 0.3, "drop_path_mode": "skip"}
     net = zoo.create_model("resnet8", **args)
     assert net.model_args == args
-    torch.save({"model": net.state_dict(), "model_name": "resnet8", "model_args": args, "config": {}}, tmp_path / "last.pt")
+    torch.save(
+        {"model": net.state_dict(), "model_name": "resnet8", "model_args": args, "config": {}}, tmp_path / "last.pt"
+    )
     model, config = zoo.load_run(tmp_path)
     assert same_weights(model, net.state_dict()) and config == {}
     assert model.drop_path_rates() == pytest.approx(net.drop_path_rates()) and model.num_classes == 5
@@ -230,15 +268,23 @@ def test_a_checkpoint_rebuilds_its_model_from_model_args_alone(tmp_path):
     lighter = zoo.create_model("resnet8", checkpoint_path=tmp_path, drop_path_rate=0.0)
     assert same_weights(lighter, net.state_dict()) and lighter.drop_path_rates() == [0.0, 0.0, 0.0]
     assert lighter.model_args == {**args, "drop_path_rate": 0.0}
-    with pytest.raises(zoo.LoadError, match=r"\(resnet8 weights\) does not fit model resnet20"):  # no args for another model
+    with pytest.raises(
+        zoo.LoadError, match=r"\(resnet8 weights\) does not fit model resnet20"
+    ):  # no args for another model
         zoo.create_model("resnet20", checkpoint_path=tmp_path)
 
 
 def test_the_trainer_builds_its_model_from_the_arguments_it_saves():
     cfg = compose_train("model=resnet8", "model.shortcut=B", "drop_path_rate=0.1", "drop_path_mode=skip")
     args = model_args(cfg)
-    assert args == {"num_classes": 10, "drop_path_rate": 0.1, "drop_path_schedule": "linear", "drop_path_mode": "skip",
-                    "drop_path_skip_draw": "auto", "shortcut": "B"}
+    assert args == {
+        "num_classes": 10,
+        "drop_path_rate": 0.1,
+        "drop_path_schedule": "linear",
+        "drop_path_mode": "skip",
+        "drop_path_skip_draw": "auto",
+        "shortcut": "B",
+    }
     assert build_model(cfg).model_args == args
 
 
@@ -247,15 +293,27 @@ def test_the_trainer_builds_its_model_from_the_arguments_it_saves():
 
 def test_evaluate_data_comes_from_the_flag_the_run_or_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_CIFAR10", "/env/cifar.tar.gz")
-    folder = {"data": {"name": "cifar10_folder", "path": str(tmp_path), "subset": 256, "test_subset": 100,
-                       "cache_dir": str(tmp_path)}}
+    folder = {
+        "data": {
+            "name": "cifar10_folder",
+            "path": str(tmp_path),
+            "subset": 256,
+            "test_subset": 100,
+            "cache_dir": str(tmp_path),
+        }
+    }
     cfg = evaluate_cli.data_config(folder, None)
     assert cfg["path"] == str(tmp_path) and cfg["subset"] is None and cfg["test_subset"] is None
     assert cfg["cache_dir"] == str(tmp_path)
     assert evaluate_cli.data_config(folder, "/flag")["path"] == "/flag"
     gone = {"data": {**folder["data"], "path": "/gone", "cache_dir": "/gone/cache"}}
-    assert evaluate_cli.data_config(gone, None) == {**gone["data"], "path": "/env/cifar.tar.gz", "subset": None,
-                                                    "test_subset": None, "cache_dir": None}
+    assert evaluate_cli.data_config(gone, None) == {
+        **gone["data"],
+        "path": "/env/cifar.tar.gz",
+        "subset": None,
+        "test_subset": None,
+        "cache_dir": None,
+    }
     tv = {"data": {"name": "cifar10", "root": "./data", "path": None}}
     assert evaluate_cli.data_config(tv, None)["name"] == "cifar10"  # the run's own source
     assert evaluate_cli.data_config(tv, "/flag")["name"] == "cifar10_folder"
@@ -265,10 +323,12 @@ def test_evaluate_data_comes_from_the_flag_the_run_or_the_environment(tmp_path, 
 
 
 def test_evaluate_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
-    cases = {(str(tmp_path),): "the run dir holds no last.pt",
-             (str(tmp_path), "--batch-size", "0"): "argument --batch-size: must be an integer >= 1, got '0'",
-             (str(tmp_path), "--device", "tpu"): "argument --device: invalid choice: 'tpu'",
-             (str(tmp_path / "run"), "--ema", "--device", "cpu"): "holds no EMA weights (the run trained with ema=false)"}
+    cases = {
+        (str(tmp_path),): "the run dir holds no last.pt",
+        (str(tmp_path), "--batch-size", "0"): "argument --batch-size: must be an integer >= 1, got '0'",
+        (str(tmp_path), "--device", "tpu"): "argument --device: invalid choice: 'tpu'",
+        (str(tmp_path / "run"), "--ema", "--device", "cpu"): "holds no EMA weights (the run trained with ema=false)",
+    }
     (tmp_path / "run").mkdir()
     torch.save(training_checkpoint("resnet8"), tmp_path / "run" / "last.pt")
     for argv, words in cases.items():
@@ -277,8 +337,13 @@ def test_evaluate_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
         assert info.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], (argv, err)
-    out = subprocess.run([sys.executable, "-m", "zoo.train.evaluate", str(tmp_path / "nope")], capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run(
+        [sys.executable, "-m", "zoo.train.evaluate", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip().splitlines() == [f"error: {str(tmp_path / 'nope')!r}: no such run dir or checkpoint file"]
 
@@ -287,7 +352,9 @@ def test_evaluate_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
 def tiny_run(tmp_path_factory, cifar10_archive, cifar10_cache) -> Path:
     """resnet8 trained 1 epoch on 256 images (4 steps), tested on 100: seconds on a CPU."""
     run_dir = tmp_path_factory.mktemp("tiny_run")
-    loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "drop_path_rate=0.2", amp=None)), run_dir)
+    loop.train(
+        compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "drop_path_rate=0.2", amp=None)), run_dir
+    )
     return run_dir
 
 
@@ -320,8 +387,13 @@ def test_a_trained_run_loads_back_as_the_model_it_saved(tiny_run):
     assert model.drop_path_rates() == pytest.approx([0.0, 0.1, 0.2])
     # the create_model arguments the run built its model with, as the trainer composed them (model=resnet8
     # adds no key of its own: the registry's defaults build it)
-    assert saved["model_args"] == {"num_classes": 10, "drop_path_rate": 0.2, "drop_path_schedule": "linear",
-                                   "drop_path_mode": "mask", "drop_path_skip_draw": "auto"}
+    assert saved["model_args"] == {
+        "num_classes": 10,
+        "drop_path_rate": 0.2,
+        "drop_path_schedule": "linear",
+        "drop_path_mode": "mask",
+        "drop_path_skip_draw": "auto",
+    }
     again = zoo.create_model("resnet8", checkpoint_path=tiny_run).eval()
     x = torch.randn(4, 3, 32, 32)
     assert torch.equal(model(x), again(x))
@@ -334,7 +406,9 @@ def test_a_feature_extractor_loads_a_classifier_checkpoint(tmp_path):
     torch.save(classifier.state_dict(), tmp_path / "resnet8.pt")
     x = torch.randn(2, 3, 32, 32)
     features = zoo.create_model("resnet8", features_only=True, checkpoint_path=tmp_path / "resnet8.pt").eval()
-    first = zoo.create_model("resnet8", features_only=True, out_indices=(0,), checkpoint_path=tmp_path / "resnet8.pt").eval()
+    first = zoo.create_model(
+        "resnet8", features_only=True, out_indices=(0,), checkpoint_path=tmp_path / "resnet8.pt"
+    ).eval()
     with torch.no_grad():
         expected = classifier.forward_intermediates(x, intermediates_only=True)
         assert all(torch.equal(a, b) for a, b in zip(features(x), expected, strict=True))

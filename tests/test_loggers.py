@@ -17,8 +17,20 @@ from zoo.train import loggers
 
 def tiny(archive: Path, cache: Path, *extra: str) -> tuple[str, ...]:
     """resnet8, 256 images in 4 steps per epoch, 2 epochs, fp32."""
-    return ("model=resnet8", "data=cifar10_folder", f"data.path={archive}", f"data.cache_dir={cache}", "data.subset=256",
-            "data.test_subset=100", "epochs=2", "batch_size=64", "sched.warmup_epochs=0", "device=cpu", "amp=false", *extra)
+    return (
+        "model=resnet8",
+        "data=cifar10_folder",
+        f"data.path={archive}",
+        f"data.cache_dir={cache}",
+        "data.subset=256",
+        "data.test_subset=100",
+        "epochs=2",
+        "batch_size=64",
+        "sched.warmup_epochs=0",
+        "device=cpu",
+        "amp=false",
+        *extra,
+    )
 
 
 def wandb_records(path: Path) -> list:
@@ -31,8 +43,8 @@ def wandb_records(path: Path) -> list:
         if (pos % 32768) > 32768 - 7:  # a block's tail too short for a header is padding
             pos += 32768 - pos % 32768
             continue
-        length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
-        chunk += data[pos + 7:pos + 7 + length]
+        length, kind = struct.unpack("<HB", data[pos + 4 : pos + 7])
+        chunk += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # full, or the last piece of a record
             record = pb.Record()
@@ -57,7 +69,8 @@ def items(records: list, kind: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_every_logger_gets_config_metrics_summary_and_checkpoints_and_a_resume_continues_its_run(
-        tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
+    tmp_path, monkeypatch, cifar10_archive, cifar10_cache
+):
     for package in ("tensorboard", "wandb", "mlflow"):
         pytest.importorskip(package)
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -113,18 +126,22 @@ def test_a_missing_logger_package_is_one_line_naming_its_extra(name, monkeypatch
     real = loggers.importlib.util.find_spec
     monkeypatch.setattr(loggers.importlib.util, "find_spec", lambda pkg, *a: None if pkg == name else real(pkg, *a))
     assert check_cli("model=resnet8", f"logger=[csv,{name}]") == (
-        f"error: logger={name} needs the {name} package: pip install 'zoo[{name}]'")
+        f"error: logger={name} needs the {name} package: pip install 'zoo[{name}]'"
+    )
 
 
 def test_the_old_tensorboard_key_is_refused_with_the_new_spelling():
     assert check_cli("model=resnet8", "tensorboard=true") == (
         "error: tensorboard was removed: TensorBoard is a logger now: logger=tensorboard "
-        "(or a list, logger=[csv,tensorboard])")
+        "(or a list, logger=[csv,tensorboard])"
+    )
 
 
 def test_bad_logger_choices_and_options():
     assert check_cli("model=resnet8", "logger=comet") == (
-        "error: logger=comet: there is no logger 'comet' (choices: csv, mlflow, tensorboard, wandb)")
+        "error: logger=comet: there is no logger 'comet' (choices: csv, mlflow, tensorboard, wandb)"
+    )
     assert check_cli("model=resnet8", "logger=wandb", "logger.wandb.mode=cloud") == (
-        "error: logger.wandb.mode must be one of online, offline, disabled, got 'cloud'")
+        "error: logger.wandb.mode must be one of online, offline, disabled, got 'cloud'"
+    )
     assert compose_train("model=resnet8").logger is None

@@ -157,7 +157,9 @@ def test_scales_multiply_the_channels_and_none_turns_them_off():
 
 @pytest.mark.parametrize("name", list(TOKEN_MIXERS))
 def test_block_shape_and_gradients_for_every_mixer(name):
-    block = MetaFormerBlock(32, name, num_tokens=16, drop_path=0.1, layer_scale_init_value=1e-5, res_scale_init_value=1.0)
+    block = MetaFormerBlock(
+        32, name, num_tokens=16, drop_path=0.1, layer_scale_init_value=1e-5, res_scale_init_value=1.0
+    )
     x = maps(c=32).requires_grad_()
     out = block(x)
     assert out.shape == x.shape and torch.isfinite(out).all()
@@ -252,8 +254,9 @@ def test_every_family_has_a_tiny_variant_and_two_sizes_and_metaformer_is_registe
 
 
 def test_rates_are_installed_one_per_block_in_forward_order():
-    model = MetaFormer(depths=(1, 2, 3), dims=(8, 16, 32), token_mixers="pooling", drop_path=0.25,
-                       res_scale_init_values=None)
+    model = MetaFormer(
+        depths=(1, 2, 3), dims=(8, 16, 32), token_mixers="pooling", drop_path=0.25, res_scale_init_values=None
+    )
     blocks = [b for stage in model.stages for b in stage.blocks]
     expected = [r for stage in drop_path_rates(0.25, (1, 2, 3)) for r in stage]
     assert [b.drop_path_rate for b in blocks] == expected == model.drop_path_rates()
@@ -274,17 +277,27 @@ def test_per_stage_arguments_broadcast_and_mixers_follow_the_family():
 def test_hydra_list_configs_are_per_stage_values():
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({"depths": [1, 1], "dims": [8, 16], "token_mixers": ["pooling", "attention"],
-                            "res_scale_init_values": [None, 1.0]})
+    cfg = OmegaConf.create(
+        {
+            "depths": [1, 1],
+            "dims": [8, 16],
+            "token_mixers": ["pooling", "attention"],
+            "res_scale_init_values": [None, 1.0],
+        }
+    )
     model = MetaFormer(**cfg)
     assert [type(s.blocks[0].token_mixer).__name__ for s in model.stages] == ["Pooling", "Attention"]
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("img_size, stem_stride, tokens", [(32, 1, [1024, 256, 64, 16]), (32, 2, [256, 64, 16, 4]), (24, 1, [576, 144, 36, 9])])
+@pytest.mark.parametrize(
+    "img_size, stem_stride, tokens",
+    [(32, 1, [1024, 256, 64, 16]), (32, 2, [256, 64, 16, 4]), (24, 1, [576, 144, 36, 9])],
+)
 def test_randformer_builds_its_mixing_for_the_actual_resolution(img_size, stem_stride, tokens):
-    model = zoo.create_model("randformer_tiny", img_size=img_size, stem_stride=stem_stride,
-                             token_mixers="random").eval()
+    model = zoo.create_model(
+        "randformer_tiny", img_size=img_size, stem_stride=stem_stride, token_mixers="random"
+    ).eval()
     assert [stage.blocks[0].token_mixer.num_tokens for stage in model.stages] == tokens
     assert model(torch.randn(2, 3, img_size, img_size)).shape == (2, 10)
 
@@ -298,7 +311,9 @@ def test_tiny_model_runs_in_bfloat16_and_any_batch_size():
 
 
 def test_bad_model_arguments_name_the_value_and_what_is_allowed():
-    with pytest.raises(ValueError, match="token_mixers must be one of identity, random, pooling, sepconv, attention.*'conv'"):
+    with pytest.raises(
+        ValueError, match="token_mixers must be one of identity, random, pooling, sepconv, attention.*'conv'"
+    ):
         zoo.create_model("metaformer", token_mixers="conv")
     with pytest.raises(ValueError, match=r"token_mixers needs one value or 4 \(one per stage.*got 2"):
         zoo.create_model("metaformer", token_mixers=("pooling", "sepconv"))

@@ -61,10 +61,12 @@ def test_eval_is_deterministic_and_each_block_keeps_its_branch_at_one_minus_its_
     blocks = drop_path_blocks(model)
     kept: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(blocks))}
     for i, block in enumerate(blocks):
+
         def counted(shortcut, x, branch_fn, skip=None, i=i, real=block.residual):
             out = real(shortcut, x, branch_fn, skip)
             kept[i].append(out.ne(shortcut).flatten(1).any(1))
             return out
+
         block.residual = counted
     model.train()
     with torch.no_grad():
@@ -129,7 +131,14 @@ def test_resnet_zero_init_last():
 
 def test_resnet_sizes_match_the_paper():
     # He et al. 2016, Table 6: 0.27M, 0.46M, 0.66M, 0.85M, 1.7M, 19.4M parameters.
-    expected = {"resnet20": 0.27, "resnet32": 0.46, "resnet44": 0.66, "resnet56": 0.85, "resnet110": 1.7, "resnet1202": 19.4}
+    expected = {
+        "resnet20": 0.27,
+        "resnet32": 0.46,
+        "resnet44": 0.66,
+        "resnet56": 0.85,
+        "resnet110": 1.7,
+        "resnet1202": 19.4,
+    }
     for name, millions in expected.items():
         n = sum(p.numel() for p in on_meta(name).parameters()) / 1e6
         assert n == pytest.approx(millions, rel=0.03), name

@@ -36,8 +36,14 @@ print(len(zoo.list_models()), model.drop_path_rates())
 
 
 def test_the_library_imports_and_runs_without_the_trainers_dependencies():
-    out = subprocess.run([sys.executable, "-c", BLOCKED_IMPORT], cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run(
+        [sys.executable, "-c", BLOCKED_IMPORT],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     count, rates = out.stdout.split(" ", 1)
     assert int(count) > 20 and json.loads(rates) == pytest.approx([0.0, 0.05, 0.1])

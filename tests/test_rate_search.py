@@ -19,14 +19,36 @@ def test_a_four_trial_search_through_the_joblib_launcher(tmp_path, cifar10_archi
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep_dir = tmp_path / "search"
-    args = ["-m", "hydra/sweeper=optuna_rate", "hydra.sweeper.n_trials=4", "hydra/launcher=joblib_cpu",
-            "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2", f"hydra.sweep.dir={sweep_dir}", "model=resnet8",
-            "data=cifar10_folder", f"data.path={cifar10_archive}", f"data.cache_dir={cifar10_cache}", "data.subset=200",
-            "data.val_size=100", "data.test_subset=100", "epochs=1", "batch_size=50", "sched.warmup_epochs=0",
-            "device=cpu", "amp=false"]
+    args = [
+        "-m",
+        "hydra/sweeper=optuna_rate",
+        "hydra.sweeper.n_trials=4",
+        "hydra/launcher=joblib_cpu",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_jobs=2",
+        f"hydra.sweep.dir={sweep_dir}",
+        "model=resnet8",
+        "data=cifar10_folder",
+        f"data.path={cifar10_archive}",
+        f"data.cache_dir={cifar10_cache}",
+        "data.subset=200",
+        "data.val_size=100",
+        "data.test_subset=100",
+        "epochs=1",
+        "batch_size=50",
+        "sched.warmup_epochs=0",
+        "device=cpu",
+        "amp=false",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
 
     study = optuna.load_study(study_name="drop_path_rate", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
@@ -34,7 +56,9 @@ def test_a_four_trial_search_through_the_joblib_launcher(tmp_path, cifar10_archi
     assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit())
     assert len(jobs) == 4
-    for trial, job in zip(sorted(trials, key=lambda t: t.number), sorted(jobs, key=lambda p: int(p.name.split("_")[0]))):
+    for trial, job in zip(
+        sorted(trials, key=lambda t: t.number), sorted(jobs, key=lambda p: int(p.name.split("_")[0]))
+    ):
         summary = json.loads((job / "summary.json").read_text())
         assert summary["drop_path_rate"] == pytest.approx(trial.params["drop_path_rate"])
         assert 0 <= trial.params["drop_path_rate"] <= 0.5
@@ -55,5 +79,6 @@ def test_the_search_is_seeded_by_the_run_seed_and_needs_a_validation_split():
     assert str(cfg.hydra.sweeper.storage).endswith("/optuna.db")
     assert check_cli("-m", "hydra/sweeper=optuna_rate", "model=resnet8") == (
         "error: hydra/sweeper=optuna_rate maximises validation accuracy: hold out training images with "
-        "data.val_size=<N> (a multiple of 10, e.g. 5000)")
+        "data.val_size=<N> (a multiple of 10, e.g. 5000)"
+    )
     assert check_cli("-m", "hydra/sweeper=optuna_rate", "model=resnet8", "data.val_size=100") == ""

@@ -28,14 +28,28 @@ from zoo.train.step import train_step
 
 def tiny(archive: Path, cache: Path, *extra: str) -> tuple[str, ...]:
     """resnet8, 256 images in 4 steps per epoch, 2 epochs, fp32."""
-    return ("model=resnet8", "data=cifar10_folder", f"data.path={archive}", f"data.cache_dir={cache}", "data.subset=256",
-            "data.test_subset=100", "epochs=2", "batch_size=64", "sched.warmup_epochs=0", "device=cpu", "amp=false", *extra)
+    return (
+        "model=resnet8",
+        "data=cifar10_folder",
+        f"data.path={archive}",
+        f"data.cache_dir={cache}",
+        "data.subset=256",
+        "data.test_subset=100",
+        "epochs=2",
+        "batch_size=64",
+        "sched.warmup_epochs=0",
+        "device=cpu",
+        "amp=false",
+        *extra,
+    )
 
 
 def rows(run_dir: Path) -> list[dict]:
     timing = ("epoch_seconds", "images_per_second")
-    return [{k: v for k, v in json.loads(line).items() if k not in timing}
-            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in timing}
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 # --- augmentation policies -------------------------------------------------------------------------
@@ -89,8 +103,9 @@ def test_a_policy_batch_depends_only_on_where_it_sits_in_training():
     assert not torch.equal(x, plain)
 
 
-def test_a_resumed_run_with_a_policy_ends_like_an_uninterrupted_one(tmp_path, monkeypatch, cifar10_archive,
-                                                                    cifar10_cache):
+def test_a_resumed_run_with_a_policy_ends_like_an_uninterrupted_one(
+    tmp_path, monkeypatch, cifar10_archive, cifar10_cache
+):
     overrides = tiny(cifar10_archive, cifar10_cache, "data.augment=randaugment", "data.random_erasing=0.25")
     loop.train(compose_train(*overrides), tmp_path / "full")
     train_cut_and_resumed(monkeypatch, overrides, tmp_path / "cut")
@@ -102,13 +117,19 @@ def test_a_resumed_run_with_a_policy_ends_like_an_uninterrupted_one(tmp_path, mo
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("data.augment=autoaug", "error: data.augment must be one of crop_flip, autoaugment, randaugment, trivialaugment, "
-                                 "none, got 'autoaug'"),
+        (
+            "data.augment=autoaug",
+            "error: data.augment must be one of crop_flip, autoaugment, randaugment, trivialaugment, "
+            "none, got 'autoaug'",
+        ),
         ("data.randaugment_m=31", "error: data.randaugment_m must be an integer in [0, 30], got 31"),
         ("data.randaugment_n=0", "error: data.randaugment_n must be an integer >= 1 (operations per image), got 0"),
         ("data.random_erasing=1.5", "error: data.random_erasing must be a probability in [0, 1], got 1.5"),
-        ("accum_steps=3", "error: accum_steps=3 does not divide batch_size=128: batch_size is the global batch of one "
-                          "optimizer step, split into accum_steps equal micro-batches"),
+        (
+            "accum_steps=3",
+            "error: accum_steps=3 does not divide batch_size=128: batch_size is the global batch of one "
+            "optimizer step, split into accum_steps equal micro-batches",
+        ),
         ("clip_grad=-1", "error: clip_grad must be > 0 (null: no clipping), got -1.0"),
         ("clip_mode=agc", "error: clip_mode must be one of norm, value, got 'agc'"),
         ("init_from=/no/such/run", "error: init_from='/no/such/run': no such run dir or checkpoint file"),
@@ -143,7 +164,7 @@ def test_accumulating_two_batches_of_64_is_one_batch_of_128(exact_fp32):
     accumulated, loss2, correct2 = one_step(model, x, y, accum_steps=2)
     assert loss2 == pytest.approx(loss, rel=1e-6) and correct2 == correct
     assert not torch.equal(whole.stem[0].weight, model.stem[0].weight)  # a real step (zero-init BN scales
-    assert not torch.equal(whole.head.weight, model.head.weight)         # keep some branches still at first)
+    assert not torch.equal(whole.head.weight, model.head.weight)  # keep some branches still at first)
     for a, b in zip(whole.parameters(), accumulated.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 

@@ -64,9 +64,18 @@ def test_mistyped_config_groups_and_keys_list_close_matches(override, message):
 
 
 def test_valid_overrides_are_left_to_hydra(tmp_path):
-    ok = ["model=resnet8", "model=metaformer,resnet20", "experiment=null", "data=cifar10_folder",
-          f"data.path={make_tree(tmp_path / 'cifar')}", "model.name=convformer_tiny", "hydra.run.dir=out", "seed=range(3)",
-          "lr=0.1", "-m"]
+    ok = [
+        "model=resnet8",
+        "model=metaformer,resnet20",
+        "experiment=null",
+        "data=cifar10_folder",
+        f"data.path={make_tree(tmp_path / 'cifar')}",
+        "model.name=convformer_tiny",
+        "hydra.run.dir=out",
+        "seed=range(3)",
+        "lr=0.1",
+        "-m",
+    ]
     assert check_cli(*ok) == ""
 
 
@@ -108,15 +117,25 @@ def test_cli_data_mistakes_name_the_path(tmp_path, monkeypatch):
         make_tree(tmp_path / "eight", CLASSES[:8]): "train/ lacks the class folders ship, truck",
     }
     for i, (path, text) in enumerate(cases.items()):
-        args = ("experiment=cpu_smoke", "data=cifar10_folder", f"data.path={path}", f"data.cache_dir={tmp_path / 'cache'}")
+        args = (
+            "experiment=cpu_smoke",
+            "data=cifar10_folder",
+            f"data.path={path}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        )
         if i == 0:  # found before Hydra starts: no run dir
             assert text in check_cli(*args, f"hydra.run.dir={tmp_path / '0'}")
             assert not (tmp_path / "0").exists()
             continue
         with pytest.raises(DataError, match=re.escape(text)):  # found while the run reads its data
             loop.train(compose_train(*args), tmp_path / str(i))
-    out = run_cli("experiment=cpu_smoke", "data=cifar10_folder", f"data.path={bad}", f"data.cache_dir={tmp_path / 'cache'}",
-                  f"hydra.run.dir={tmp_path / 'run'}")
+    out = run_cli(
+        "experiment=cpu_smoke",
+        "data=cifar10_folder",
+        f"data.path={bad}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     line = one_error_line(out)
     assert f"unreadable image {bad}/train/cat/0001.png: not an image format" in line
     assert line.endswith(f"(nothing was saved: run dir {tmp_path / 'run'} removed)")  # no stub dir with a train.log
@@ -126,9 +145,20 @@ def test_cli_data_mistakes_name_the_path(tmp_path, monkeypatch):
 def test_a_run_without_a_network_leaves_no_data_dir(tmp_path):
     """data=cifar10 downloads; when that fails the empty data dir it made is removed again. A proxy on
     a closed local port makes the download fail at once whether or not the machine has a network."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
-    out = subprocess.run([sys.executable, str(REPO / "train.py"), "model=resnet8", f"hydra.run.dir={tmp_path / 'run'}"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "https_proxy": "http://127.0.0.1:9",
+        "http_proxy": "http://127.0.0.1:9",
+    }
+    out = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "model=resnet8", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "could not download CIFAR-10 into data.root='./data'" in one_error_line(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nor the run dir: nothing was saved in it
 
@@ -191,10 +221,16 @@ def test_resume_with_another_model_is_refused(tmp_path, finished_run):
     state = load_checkpoint(finished_run)
     state["model"] = {k: v for k, v in list(state["model"].items())[:-2]}  # lost the classifier
     save_checkpoint(state, tmp_path / "odd" / CHECKPOINT_NAME)
-    with pytest.raises(CheckpointError, match=r"\(resnet8 weights\) does not fit model resnet8: "
-                                             r"2 missing keys \(head\.weight, head\.bias\)$") as info:
-        loop.train(compose_train("model=resnet8", f"resume={tmp_path / 'odd'}"), tmp_path,
-                    overrides=(f"resume={tmp_path / 'odd'}",))
+    with pytest.raises(
+        CheckpointError,
+        match=r"\(resnet8 weights\) does not fit model resnet8: "
+        r"2 missing keys \(head\.weight, head\.bias\)$",
+    ) as info:
+        loop.train(
+            compose_train("model=resnet8", f"resume={tmp_path / 'odd'}"),
+            tmp_path,
+            overrides=(f"resume={tmp_path / 'odd'}",),
+        )
     assert "\n" not in str(info.value)
 
 
@@ -229,7 +265,9 @@ def poison(monkeypatch, at_call: int, weights: bool = False) -> list[int]:
     return calls
 
 
-def test_nan_loss_stops_within_one_step_naming_the_last_checkpoint(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
+def test_nan_loss_stops_within_one_step_naming_the_last_checkpoint(
+    tmp_path, monkeypatch, cifar10_archive, cifar10_cache
+):
     calls = poison(monkeypatch, at_call=4 + 2)  # 4 steps per epoch: epoch 2, its second step
     with pytest.raises(TrainingDiverged) as info:
         loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache)), tmp_path)
@@ -243,19 +281,30 @@ def test_nan_loss_stops_within_one_step_naming_the_last_checkpoint(tmp_path, mon
 
 def test_non_finite_weights_never_replace_the_last_checkpoint(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
     poison(monkeypatch, at_call=8, weights=True)  # the last step of epoch 2: its loss was still finite
-    with pytest.raises(TrainingDiverged, match=f"weights became non-finite after epoch 2; last good checkpoint: {tmp_path}"):
+    with pytest.raises(
+        TrainingDiverged, match=f"weights became non-finite after epoch 2; last good checkpoint: {tmp_path}"
+    ):
         loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache)), tmp_path)
     assert load_checkpoint(tmp_path)["epoch"] == 1
 
 
 def test_cli_divergence_is_one_line(tmp_path, cifar10_archive, cifar10_cache):
-    out = run_cli("experiment=cpu_smoke", "data=cifar10_folder", f"data.path={cifar10_archive}",
-                  f"data.cache_dir={cifar10_cache}", "data.subset=200", "data.test_subset=100", "lr=1e30",
-                  f"hydra.run.dir={tmp_path}")
+    out = run_cli(
+        "experiment=cpu_smoke",
+        "data=cifar10_folder",
+        f"data.path={cifar10_archive}",
+        f"data.cache_dir={cifar10_cache}",
+        "data.subset=200",
+        "data.test_subset=100",
+        "lr=1e30",
+        f"hydra.run.dir={tmp_path}",
+    )
     line = one_error_line(out)
     assert line.startswith("error: the training loss became nan at epoch 1 step ")
-    assert line.endswith("last good checkpoint: none (no epoch had finished); lower lr or change the recipe "
-                         f"(nothing was saved: run dir {tmp_path} removed)")
+    assert line.endswith(
+        "last good checkpoint: none (no epoch had finished); lower lr or change the recipe "
+        f"(nothing was saved: run dir {tmp_path} removed)"
+    )
     assert not (tmp_path / CHECKPOINT_NAME).exists()
 
 
@@ -264,9 +313,20 @@ def test_cli_divergence_is_one_line(tmp_path, cifar10_archive, cifar10_cache):
 
 def cli_args(archive: Path, cache: Path, run_dir: Path) -> list[str]:
     """resnet8 on 600 images, 12 steps per epoch, 3 epochs: a few seconds per run on an idle CPU."""
-    return ["model=resnet8", "data=cifar10_folder", f"data.path={archive}", f"data.cache_dir={cache}", "data.subset=600",
-            "data.test_subset=200", "epochs=3", "batch_size=50", "sched.warmup_epochs=0", "device=cpu", "amp=false",
-            f"hydra.run.dir={run_dir}"]
+    return [
+        "model=resnet8",
+        "data=cifar10_folder",
+        f"data.path={archive}",
+        f"data.cache_dir={cache}",
+        "data.subset=600",
+        "data.test_subset=200",
+        "epochs=3",
+        "batch_size=50",
+        "sched.warmup_epochs=0",
+        "device=cpu",
+        "amp=false",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -292,8 +352,14 @@ def resume_and_compare(run_dir: Path, expected: Path) -> None:
 def test_signal_after_first_epoch_then_resume_matches(tmp_path, signum, uninterrupted, cifar10_archive, cifar10_cache):
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *cli_args(cifar10_archive, cifar10_cache, run_dir)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *cli_args(cifar10_archive, cifar10_cache, run_dir)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().strip()):
@@ -305,7 +371,9 @@ def test_signal_after_first_epoch_then_resume_matches(tmp_path, signum, uninterr
         proc.kill()
     assert proc.returncode == 128 + signum, err[-2000:]
     last = err.strip().splitlines()[-1]
-    assert re.match(rf"interrupted: {signal.Signals(signum).name} (in epoch [23] after step \d+ of 12|after epoch [12]); ", last), last
+    assert re.match(
+        rf"interrupted: {signal.Signals(signum).name} (in epoch [23] after step \d+ of 12|after epoch [12]); ", last
+    ), last
     assert last.endswith(f"saved {run_dir / CHECKPOINT_NAME}; continue with: python train.py resume={run_dir}")
     state = load_checkpoint(run_dir)
     assert (state["epoch"], state["step"]) >= (1, 0) and state["epoch"] < 3
@@ -333,9 +401,20 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path, uninterrupted, cifar10_archive, cifar10_cache):
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", KILL_DURING_SECOND_SAVE, str(REPO / "train.py"),
-                          *cli_args(cifar10_archive, cifar10_cache, run_dir)],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILL_DURING_SECOND_SAVE,
+            str(REPO / "train.py"),
+            *cli_args(cifar10_archive, cifar10_cache, run_dir),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
     assert load_checkpoint(run_dir)["epoch"] == 1  # the epoch-1 file, whole
     assert len(metrics(run_dir)) == 1
@@ -349,23 +428,38 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path, uninterrupte
 def small_disk(path: Path, size: str):
     """A tmpfs of ``size`` mounted at ``path`` (root only); None where mounting is not allowed."""
     path.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        != 0
+    ):
         return None
     return path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("size, kept", [("400k", "no earlier last.pt exists"), ("1000k", "the previous last.pt is intact")])
+@pytest.mark.parametrize(
+    "size, kept", [("400k", "no earlier last.pt exists"), ("1000k", "the previous last.pt is intact")]
+)
 def test_a_full_disk_during_a_save_is_one_line(tmp_path, size, kept, cifar10_archive, cifar10_cache):
     """A real file system that fills up: 400 KB holds no checkpoint (633 KB); 1000 KB holds the first
     but not a second beside it. One line, exit 2, no partial file, the previous checkpoint whole."""
     disk = small_disk(tmp_path / "disk", size)
     if disk is None:
-        pytest.skip("cannot mount a tmpfs here (not root, or no mount permission); the simulated test covers the code path")
+        pytest.skip(
+            "cannot mount a tmpfs here (not root, or no mount permission); the simulated test covers the code path"
+        )
     try:
-        out = run_cli("experiment=cpu_smoke", "epochs=2", "data=cifar10_folder", f"data.path={cifar10_archive}",
-                      f"data.cache_dir={cifar10_cache}", f"hydra.run.dir={disk / 'run'}")
+        out = run_cli(
+            "experiment=cpu_smoke",
+            "epochs=2",
+            "data=cifar10_folder",
+            f"data.path={cifar10_archive}",
+            f"data.cache_dir={cifar10_cache}",
+            f"hydra.run.dir={disk / 'run'}",
+        )
         line = one_error_line(out)
         assert line.startswith(f"error: no space left on the device writing {disk / 'run' / CHECKPOINT_NAME} (")
         where = f"run dir {disk / 'run'}" if "intact" in kept else f"nothing was saved: run dir {disk / 'run'} removed"
@@ -428,7 +522,8 @@ def test_stale_temporaries_are_removed_and_never_read(tmp_path, finished_run):
     removed = remove_stale_temporaries(tmp_path / CHECKPOINT_NAME)
     assert sorted(p.name for p in removed) == sorted([names["dead"], names["old, no owner"], names["other host, old"]])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [names["alive"], names["other host"], names["new, no owner"], names["not ours"]])
+        [names["alive"], names["other host"], names["new, no owner"], names["not ours"]]
+    )
 
 
 def test_a_run_removes_the_temporary_its_killed_predecessor_left(tmp_path, cifar10_archive, cifar10_cache):
@@ -463,10 +558,25 @@ def test_sigterm_while_decoding_says_what_stopped_and_that_nothing_was_lost(tmp_
     is held (a hook in the child) until the signal has arrived, so the run cannot end first."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     run_dir, cache, marker = tmp_path / "run", tmp_path / "cache", tmp_path / "decoding"
-    proc = subprocess.Popen([sys.executable, "-c", PAUSE_WHILE_DECODING, str(marker), str(REPO / "train.py"),
-                             "experiment=cpu_smoke", "data=cifar10_folder", f"data.path={make_tree(tmp_path / 'cifar')}",
-                             f"data.cache_dir={cache}", f"hydra.run.dir={run_dir}"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            PAUSE_WHILE_DECODING,
+            str(marker),
+            str(REPO / "train.py"),
+            "experiment=cpu_smoke",
+            "data=cifar10_folder",
+            f"data.path={make_tree(tmp_path / 'cifar')}",
+            f"data.cache_dir={cache}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not marker.exists():
@@ -486,15 +596,18 @@ def test_sigterm_while_decoding_says_what_stopped_and_that_nothing_was_lost(tmp_
     assert not (cache.exists() and list(cache.iterdir())), "no cache file, whole or partial"
 
 
-def test_a_compile_failure_is_one_line_naming_model_and_mode(tmp_path, monkeypatch, fresh_dynamo, cifar10_archive,
-                                                             cifar10_cache):
+def test_a_compile_failure_is_one_line_naming_model_and_mode(
+    tmp_path, monkeypatch, fresh_dynamo, cifar10_archive, cifar10_cache
+):
     def broken_backend(gm, example_inputs):
         raise RuntimeError("the compiler met something it cannot handle\nand said so on many lines")
 
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=broken_backend))
     with pytest.raises(CompileFailed) as info:
-        loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "compile=true", "drop_path_mode=skip")), tmp_path)
+        loop.train(
+            compose_train(*tiny(cifar10_archive, cifar10_cache, "compile=true", "drop_path_mode=skip")), tmp_path
+        )
     message = str(info.value)
     assert message.startswith("torch.compile failed on resnet8 with drop_path_mode=skip (") and "\n" not in message
     assert message.endswith("; compile=false runs it without compiling")
@@ -509,8 +622,14 @@ def test_the_interrupt_message_starts_on_its_own_line_after_the_progress_bar(tmp
     run_dir = tmp_path / "run"
     master, slave = pty.openpty()
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *cli_args(cifar10_archive, cifar10_cache, run_dir)],
-                            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *cli_args(cifar10_archive, cifar10_cache, run_dir)],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+    )
     os.close(slave)
     seen = b""
     try:
@@ -544,16 +663,25 @@ def test_two_runs_never_share_a_run_dir(tmp_path, cifar10_archive, cifar10_cache
     """A run dir held by another process (a run still going, or its resume) is refused, naming the
     process; once it is free the run goes ahead."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
-         "f.write('process 4242 on testhost'); f.flush(); print('locked', flush=True); time.sleep(60)",
-         str(tmp_path / ".lock")], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "f.write('process 4242 on testhost'); f.flush(); print('locked', flush=True); time.sleep(60)",
+            str(tmp_path / ".lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         cfg = compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64"))
         with pytest.raises(ConfigError) as info:
             loop.train(cfg, tmp_path)
-        assert str(info.value) == (f"{tmp_path} is in use by process 4242 on testhost (another run, or this run still "
-                                   "going); wait for it to end, or give this run another hydra.run.dir")
+        assert str(info.value) == (
+            f"{tmp_path} is in use by process 4242 on testhost (another run, or this run still "
+            "going); wait for it to end, or give this run another hydra.run.dir"
+        )
         assert not (tmp_path / CHECKPOINT_NAME).exists()
     finally:
         holder.kill()
@@ -585,9 +713,15 @@ def test_resume_with_a_mistyped_override_is_one_line(tmp_path, finished_run):
         (("optim.betas=[0.9,1.0]",), "optim.betas[1] must be in [0, 1), got 1.0"),
         (("optim.betas=[nan,0.999]",), "optim.betas[0] must be a finite number, got nan"),
         (("optim.eps=0",), "optim.eps must be > 0, got 0.0"),
-        (("sched=step", "sched.gamma=-1"), "sched.gamma must be in (0, 1] (the lr's factor at each milestone), got -1.0"),
+        (
+            ("sched=step", "sched.gamma=-1"),
+            "sched.gamma must be in (0, 1] (the lr's factor at each milestone), got -1.0",
+        ),
         (("sched=step", "sched.milestones=[0.5,inf]"), "sched.milestones[1] must be a finite number, got inf"),
-        (("sched=step", "sched.milestones=[1.5]"), "sched.milestones[0] must be in [0, 1] (a fraction of training), got 1.5"),
+        (
+            ("sched=step", "sched.milestones=[1.5]"),
+            "sched.milestones[0] must be in [0, 1] (a fraction of training), got 1.5",
+        ),
         (("mixup_alpha=inf",), "mixup_alpha must be a finite number, got inf"),
         (("model.layer_scale_init_values=nan",), "model.layer_scale_init_values must be a finite number, got nan"),
     ],
@@ -601,18 +735,23 @@ def test_every_optimizer_and_schedule_key_is_range_checked(overrides, message):
 def test_a_bad_schedule_value_is_one_line_before_any_dir(tmp_path):
     line = check_cli("sched.min_lr_ratio=-3", f"hydra.run.dir={tmp_path / 'run'}")
     assert line == "error: sched.min_lr_ratio must be in [0, 1] (a fraction of lr), got -3.0"
-    assert check_cli("-m", "optim=sgd", "optim.momentum=0.9,-5", f"hydra.sweep.dir={tmp_path / 'sweep'}") == \
-        "error: optim.momentum must be in [0, 1), got -5.0"
+    assert (
+        check_cli("-m", "optim=sgd", "optim.momentum=0.9,-5", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+        == "error: optim.momentum must be in [0, 1), got -5.0"
+    )
     assert not any(tmp_path.iterdir())
     assert check_cli("epochs=3", "sched.warmup_epochs=3", f"hydra.run.dir={tmp_path / 'ok'}") == ""  # warmup = training
 
 
-@pytest.mark.parametrize("override, message", [
-    ("modle=resnet20", "error: unknown key 'modle'; did you mean model?"),
-    ("+optm=sgd", "error: unknown key 'optm'; did you mean optim?"),
-    ("shed.warmup_epochs=0", "error: unknown key 'shed'; did you mean sched, seed?"),
-    ("epoch=3", "error: unknown key 'epoch'; did you mean epochs?"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("modle=resnet20", "error: unknown key 'modle'; did you mean model?"),
+        ("+optm=sgd", "error: unknown key 'optm'; did you mean optim?"),
+        ("shed.warmup_epochs=0", "error: unknown key 'shed'; did you mean sched, seed?"),
+        ("epoch=3", "error: unknown key 'epoch'; did you mean epochs?"),
+    ],
+)
 def test_a_misspelled_top_level_key_or_group_suggests_the_known_name(tmp_path, override, message):
     assert check_cli(override, f"hydra.run.dir={tmp_path / 'run'}") == message
     assert not tmp_path.joinpath("run").exists()
@@ -622,19 +761,28 @@ def test_drop_path_rejects_what_would_give_a_wrong_result():
     from zoo.layers import DropPath, drop_path, drop_path_add, drop_path_rates
 
     for depths in (2.5, -1, [2, 2.5], [3, -1], "3"):
-        with pytest.raises(ValueError, match=r"^depths must be a non-negative int or a sequence of them \(one per stage\), got "):
+        with pytest.raises(
+            ValueError, match=r"^depths must be a non-negative int or a sequence of them \(one per stage\), got "
+        ):
             drop_path_rates(0.1, depths)
     ints = torch.ones(4, 3, dtype=torch.int64)
     module = DropPath(0.5).train()
-    for call in (lambda: module(ints), lambda: module.add(ints, ints), lambda: module.skip_add(ints, ints, lambda t: t),
-                 lambda: drop_path(ints, 0.5, training=True), lambda: drop_path_add(ints, ints, 0.5, training=True)):
+    for call in (
+        lambda: module(ints),
+        lambda: module.add(ints, ints),
+        lambda: module.skip_add(ints, ints, lambda t: t),
+        lambda: drop_path(ints, 0.5, training=True),
+        lambda: drop_path_add(ints, ints, 0.5, training=True),
+    ):
         with pytest.raises(TypeError, match=r"^drop path needs a floating-point tensor, got torch\.int64"):
             call()
     assert torch.equal(DropPath(0.5).eval()(ints), ints)  # eval is the identity, for any tensor
     x = torch.ones(4, 3)
-    for rate, message in ((torch.tensor(float("nan")), "must be a finite number, got nan"),
-                          (torch.tensor(1.5), r"must be in \[0, 1\], got 1.5"),
-                          (torch.tensor([0.1, 0.2]), r"a one-element float tensor, got a torch.float32 tensor of shape \(2,\)")):
+    for rate, message in (
+        (torch.tensor(float("nan")), "must be a finite number, got nan"),
+        (torch.tensor(1.5), r"must be in \[0, 1\], got 1.5"),
+        (torch.tensor([0.1, 0.2]), r"a one-element float tensor, got a torch.float32 tensor of shape \(2,\)"),
+    ):
         with pytest.raises(ValueError, match=message):
             drop_path(x, rate, training=True)
         with pytest.raises(ValueError, match=r"^drop_prob must be"):
@@ -646,22 +794,32 @@ def test_a_run_file_that_is_a_directory_is_one_line(tmp_path, cifar10_archive, c
     (tmp_path / "metrics.jsonl").mkdir()
     with pytest.raises(ConfigError) as info:
         loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64")), tmp_path)
-    assert str(info.value) == (f"{tmp_path / 'metrics.jsonl'} is a directory where the run writes its metrics.jsonl: "
-                               "move it away, or give this run another hydra.run.dir")
+    assert str(info.value) == (
+        f"{tmp_path / 'metrics.jsonl'} is a directory where the run writes its metrics.jsonl: "
+        "move it away, or give this run another hydra.run.dir"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
 
 
 def test_a_read_only_run_or_sweep_dir_is_one_line_before_hydra(tmp_path):
     disk = tmp_path / "ro"
     disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(disk)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a read-only tmpfs here (not root, or no mount permission)")
     try:
         assert check_cli(f"hydra.run.dir={disk / 'run'}") == (
             f"error: hydra.run.dir={disk / 'run'}: {disk} is not writable (read-only or not yours): "
-            "give hydra.run.dir= a writable path")
-        assert check_cli("-m", "seed=0,1", f"hydra.sweep.dir={disk}").startswith(f"error: hydra.sweep.dir={disk}: {disk} is not")
+            "give hydra.run.dir= a writable path"
+        )
+        assert check_cli("-m", "seed=0,1", f"hydra.sweep.dir={disk}").startswith(
+            f"error: hydra.sweep.dir={disk}: {disk} is not"
+        )
         out = run_cli("model=resnet8", f"hydra.run.dir={disk / 'run'}")
         assert one_error_line(out).startswith(f"error: hydra.run.dir={disk / 'run'}: {disk} is not writable")
     finally:
@@ -682,20 +840,36 @@ def test_a_file_the_run_cannot_write_mid_run_is_one_line(tmp_path, monkeypatch, 
 
     from hydra.types import RunMode
 
-    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(
-        mode=RunMode.RUN, output_subdir=None, runtime=SimpleNamespace(output_dir=str(tmp_path)),
-        overrides=SimpleNamespace(task=[]))))
+    monkeypatch.setattr(
+        HydraConfig,
+        "get",
+        staticmethod(
+            lambda: SimpleNamespace(
+                mode=RunMode.RUN,
+                output_subdir=None,
+                runtime=SimpleNamespace(output_dir=str(tmp_path)),
+                overrides=SimpleNamespace(task=[]),
+            )
+        ),
+    )
     monkeypatch.setattr(loop, "train", train)
     with pytest.raises(SystemExit) as info:
         cli.run(compose_train("model=resnet8"))
     assert info.value.code == 2
-    assert capsys.readouterr().err == (f"error: {tmp_path / 'summary.json'}: Is a directory; a run writes only into its "
-                                       f"run dir: give it a writable hydra.run.dir (run dir {tmp_path})\n")
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'summary.json'}: Is a directory; a run writes only into its "
+        f"run dir: give it a writable hydra.run.dir (run dir {tmp_path})\n"
+    )
+
+
 # --- where a run is, and never over another (issue 25) --------------------------------------------
+
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under ``root``: its bytes and modification time (a refused run changes neither)."""
-    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def fake_run(run_dir: Path, last: bool = False) -> Path:
@@ -713,11 +887,15 @@ def test_a_new_run_never_writes_into_a_dir_holding_another_run(tmp_path):
     that continues it), unless the dir is empty or overwrite=true asks for it."""
     old = fake_run(tmp_path / "old")
     line = check_cli("model=resnet8", f"hydra.run.dir={old}")
-    assert line == (f"error: hydra.run.dir={old} already holds a run (config.yaml, metrics.jsonl, summary.json, .hydra); "
-                    "it has no last.pt to continue from (resume=<dir> continues a run that has one); give this run "
-                    "another hydra.run.dir, or add overwrite=true to replace that run's records")
+    assert line == (
+        f"error: hydra.run.dir={old} already holds a run (config.yaml, metrics.jsonl, summary.json, .hydra); "
+        "it has no last.pt to continue from (resume=<dir> continues a run that has one); give this run "
+        "another hydra.run.dir, or add overwrite=true to replace that run's records"
+    )
     resumable = fake_run(tmp_path / "a=b,c", last=True)
-    assert f"; 'resume='\"'\"'{resumable}'\"'\"'' continues it;" in check_cli("model=resnet8", f"hydra.run.dir='{resumable}'")
+    assert f"; 'resume='\"'\"'{resumable}'\"'\"'' continues it;" in check_cli(
+        "model=resnet8", f"hydra.run.dir='{resumable}'"
+    )
     (tmp_path / "empty").mkdir()
     assert check_cli("model=resnet8", f"hydra.run.dir={tmp_path / 'empty'}") == ""
     assert check_cli("model=resnet8", f"hydra.run.dir={old}", "overwrite=true") == ""
@@ -739,8 +917,16 @@ def test_a_refused_run_changes_nothing_on_disk(tmp_path, finished_run):
     assert "the command line changes lr=0.5 (saved 0.002)" in one_error_line(run_cli(f"resume={run}", "lr=0.5"))
     assert one_error_line(run_cli(f"resume={run}", "log_every_s=-1")).startswith("error: log_every_s must be >= 0")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
-         "print('locked', flush=True); time.sleep(60)", str(run / ".lock")], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('locked', flush=True); time.sleep(60)",
+            str(run / ".lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         before["run/.lock"] = ((run / ".lock").read_bytes(), (run / ".lock").stat().st_mtime_ns)
@@ -773,7 +959,9 @@ def test_two_runs_in_one_second_never_share_the_default_run_dir(tmp_path, monkey
     assert len(new) == 1 and new[0].name.removesuffix("_2") in {n.rpartition("/")[2] + "_resnet8" for n in taken}
     dirs = {str(p.relative_to(tmp_path / "outputs")) for p in (tmp_path / "outputs").glob("*/*")}
     assert dirs == {f"{n}_resnet8" for n in taken} | {str(new[0].relative_to(tmp_path / "outputs"))}  # no other
-    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith(str(new[0].relative_to(tmp_path)))} == before
+    assert {
+        k: v for k, v in snapshot(tmp_path).items() if not k.startswith(str(new[0].relative_to(tmp_path)))
+    } == before
     # 5c: the run names its dir on its first line and on its last
     assert out.stdout.splitlines()[0] == f"run dir: {new[0]}"
     assert out.stdout.strip().splitlines()[-1].endswith(f"; run dir {new[0]}")
@@ -801,8 +989,17 @@ def test_the_printed_resume_command_runs_as_pasted(tmp_path, monkeypatch, cifar1
     (job / ".hydra").mkdir()
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["seed=7"]))
     other = sweep / "1"  # a job beside it, one epoch done
-    row = {"epoch": 1, "train_loss": 2.0, "train_acc": 0.1, "test_loss": 2.0, "test_acc": 0.1, "lr": 0.1,
-           "drop_path_rate": 0.1, "epoch_seconds": 1.0, "images_per_second": 64.0}
+    row = {
+        "epoch": 1,
+        "train_loss": 2.0,
+        "train_acc": 0.1,
+        "test_loss": 2.0,
+        "test_acc": 0.1,
+        "lr": 0.1,
+        "drop_path_rate": 0.1,
+        "epoch_seconds": 1.0,
+        "images_per_second": 64.0,
+    }
     (other / ".hydra").mkdir(parents=True)
     (other / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["seed=8"]))
     (other / "metrics.jsonl").write_text(json.dumps(row) + "\n")

@@ -42,7 +42,8 @@ def test_long_job_dir_names_are_shortened_with_a_hash():
 def test_the_sweep_subdir_uses_the_short_name():
     cfg = compose_train("seed=0", hydra=True)
     assert OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == (
-        "${zoo.job_dir:${hydra.job.num},${hydra.job.override_dirname}}")
+        "${zoo.job_dir:${hydra.job.num},${hydra.job.override_dirname}}"
+    )
     node = OmegaConf.create({"num": 7, "name": "a=" + "b" * 400, "subdir": "${zoo.job_dir:${num},${name}}"})
     assert node.subdir == job_dir_name(7, "a=" + "b" * 400) and len(node.subdir.encode()) <= MAX_JOB_DIR_BYTES
 
@@ -136,8 +137,9 @@ def _fake_sweep(root: Path, failed: bool = True) -> Path:
             (job / "summary.json").write_text(json.dumps({"final_test_acc": 0.4, "best_test_acc": 0.4, "seed": seed}))
         else:
             record_failure(job, 2, "error: data.path='/d/seed1' is neither a directory nor a readable archive")
-    multirun = {"hydra": {"job": {"name": "train"}, "overrides": {"hydra": [f"hydra.sweep.dir={root}"],
-                                                                  "task": ["seed=0,1"]}}}
+    multirun = {
+        "hydra": {"job": {"name": "train"}, "overrides": {"hydra": [f"hydra.sweep.dir={root}"], "task": ["seed=0,1"]}}
+    }
     (root / "multirun.yaml").write_text(yaml.safe_dump(multirun))
     return root
 
@@ -146,8 +148,10 @@ def test_the_report_lists_failed_jobs_and_the_multirun_exits_1(tmp_path, capsys)
     sweep = _fake_sweep(tmp_path / "sweep")
     md = render_markdown(load_sweep(sweep), None)
     assert "1 job(s) failed (listed below)" in md
-    assert ("| `1_seed=1` | `seed=1` | 2 | 0 of None | error: data.path='/d/seed1' is neither a directory nor a "
-            "readable archive |") in md
+    assert (
+        "| `1_seed=1` | `seed=1` | 2 | 0 of None | error: data.path='/d/seed1' is neither a directory nor a "
+        "readable archive |"
+    ) in md
     assert "no metrics yet" not in md  # a failed job is not "not started"
     with pytest.raises(SystemExit) as end:
         ReportCallback().on_multirun_end(config=OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
@@ -182,9 +186,22 @@ def test_reproduce_gives_the_sweep_command_not_a_partial_one(tmp_path):
 
 def _sweep_args(archive: Path, cache: Path, data: Path, sweep: Path, seeds: str) -> list[str]:
     """Tiny jobs (resnet8, 128 images, 4 steps an epoch, 2 epochs), each seed reading data/seed<n>."""
-    return ["-m", "model=resnet8", "data=cifar10_folder", f"data.path={data}/seed${{seed}}", f"data.cache_dir={cache}",
-            "data.subset=128", "data.test_subset=50", "epochs=2", "batch_size=32", "sched.warmup_epochs=0",
-            "device=cpu", "amp=false", f"seed={seeds}", f"hydra.sweep.dir={sweep}"]
+    return [
+        "-m",
+        "model=resnet8",
+        "data=cifar10_folder",
+        f"data.path={data}/seed${{seed}}",
+        f"data.cache_dir={cache}",
+        "data.subset=128",
+        "data.test_subset=50",
+        "epochs=2",
+        "batch_size=32",
+        "sched.warmup_epochs=0",
+        "device=cpu",
+        "amp=false",
+        f"seed={seeds}",
+        f"hydra.sweep.dir={sweep}",
+    ]
 
 
 def _data(tmp_path: Path, archive: Path, bad_seed: int, seeds: range) -> Path:
@@ -200,8 +217,9 @@ def _data(tmp_path: Path, archive: Path, bad_seed: int, seeds: range) -> Path:
 
 def _run(script: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 # Trains as train.py does, but SIGKILLs itself in epoch 2 of seed 3's job after 2 of its 4 steps.

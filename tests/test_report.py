@@ -17,8 +17,16 @@ from omegaconf import OmegaConf
 
 from conftest import compose_train
 from zoo.train.paired import Paired
-from zoo.train.report import (ReportCallback, main, paired_by_epoch, paired_difference, plot, render_markdown, t_quantile,
-                              write_report)
+from zoo.train.report import (
+    ReportCallback,
+    main,
+    paired_by_epoch,
+    paired_difference,
+    plot,
+    render_markdown,
+    t_quantile,
+    write_report,
+)
 from zoo.train.report_plot import TITLE_ACC, TITLE_DIFF, TITLE_LOSS, paired_curve
 from zoo.train.sweep import ReportError, baseline_of, load_sweep
 
@@ -32,12 +40,28 @@ BEST = {0.0: [0.81, 0.83, 0.85], 0.1: [0.84, 0.85, 0.89]}
 EPOCH_SECONDS = {0.0: [10.0, 2.0, 4.0], 0.1: [12.0, 3.0, 5.0]}  # first epoch = warm-up, left out
 IMAGES_PER_SECOND = {0.0: [100.0, 1000.0, 2000.0], 0.1: [100.0, 900.0, 1100.0]}
 TRAIN_GAP = {0.0: 0.10, 0.1: 0.04}  # train acc = test acc + this + 0.01 * seed, every epoch
-SUMMARY_EXTRA = {"params": 1234, "total_seconds": 20.0, "device": "cuda", "device_name": "Test GPU", "world_size": 1,
-                 "versions": {"torch": "2.14.1", "zoo": "0.1.0"}, "model": "resnet8", "epochs": 3}
+SUMMARY_EXTRA = {
+    "params": 1234,
+    "total_seconds": 20.0,
+    "device": "cuda",
+    "device_name": "Test GPU",
+    "world_size": 1,
+    "versions": {"torch": "2.14.1", "zoo": "0.1.0"},
+    "model": "resnet8",
+    "epochs": 3,
+}
 
 
-def write_job(job: Path, rate: float, seed: int, finished: bool = True, epochs_done: int = 3,
-              accs: list[float] | None = None, experiment: str = "compare", **config_extra: Any) -> None:
+def write_job(
+    job: Path,
+    rate: float,
+    seed: int,
+    finished: bool = True,
+    epochs_done: int = 3,
+    accs: list[float] | None = None,
+    experiment: str = "compare",
+    **config_extra: Any,
+) -> None:
     """A job dir; its test accuracy per epoch is ``accs``, by default rising to FINAL at epoch 3."""
     (job / ".hydra").mkdir(parents=True)
     overrides = [f"drop_path_rate={rate:g}", f"seed={seed}", f"experiment={experiment}"]
@@ -48,22 +72,37 @@ def write_job(job: Path, rate: float, seed: int, finished: bool = True, epochs_d
     accs = accs or [FINAL[rate][seed] - 0.1 * (2 - e) for e in range(epochs_done)]
     rows = []
     for e, acc in enumerate(accs):
-        rows.append({"epoch": e + 1, "train_loss": 2.0 - 0.5 * e + seed * 0.01, "train_acc": acc + TRAIN_GAP[rate] + 0.01 * seed,
-                     "test_loss": 1.0, "test_acc": acc, "lr": 0.1, "drop_path_rate": rate,
-                     "epoch_seconds": EPOCH_SECONDS[rate][e], "images_per_second": IMAGES_PER_SECOND[rate][e]})
+        rows.append(
+            {
+                "epoch": e + 1,
+                "train_loss": 2.0 - 0.5 * e + seed * 0.01,
+                "train_acc": acc + TRAIN_GAP[rate] + 0.01 * seed,
+                "test_loss": 1.0,
+                "test_acc": acc,
+                "lr": 0.1,
+                "drop_path_rate": rate,
+                "epoch_seconds": EPOCH_SECONDS[rate][e],
+                "images_per_second": IMAGES_PER_SECOND[rate][e],
+            }
+        )
     (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if finished:
-        summary = dict(SUMMARY_EXTRA, final_test_acc=accs[-1], best_test_acc=best,
-                       drop_path_rate=rate, seed=seed)
+        summary = dict(SUMMARY_EXTRA, final_test_acc=accs[-1], best_test_acc=best, drop_path_rate=rate, seed=seed)
         (job / "summary.json").write_text(json.dumps(summary))
 
 
 def write_multirun(sweep: Path) -> None:
-    multirun = {"hydra": {
-        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
-                    "params": {"drop_path_rate": "0,0.1", "seed": "0,1,2"}},
-        "overrides": {"hydra": ["hydra.mode=MULTIRUN"], "task": ["experiment=compare"]},
-        "job": {"name": "train"}, "runtime": {"cwd": "/somewhere/zoo"}}}
+    multirun = {
+        "hydra": {
+            "sweeper": {
+                "_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                "params": {"drop_path_rate": "0,0.1", "seed": "0,1,2"},
+            },
+            "overrides": {"hydra": ["hydra.mode=MULTIRUN"], "task": ["experiment=compare"]},
+            "job": {"name": "train"},
+            "runtime": {"cwd": "/somewhere/zoo"},
+        }
+    }
     (sweep / "multirun.yaml").write_text(yaml.safe_dump(multirun))
 
 
@@ -94,11 +133,15 @@ def test_exact_numbers(sweep_dir):
     md = render_markdown(sweep)
     # 0 : final 80, 82, 84 -> 82.00 +- 2.00; best 81, 83, 85 -> 83.00; train 90, 93, 96 -> 93.00, gaps 10, 11, 12
     # -> +11.00; epoch s (2 + 4) / 2; images/s (1000 + 2000) / 2
-    assert "| `drop_path_rate=0` | 0 | 3 | 82.00 ± 2.00 | 83.00 | 93.00 | +11.00 | 3.00 | 1,500 | baseline |  |  |" in md
+    assert (
+        "| `drop_path_rate=0` | 0 | 3 | 82.00 ± 2.00 | 83.00 | 93.00 | +11.00 | 3.00 | 1,500 | baseline |  |  |" in md
+    )
     # 0.1: final 83, 84, 88 -> 85.00 +- sqrt((4 + 1 + 9) / 2) = 2.65; train 87, 89, 94 -> 90.00, gaps 4, 5, 6 -> +5.00;
     # diff +3.00, 3 -+ 2.48 -> +0.52 to +5.48
-    assert ("| `drop_path_rate=0.1` | 0.1 | 3 | 85.00 ± 2.65 | 86.00 | 90.00 | +5.00 | 4.00 | 1,000 | +3.00 | +0.52 to +5.48 "
-            "| 0, 1, 2 |") in md
+    assert (
+        "| `drop_path_rate=0.1` | 0.1 | 3 | 85.00 ± 2.65 | 86.00 | 90.00 | +5.00 | 4.00 | 1,000 | +3.00 | +0.52 to +5.48 "
+        "| 0, 1, 2 |"
+    ) in md
     assert "| final train acc % | train − test (pp) |" in md
     assert "Final train acc is the last epoch's running accuracy" in md
     assert "Shared by every job: `experiment=compare`" in md
@@ -110,8 +153,14 @@ def test_exact_numbers(sweep_dir):
 
 def test_t_quantile_matches_tables():
     # Published values to 10 significant digits (any statistics table; scipy.stats.t.ppf agrees).
-    for df, value in [(1, T_975_DF1), (2, T_975_DF2), (3, 3.182446305), (4, 2.776445105), (10, 2.228138852),
-                      (30, 2.042272456)]:
+    for df, value in [
+        (1, T_975_DF1),
+        (2, T_975_DF2),
+        (3, 3.182446305),
+        (4, 2.776445105),
+        (10, 2.228138852),
+        (30, 2.042272456),
+    ]:
         assert t_quantile(0.975, df) == pytest.approx(value, rel=1e-9)
     assert t_quantile(0.95, 3) == pytest.approx(2.353363435, rel=1e-9)
     with pytest.raises(ValueError):
@@ -119,8 +168,10 @@ def test_t_quantile_matches_tables():
 
 
 # Per-epoch test accuracy, seeds 0, 1, 2; seed 2 of rate 0.1 stopped after two epochs (no pair at epoch 3).
-EPOCH_ACCS = {0.0: [[0.50, 0.60, 0.70], [0.52, 0.61, 0.72], [0.48, 0.62, 0.74]],
-              0.1: [[0.45, 0.62, 0.74], [0.49, 0.61, 0.75], [0.44, 0.66]]}
+EPOCH_ACCS = {
+    0.0: [[0.50, 0.60, 0.70], [0.52, 0.61, 0.72], [0.48, 0.62, 0.74]],
+    0.1: [[0.45, 0.62, 0.74], [0.49, 0.61, 0.75], [0.44, 0.66]],
+}
 
 
 @pytest.fixture
@@ -229,8 +280,10 @@ def test_a_repeated_seed_is_one_pair_the_mean_of_its_runs(sweep_dir):
     assert paired_by_epoch(sd, base)[3.0].diffs == pytest.approx([0.04, 0.02, 0.04], abs=1e-12)
     half = T_975_DF2 * statistics.stdev([0.04, 0.02, 0.04]) / math.sqrt(3)
     assert paired.interval() == pytest.approx((paired.mean - half, paired.mean + half), abs=1e-12)
-    assert f"| {100 * paired.mean:+.2f} | {100 * (paired.mean - half):+.2f} to {100 * (paired.mean + half):+.2f} " \
-           "| 0 (2 vs 1 runs), 1, 2 |" in render_markdown(sweep)
+    assert (
+        f"| {100 * paired.mean:+.2f} | {100 * (paired.mean - half):+.2f} to {100 * (paired.mean + half):+.2f} "
+        "| 0 (2 vs 1 runs), 1, 2 |" in render_markdown(sweep)
+    )
 
 
 def test_unfinished_sweep(sweep_dir):
@@ -240,15 +293,19 @@ def test_unfinished_sweep(sweep_dir):
     with open(sweep_dir / "4" / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 2, "train_lo')
     (sweep_dir / "6" / ".hydra").mkdir(parents=True)  # a job dir from another launch, no metrics yet
-    (sweep_dir / "6" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["drop_path_rate=0.2", "seed=0", "experiment=compare"]))
+    (sweep_dir / "6" / ".hydra" / "overrides.yaml").write_text(
+        yaml.safe_dump(["drop_path_rate=0.2", "seed=0", "experiment=compare"])
+    )
 
     paths = write_report(sweep_dir)
     assert [p.name for p in paths] == ["comparison.md", "comparison.png"]
     md = paths[0].read_text()
     # 0.1 now: seed 0 finished (83), seed 1 unfinished; epoch seconds from every epoch but each run's
     # first: (3 + 5) / 2 (seed 1 has only its first, left out)
-    assert ("| `drop_path_rate=0.1` | 0.1 | 1 (+1 unfinished) | 83.00 (1 run) | 84.00 (1 run) | 87.00 (1 run) | +4.00 | 4.00 "
-            "| 1,000 | +3.00 | n/a (1 pair) | 0 |") in md
+    assert (
+        "| `drop_path_rate=0.1` | 0.1 | 1 (+1 unfinished) | 83.00 (1 run) | 84.00 (1 run) | 87.00 (1 run) | +4.00 | 4.00 "
+        "| 1,000 | +3.00 | n/a (1 pair) | 0 |"
+    ) in md
     assert "## Unfinished runs" in md
     assert "| `4` | `drop_path_rate=0.1 seed=1` | 1 of 3 | 64.00 |" in md
     assert "- not started: `drop_path_rate=0.1 seed=2`" in md
@@ -275,8 +332,16 @@ def test_an_arm_swept_on_its_own_pairs_with_the_rate_0_runs_it_shares(sweep_dir)
     """A late-SD arm run as another experiment into a subdir: its overrides differ from the rate-0
     runs', but its resolved config only in drop path keys (nothing at rate 0) and paths."""
     for seed in (0, 1, 2):
-        write_job(sweep_dir / "late" / str(seed), 0.1, seed, experiment="late", drop_path_time_schedule="late",
-                  drop_path_time_cutoff=1.0, data={"path": "/elsewhere"}, amp="auto")
+        write_job(
+            sweep_dir / "late" / str(seed),
+            0.1,
+            seed,
+            experiment="late",
+            drop_path_time_schedule="late",
+            drop_path_time_cutoff=1.0,
+            data={"path": "/elsewhere"},
+            amp="auto",
+        )
     for num in (0, 1, 2):  # the rate-0 runs said amp=false, and auto resolved to fp32 as well (summary.json)
         for job in (sweep_dir / str(num), sweep_dir / "late" / str(num)):
             summary = json.loads((job / "summary.json").read_text())
@@ -309,7 +374,9 @@ def test_groups_by_config_without_overrides_files(sweep_dir):
 
 def test_reproduce_command_without_multirun_yaml(sweep_dir):
     (sweep_dir / "multirun.yaml").unlink()
-    assert "python train.py -m drop_path_rate=0,0.1 seed=0,1,2 experiment=compare\n" in render_markdown(load_sweep(sweep_dir))
+    assert "python train.py -m drop_path_rate=0,0.1 seed=0,1,2 experiment=compare\n" in render_markdown(
+        load_sweep(sweep_dir)
+    )
 
 
 def test_plot_is_an_image(sweep_dir):
@@ -332,13 +399,19 @@ def test_missing_path_and_empty_dir(tmp_path, capsys):
 
 
 def test_cli_exit_code(tmp_path, sweep_dir):
-    bad = subprocess.run([sys.executable, "-m", "zoo.train.report", str(tmp_path / "missing")], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "zoo.train.report", str(tmp_path / "missing")], capture_output=True, text=True
+    )
     assert bad.returncode != 0
     assert bad.stderr.strip().count("\n") == 0 and "missing" in bad.stderr and "Traceback" not in bad.stderr
-    good = subprocess.run([sys.executable, "-m", "zoo.train.report", str(sweep_dir), "--no-plot"], capture_output=True, text=True)
+    good = subprocess.run(
+        [sys.executable, "-m", "zoo.train.report", str(sweep_dir), "--no-plot"], capture_output=True, text=True
+    )
     assert good.returncode == 0, good.stderr
     assert (sweep_dir / "comparison.md").is_file() and not (sweep_dir / "comparison.png").exists()
-    old_name = subprocess.run([sys.executable, "-m", "zoo.report", str(sweep_dir), "--no-plot"], capture_output=True, text=True)
+    old_name = subprocess.run(
+        [sys.executable, "-m", "zoo.report", str(sweep_dir), "--no-plot"], capture_output=True, text=True
+    )
     assert old_name.returncode == 0 and "comparison.md" in old_name.stdout, old_name.stderr
 
 
@@ -380,33 +453,55 @@ main()
 def test_callback_runs_at_the_end_of_a_real_multirun(tmp_path):
     (tmp_path / "app.py").write_text(APP)
     # Microseconds in the sweep dir: the callback must see the dir the jobs were written to.
-    cfg = {"drop_path_rate": 0.0, "seed": 0,
-           "hydra": {"callbacks": {"report": {"_target_": "zoo.train.report.ReportCallback"}},
-                     "sweep": {"dir": str(tmp_path / "multirun" / "${now:%H-%M-%S-%f}")}}}
+    cfg = {
+        "drop_path_rate": 0.0,
+        "seed": 0,
+        "hydra": {
+            "callbacks": {"report": {"_target_": "zoo.train.report.ReportCallback"}},
+            "sweep": {"dir": str(tmp_path / "multirun" / "${now:%H-%M-%S-%f}")},
+        },
+    }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    done = subprocess.run([sys.executable, "app.py", "-m", "drop_path_rate=0,0.1", "seed=0,1"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "app.py", "-m", "drop_path_rate=0,0.1", "seed=0,1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (sweep,) = (tmp_path / "multirun").iterdir()
     md = (sweep / "comparison.md").read_text()
     # Both differences are 0.1 (up to float rounding): no zero-width "+10.00 to +10.00"; no train_acc written.
-    assert ("| `drop_path_rate=0.1` | 0.1 | 2 | 60.50 ± 0.71 | 60.50 | n/a | n/a | 1.00 | 10 | +10.00 "
-            "| none: n = 2, all differences equal (spread unmeasured) | 0, 1 |") in md
+    assert (
+        "| `drop_path_rate=0.1` | 0.1 | 2 | 60.50 ± 0.71 | 60.50 | n/a | n/a | 1.00 | 10 | +10.00 "
+        "| none: n = 2, all differences equal (spread unmeasured) | 0, 1 |"
+    ) in md
     assert "python app.py -m drop_path_rate=0,0.1 seed=0,1" in md
     assert (sweep / "comparison.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize(
     "experiment,rates,model",
-    [("compare", "0,0.1", "metaformer"), ("paper_resnet110", "0,0.5", "resnet110"),
-     ("early_sd", "0,0.1", "metaformer"), ("late_sd", "0,0.1", "metaformer")],
+    [
+        ("compare", "0,0.1", "metaformer"),
+        ("paper_resnet110", "0,0.5", "resnet110"),
+        ("early_sd", "0,0.1", "metaformer"),
+        ("late_sd", "0,0.1", "metaformer"),
+    ],
 )
 def test_experiment_sweeps(experiment, rates, model):
     cfg = compose_train(f"experiment={experiment}", hydra=True)  # through the schema, as train.py composes it
     assert dict(cfg.hydra.sweeper.params) == {"drop_path_rate": rates, "seed": "0,1,2"}
     assert cfg.model.name == model
     if experiment == "paper_resnet110":
-        assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.drop_path_schedule) == (500, 128, 0.1, 1e-4, "paper")
+        assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.drop_path_schedule) == (
+            500,
+            128,
+            0.1,
+            1e-4,
+            "paper",
+        )
         assert cfg.optim.name == "sgd" and cfg.optim.nesterov and cfg.optim.momentum == 0.9
         assert cfg.sched.name == "step" and list(cfg.sched.milestones) == [0.5, 0.75] and cfg.sched.gamma == 0.1
     if experiment.endswith("_sd"):
@@ -420,12 +515,27 @@ def test_experiment_sweeps(experiment, rates, model):
 @pytest.mark.slow
 def test_micro_sweep_through_train_py(tmp_path, cifar10_archive, cifar10_cache):
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "train.py", "-m", "experiment=cpu_smoke", "data=cifar10_folder", f"data.path={cifar10_archive}",
-           f"data.cache_dir={cifar10_cache}", "data.subset=500", "data.test_subset=200", "epochs=1",
-           "drop_path_rate=0,0.1", "seed=0,1", "device=cpu", f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "experiment=cpu_smoke",
+        "data=cifar10_folder",
+        f"data.path={cifar10_archive}",
+        f"data.cache_dir={cifar10_cache}",
+        "data.subset=500",
+        "data.test_subset=200",
+        "epochs=1",
+        "drop_path_rate=0,0.1",
+        "seed=0,1",
+        "device=cpu",
+        f"hydra.sweep.dir={sweep}",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (sweep / "comparison.md").is_file(), "no comparison.md: is zoo.train.report.ReportCallback under hydra.callbacks?"
+    assert (sweep / "comparison.md").is_file(), (
+        "no comparison.md: is zoo.train.report.ReportCallback under hydra.callbacks?"
+    )
     md = (sweep / "comparison.md").read_text()
     assert (sweep / "comparison.png").stat().st_size > 0
     rows = [line for line in md.splitlines() if line.startswith("| `")]

@@ -208,11 +208,15 @@ def test_scale_by_keep_false_leaves_kept_branches_unscaled(draw):
         for call in ("function", "module"):
             torch.manual_seed(seed)
             if draw == "fused":
-                outs.append(drop_path_add(s, x, 0.4, training=True, scale_by_keep=False) if call == "function"
-                            else dp.add(s, x))
+                outs.append(
+                    drop_path_add(s, x, 0.4, training=True, scale_by_keep=False) if call == "function" else dp.add(s, x)
+                )
             else:
-                outs.append(drop_path_skip_add(s, x, lambda t: t, 0.4, training=True, scale_by_keep=False,
-                                               skip_draw=draw) if call == "function" else dp.skip_add(s, x, lambda t: t))
+                outs.append(
+                    drop_path_skip_add(s, x, lambda t: t, 0.4, training=True, scale_by_keep=False, skip_draw=draw)
+                    if call == "function"
+                    else dp.skip_add(s, x, lambda t: t)
+                )
         assert torch.equal(outs[0], outs[1])
         kept = outs[0].ne(s).any(1)
         assert 0 < kept.sum() < 64
@@ -405,8 +409,9 @@ def test_batchnorm_in_skip_mode_uses_kept_samples_only():
         feats = block.conv(x[keep])
     m = block.bn.momentum
     torch.testing.assert_close(block.bn.running_mean, m * feats.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(block.bn.running_var, (1 - m) + m * feats.var((0, 2, 3), unbiased=True),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        block.bn.running_var, (1 - m) + m * feats.var((0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-5
+    )
     torch.manual_seed(0)
     masked = ConvBlock(0.5, "mask", bn=True).train()
     torch.manual_seed(4)

@@ -30,7 +30,7 @@ def test_linear_is_linspace_from_zero_to_rate():
 
 def test_paper_is_huang_linear_decay():
     rates = drop_path_rates(0.5, DEPTHS, "paper")
-    approx_stages(rates, split([0.5 * l / 12 for l in range(1, 13)]))
+    approx_stages(rates, split([0.5 * b / 12 for b in range(1, 13)]))
     assert rates[0][0] == pytest.approx(0.5 / 12) and rates[-1][-1] == 0.5
 
 
@@ -44,9 +44,7 @@ def test_stagewise_is_one_rate_per_stage():
     assert rates[-1][-1] == 0.3
 
 
-@pytest.mark.parametrize(
-    "schedule,expected", [("linear", 0.1), ("paper", 0.1), ("uniform", 0.1), ("stagewise", 0.1)]
-)
+@pytest.mark.parametrize("schedule,expected", [("linear", 0.1), ("paper", 0.1), ("uniform", 0.1), ("stagewise", 0.1)])
 def test_single_block_and_single_stage(schedule, expected):
     assert drop_path_rates(0.1, 1, schedule) == [expected]
     assert drop_path_rates(0.1, [1], schedule) == [[expected]]

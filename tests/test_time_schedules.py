@@ -6,7 +6,15 @@ import torch
 from torch import nn
 
 import zoo
-from zoo.layers import EARLY_MODES, TIME_SCHEDULES, DropPath, DropPathBlock, block_drop_path_rates, set_drop_path_factor, time_factor
+from zoo.layers import (
+    EARLY_MODES,
+    TIME_SCHEDULES,
+    DropPath,
+    DropPathBlock,
+    block_drop_path_rates,
+    set_drop_path_factor,
+    time_factor,
+)
 
 CUTOFF = 4.0
 EPOCHS = range(8)
@@ -28,8 +36,13 @@ def test_factor_per_epoch(schedule, early_mode, expected):
 
 @pytest.mark.parametrize(
     "schedule,early_mode,epoch,expected",
-    [("early", "linear", 1.5, 0.625), ("ramp", "constant", 2.5, 0.625), ("early", "constant", 3.99, 1.0),
-     ("late", "constant", 3.99, 0.0), ("late", "constant", 4.0, 1.0)],
+    [
+        ("early", "linear", 1.5, 0.625),
+        ("ramp", "constant", 2.5, 0.625),
+        ("early", "constant", 3.99, 1.0),
+        ("late", "constant", 3.99, 0.0),
+        ("late", "constant", 4.0, 1.0),
+    ],
 )
 def test_fractional_epochs(schedule, early_mode, epoch, expected):
     # train.py passes step / steps_per_epoch, so the factor moves within an epoch.

@@ -21,7 +21,11 @@ import timm  # noqa: E402
 import timm.data  # noqa: E402
 
 # one tiny model per family: both ResNet blocks and every MetaFormer mixer family
-FAMILIES = ["resnet8", "resnet164", *(f"{f}_tiny" for f in ("identityformer", "randformer", "poolformer", "convformer", "caformer"))]
+FAMILIES = [
+    "resnet8",
+    "resnet164",
+    *(f"{f}_tiny" for f in ("identityformer", "randformer", "poolformer", "convformer", "caformer")),
+]
 
 
 def flat(rates: list[list[float]]) -> list[float]:
@@ -32,9 +36,20 @@ def flat(rates: list[list[float]]) -> list[float]:
 def test_every_family_trains_through_timm_with_zoos_schedule(name):
     assert f"zoo_{name}" in zoo.register_timm()
     # the arguments timm's train.py passes (None ones are dropped by timm's create_model)
-    model = timm.create_model(f"zoo_{name}", pretrained=False, num_classes=7, in_chans=3, drop_rate=0.1,
-                              drop_path_rate=0.2, drop_path_schedule="paper", drop_block_rate=None,
-                              global_pool=None, bn_momentum=None, scriptable=False, checkpoint_path="")
+    model = timm.create_model(
+        f"zoo_{name}",
+        pretrained=False,
+        num_classes=7,
+        in_chans=3,
+        drop_rate=0.1,
+        drop_path_rate=0.2,
+        drop_path_schedule="paper",
+        drop_block_rate=None,
+        global_pool=None,
+        bn_momentum=None,
+        scriptable=False,
+        checkpoint_path="",
+    )
     assert type(model).__name__ in ("ResNetCifar", "MetaFormer") and model.num_classes == 7
     assert model.drop_path_rates() == pytest.approx(flat(drop_path_rates(0.2, model.depths, "paper")))
     assert model.drop_path_rates()[-1] == pytest.approx(0.2)
@@ -72,7 +87,9 @@ def test_timm_data_preprocesses_as_the_trainer_does(tmp_path):
     assert data_cfg["input_size"] == (3, 32, 32) and data_cfg["mean"] == MEAN and data_cfg["std"] == STD
     transform = timm.data.create_transform(**data_cfg)
     pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    expected = (torch.from_numpy(pixels).permute(2, 0, 1) / 255 - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+    expected = (torch.from_numpy(pixels).permute(2, 0, 1) / 255 - torch.tensor(MEAN)[:, None, None]) / torch.tensor(
+        STD
+    )[:, None, None]
     assert torch.allclose(transform(Image.fromarray(pixels)), expected, atol=1e-5)  # a CIFAR image passes unchanged
     assert transform(Image.fromarray(np.zeros((48, 80, 3), np.uint8))).shape == (3, 32, 32)  # a photo is resized
     meta = zoo.create_model("caformer_tiny", img_size=64, in_chans=1, num_classes=5).pretrained_cfg
@@ -84,13 +101,18 @@ def test_the_readme_classifies_an_image_with_a_trained_run(tmp_path):
     from test_load import training_checkpoint
 
     readme = (REPO / "README.md").read_text()
-    code = next(block for block in readme.split("```python\n")[1:] if "resolve_data_config(model=model)" in block
-                and "load_run" in block).split("```")[0]
+    code = next(
+        block
+        for block in readme.split("```python\n")[1:]
+        if "resolve_data_config(model=model)" in block and "load_run" in block
+    ).split("```")[0]
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     torch.save(training_checkpoint("resnet8"), run_dir / "last.pt")
     Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(tmp_path / "photo.jpg")
-    code = code.replace("outputs/2026-11-30/10-00-00_resnet20", str(run_dir)).replace("my_photo.jpg", str(tmp_path / "photo.jpg"))
+    code = code.replace("outputs/2026-11-30/10-00-00_resnet20", str(run_dir)).replace(
+        "my_photo.jpg", str(tmp_path / "photo.jpg")
+    )
     exec(compile(code, "README.md", "exec"), {})
 
 
@@ -153,7 +175,9 @@ def test_set_drop_path_rate_takes_one_rate_per_block():
 def test_create_model_takes_one_rate_per_block_and_names_both_lengths():
     model = zoo.create_model("caformer_tiny", drop_path_rates=[0.0, 0.1, 0.0, 0.3])
     assert model.drop_path_rates() == pytest.approx([0.0, 0.1, 0.0, 0.3])
-    with pytest.raises(ValueError, match=r"drop_path_rates has 5 entries but the model has 9 blocks \(depths \(3, 3, 3\)\)"):
+    with pytest.raises(
+        ValueError, match=r"drop_path_rates has 5 entries but the model has 9 blocks \(depths \(3, 3, 3\)\)"
+    ):
         zoo.create_model("resnet20", drop_path_rates=[0.1] * 5)
     with pytest.raises(ValueError, match=r"drop_path_rates\[1\] must be in \[0, 1\], got 1.5"):
         zoo.create_model("resnet8", drop_path_rates=[0.1, 1.5, 0.0])
@@ -196,15 +220,18 @@ def test_the_trainer_takes_a_rate_list_and_refuses_a_wrong_length_before_any_run
     from conftest import compose_train
     from zoo.train.config import build_model, validate_config
 
-    cfg = validate_config(compose_train("model=resnet8", "drop_path_rates=[0,0.1,0.3]", "model.drop_rate=0.2",
-                                        "model.global_pool=max"))
+    cfg = validate_config(
+        compose_train("model=resnet8", "drop_path_rates=[0,0.1,0.3]", "model.drop_rate=0.2", "model.global_pool=max")
+    )
     model = build_model(cfg)
     assert model.drop_path_rates() == pytest.approx([0.0, 0.1, 0.3]) and model.global_pool == "max"
     assert "drop_path_rate" not in model.model_args and model.head_drop.p == 0.2
     run_dir = tmp_path / "run"
     line = check_cli("model=resnet20", "drop_path_rates=[0,0.1]", f"hydra.run.dir={run_dir}")
-    assert line == ("error: model resnet20 cannot be built from the config: drop_path_rates has 2 entries but "
-                    "the model has 9 blocks (depths (3, 3, 3)): give one rate per block")
+    assert line == (
+        "error: model resnet20 cannot be built from the config: drop_path_rates has 2 entries but "
+        "the model has 9 blocks (depths (3, 3, 3)): give one rate per block"
+    )
     assert check_cli("model=resnet8", "model.global_pool=sum").startswith("error: model.global_pool must be one of")
     assert check_cli("model=resnet8", "model.drop_rate=2").startswith("error: model.drop_rate must be in [0, 1]")
     assert check_cli("drop_path_rates=[0,2]").startswith("error: drop_path_rates[1] must be in [0, 1]")
@@ -213,9 +240,17 @@ def test_the_trainer_takes_a_rate_list_and_refuses_a_wrong_length_before_any_run
 
 def test_zoo_runs_timms_scripts_with_its_models_registered(tmp_path):
     script = tmp_path / "script.py"  # as timm's train.py: a script that knows timm alone
-    script.write_text("import sys, timm\nm = timm.create_model(sys.argv[1], drop_path_rate=0.1)\n"
-                      "print(type(m).__name__, m.drop_path_rates()[-1])\n")
-    out = subprocess.run([sys.executable, "-m", "zoo._timm", str(script), "zoo_resnet8"], capture_output=True,
-                         text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    script.write_text(
+        "import sys, timm\nm = timm.create_model(sys.argv[1], drop_path_rate=0.1)\n"
+        "print(type(m).__name__, m.drop_path_rates()[-1])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "zoo._timm", str(script), "zoo_resnet8"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["ResNetCifar", "0.1"]

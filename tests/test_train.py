@@ -55,8 +55,16 @@ def test_non_finite_loss_names_epoch_step_and_checkpoint():
 
 def fake_state(model_name: str = "resnet8") -> dict:
     net = zoo.create_model(model_name)
-    return {"model": net.state_dict(), "optimizer": {}, "epoch": 1, "step": 0, "global_step": 4,
-            "config": {"model": {"name": model_name}}, "model_name": model_name, "history": []}
+    return {
+        "model": net.state_dict(),
+        "optimizer": {},
+        "epoch": 1,
+        "step": 0,
+        "global_step": 4,
+        "config": {"model": {"name": model_name}},
+        "model_name": model_name,
+        "history": [],
+    }
 
 
 def test_checkpoint_errors_say_what_is_wrong(tmp_path):
@@ -74,7 +82,9 @@ def test_checkpoint_errors_say_what_is_wrong(tmp_path):
     with pytest.raises(CheckpointError, match="holds a resnet8 model, not resnet20"):
         load_checkpoint(tmp_path, model_name="resnet20")
     state = load_checkpoint(tmp_path)
-    with pytest.raises(CheckpointError, match=r"\(resnet8 weights\) does not fit model resnet20: \d+ missing keys \("):  # counted in test_load
+    with pytest.raises(
+        CheckpointError, match=r"\(resnet8 weights\) does not fit model resnet20: \d+ missing keys \("
+    ):  # counted in test_load
         load_model_state(zoo.create_model("resnet20"), state)
 
 
@@ -142,17 +152,35 @@ def test_resume_mid_epoch_ends_like_an_uninterrupted_run(tmp_path, monkeypatch, 
 # resumed part crosses (epoch 1.5 of 2; the cut is at 1.25). Two runs carry them all, to stay cheap;
 # 128 images in batches of 32 keep the 4 steps an epoch the cut counts on.
 RESUMED = {
-    "skip-bernoulli-mixing-late": ("drop_path_mode=skip", "drop_path_skip_draw=bernoulli", "mixup_alpha=0.2",
-                                   "cutmix_alpha=1.0", "drop_path_time_schedule=late"),
-    "skip-fixed-bf16-early": ("drop_path_mode=skip", "drop_path_skip_draw=fixed", "amp=true", "channels_last=true",
-                              "drop_path_time_schedule=early"),
+    "skip-bernoulli-mixing-late": (
+        "drop_path_mode=skip",
+        "drop_path_skip_draw=bernoulli",
+        "mixup_alpha=0.2",
+        "cutmix_alpha=1.0",
+        "drop_path_time_schedule=late",
+    ),
+    "skip-fixed-bf16-early": (
+        "drop_path_mode=skip",
+        "drop_path_skip_draw=fixed",
+        "amp=true",
+        "channels_last=true",
+        "drop_path_time_schedule=early",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(RESUMED))
 def test_resume_ends_like_an_uninterrupted_run_on_the_cpu(case, tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
-    overrides = tiny(cifar10_archive, cifar10_cache, "data.subset=128", "batch_size=32", "data.test_subset=50",
-                     "drop_path_rate=0.3", "drop_path_time_cutoff=1.5", *RESUMED[case])
+    overrides = tiny(
+        cifar10_archive,
+        cifar10_cache,
+        "data.subset=128",
+        "batch_size=32",
+        "data.test_subset=50",
+        "drop_path_rate=0.3",
+        "drop_path_time_cutoff=1.5",
+        *RESUMED[case],
+    )
     full = loop.train(compose_train(*overrides), tmp_path / "full")
     # the rate after epoch 1's last step and after epoch 2's: on then off (early), off then on (late)
     on, off = [r["drop_path_rate"] for r in rows(tmp_path / "full")][:: 1 if case.endswith("early") else -1]
@@ -165,15 +193,24 @@ def test_resume_ends_like_an_uninterrupted_run_on_the_cpu(case, tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_a_compiled_run_resumes_like_an_uninterrupted_one_on_the_cpu(tmp_path, monkeypatch, fresh_dynamo, cifar10_archive,
-                                                                     cifar10_cache):
+def test_a_compiled_run_resumes_like_an_uninterrupted_one_on_the_cpu(
+    tmp_path, monkeypatch, fresh_dynamo, cifar10_archive, cifar10_cache
+):
     """compile=true (skip mode's fixed draw, as under compile on a GPU), cut and resumed, ends where the
     uninterrupted run does. Traced with the aot_eager backend: what a resume restores does not depend
     on the code generator, and Inductor's C++ build takes minutes on a 2-core CPU."""
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="aot_eager"))
-    overrides = tiny(cifar10_archive, cifar10_cache, "data.subset=128", "batch_size=32", "data.test_subset=50",
-                     "compile=true", "drop_path_mode=skip", "drop_path_rate=0.3")
+    overrides = tiny(
+        cifar10_archive,
+        cifar10_cache,
+        "data.subset=128",
+        "batch_size=32",
+        "data.test_subset=50",
+        "compile=true",
+        "drop_path_mode=skip",
+        "drop_path_rate=0.3",
+    )
     loop.train(compose_train(*overrides), tmp_path / "full")
     train_cut_and_resumed(monkeypatch, overrides, tmp_path / "cut")
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
@@ -201,13 +238,27 @@ def test_cli_bad_value_is_one_line_without_traceback(tmp_path):
 
 @pytest.mark.slow
 def test_cpu_smoke_end_to_end(tmp_path, cifar10_archive, cifar10_cache):
-    out = run_cli("experiment=cpu_smoke", "data=cifar10_folder", f"data.path={cifar10_archive}",
-                  f"data.cache_dir={cifar10_cache}", f"hydra.run.dir={tmp_path}")
+    out = run_cli(
+        "experiment=cpu_smoke",
+        "data=cifar10_folder",
+        f"data.path={cifar10_archive}",
+        f"data.cache_dir={cifar10_cache}",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1].startswith("done: resnet8 test_acc=")
     (row,) = rows(tmp_path)
-    assert set(row) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "drop_path_rate",
-                        "epoch_seconds", "images_per_second"}
+    assert set(row) == {
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "lr",
+        "drop_path_rate",
+        "epoch_seconds",
+        "images_per_second",
+    }
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["final_test_acc"] == row["test_acc"] > 0.15  # chance is 0.10 (500 test images)
     assert summary["model"] == "resnet8" and summary["params"] > 0 and summary["epochs"] == 1
@@ -246,11 +297,28 @@ def test_two_process_torchrun(tmp_path, cifar10_archive, cifar10_cache):
     then each rank updates them from its own half of the batch.)"""
     run_dir, record = tmp_path / "run", tmp_path / "ranks"
     record.mkdir()
-    out = run_cli("experiment=cpu_smoke", "data=cifar10_folder", f"data.path={cifar10_archive}",
-                  f"data.cache_dir={cifar10_cache}", "data.subset=512", "data.test_subset=200", "drop_path_rate=0.3",
-                  f"hydra.run.dir={run_dir}", cwd=tmp_path,
-                  module=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python",
-                          sys.executable, "-c", RECORD_RANKS, str(record)))
+    out = run_cli(
+        "experiment=cpu_smoke",
+        "data=cifar10_folder",
+        f"data.path={cifar10_archive}",
+        f"data.cache_dir={cifar10_cache}",
+        "data.subset=512",
+        "data.test_subset=200",
+        "drop_path_rate=0.3",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        module=(
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "--no-python",
+            sys.executable,
+            "-c",
+            RECORD_RANKS,
+            str(record),
+        ),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("done: resnet8") == 1  # rank 0 only
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -274,9 +342,20 @@ def test_joblib_launcher_runs_a_sweep_in_parallel(tmp_path, cifar10_archive, cif
     """hydra/launcher=joblib pickles the task into worker processes (it could not while the loop
     lived in train.py's __main__); two seeds run at once and the report is written."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    out = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "experiment=cpu_smoke", "data=cifar10_folder",
-                  f"data.path={cifar10_archive}", f"data.cache_dir={cifar10_cache}", "data.subset=200",
-                  "data.test_subset=100", "seed=0,1", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
+    out = run_cli(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "experiment=cpu_smoke",
+        "data=cifar10_folder",
+        f"data.path={cifar10_archive}",
+        f"data.cache_dir={cifar10_cache}",
+        "data.subset=200",
+        "data.test_subset=100",
+        "seed=0,1",
+        f"hydra.sweep.dir={tmp_path}",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     jobs = sorted(p for p in tmp_path.iterdir() if (p / "summary.json").is_file())
     assert [p.name.split("_")[0] for p in jobs] == ["0", "1"] and "seed=1" in jobs[1].name

@@ -20,8 +20,22 @@ def load_bench():
 def test_trainer_speed_runs_both_loops_at_a_tiny_size(tmp_path, capsys, cifar10_archive, cifar10_cache):
     bench = load_bench()
     out = tmp_path / "speed.json"
-    assert bench.main(["--tiny", "--models", "resnet8", "--data", str(cifar10_archive), "--cache-dir", str(cifar10_cache),
-                       "--json", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--tiny",
+                "--models",
+                "resnet8",
+                "--data",
+                str(cifar10_archive),
+                "--cache-dir",
+                str(cifar10_cache),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     (r,) = json.loads(out.read_text())["results"]
     assert r["model"] == "resnet8" and len(r["zoo"]) == len(r["hand"]) == 1
     assert min(r["zoo"] + r["hand"]) > 0 and r["num_workers"] in (0, 1) and set(r["calibration"]) == {"0", "1"}
@@ -36,5 +50,7 @@ def test_the_hand_loop_sees_the_extracted_images_with_crop_flip_and_normalisatio
     assert sorted(p.name for p in folder.iterdir()) == sorted(bench.CLASSES)
     assert all(len(list((folder / c).iterdir())) == 2 for c in bench.CLASSES)
     x, y = next(iter(bench.hand_loader(folder, 20, 0, cuda=False)))
-    assert x.shape == (20, 3, 32, 32) and x.dtype.is_floating_point and sorted(y.tolist()) == sorted(list(range(10)) * 2)
+    assert (
+        x.shape == (20, 3, 32, 32) and x.dtype.is_floating_point and sorted(y.tolist()) == sorted(list(range(10)) * 2)
+    )
     assert -3 < float(x.mean()) < 3 and x.min() < 0 < x.max()  # normalised, not in [0, 1]

@@ -17,7 +17,6 @@ from zoo.train.checkpoint import load_checkpoint
 from zoo.train.ema import build_ema
 from zoo.train.mixing import build_mixing
 
-
 # --- model EMA -------------------------------------------------------------------------------------
 
 
@@ -135,8 +134,10 @@ def test_a_run_with_mixup_and_cutmix_trains_on_mixed_batches(tmp_path, monkeypat
         return mix
 
     monkeypatch.setattr(loop, "build_mixing", recording)
-    loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "mixup_alpha=0.2", "cutmix_alpha=1.0")),
-               tmp_path / "mixed")
+    loop.train(
+        compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "mixup_alpha=0.2", "cutmix_alpha=1.0")),
+        tmp_path / "mixed",
+    )
     assert len(seen) == 4  # one per step
     for x, y, mixed, target in seen:
         assert target.shape == (len(y), 10) and torch.allclose(target.sum(1), torch.ones(len(y)))
@@ -164,8 +165,11 @@ def test_tensorboard_gets_every_metric(tmp_path, cifar10_archive, cifar10_cache)
 
 @pytest.mark.slow
 def test_progress_lines_when_the_output_is_not_a_terminal(tmp_path, cifar10_archive, cifar10_cache):
-    out = run_cli(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "log_every_s=0.001"), f"hydra.run.dir={tmp_path / 'r'}",
-                  cwd=tmp_path)
+    out = run_cli(
+        *tiny(cifar10_archive, cifar10_cache, "epochs=1", "log_every_s=0.001"),
+        f"hydra.run.dir={tmp_path / 'r'}",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith("epoch 1/1 step ")]
     assert len(lines) >= 3 and "img/s  run eta " in lines[-1], out.stdout[-2000:]
@@ -177,9 +181,20 @@ def test_progress_lines_when_the_output_is_not_a_terminal(tmp_path, cifar10_arch
 
 
 def sweep(tmp_path: Path, archive: Path, cache: Path, launcher: str, *extra: str) -> subprocess.CompletedProcess:
-    return run_cli("-m", f"hydra/launcher={launcher}", *extra, "experiment=cpu_smoke", "data=cifar10_folder",
-                   f"data.path={archive}", f"data.cache_dir={cache}", "data.subset=200", "data.test_subset=100",
-                   "drop_path_rate=0,0.1", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
+    return run_cli(
+        "-m",
+        f"hydra/launcher={launcher}",
+        *extra,
+        "experiment=cpu_smoke",
+        "data=cifar10_folder",
+        f"data.path={archive}",
+        f"data.cache_dir={cache}",
+        "data.subset=200",
+        "data.test_subset=100",
+        "drop_path_rate=0,0.1",
+        f"hydra.sweep.dir={tmp_path}",
+        cwd=tmp_path,
+    )
 
 
 @pytest.mark.slow
@@ -188,8 +203,10 @@ def test_a_sweep_through_submitit_local_names_its_job_dirs_and_reports(tmp_path,
     out = sweep(tmp_path, cifar10_archive, cifar10_cache, "submitit_local", "hydra.launcher.timeout_min=10")
     assert out.returncode == 0, out.stderr[-3000:]
     jobs = sorted(p.name for p in tmp_path.iterdir() if (p / "summary.json").is_file())
-    assert jobs == ["0_data.subset=200,data.test_subset=100,data=cifar10_folder,drop_path_rate=0,experiment=cpu_smoke",
-                    "1_data.subset=200,data.test_subset=100,data=cifar10_folder,drop_path_rate=0.1,experiment=cpu_smoke"]
+    assert jobs == [
+        "0_data.subset=200,data.test_subset=100,data=cifar10_folder,drop_path_rate=0,experiment=cpu_smoke",
+        "1_data.subset=200,data.test_subset=100,data=cifar10_folder,drop_path_rate=0.1,experiment=cpu_smoke",
+    ]
     assert "| `drop_path_rate=0.1` |" in (tmp_path / "comparison.md").read_text()
 
 

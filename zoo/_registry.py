@@ -99,5 +99,7 @@ def create_model(
         # A feature extractor takes a classifier's checkpoint: the keys of the parts it pruned (the head,
         # later stages) are ignored, as timm ignores them.
         pruned = getattr(model, "pruned_keys", frozenset())
-        load_weights(model, {k: v for k, v in ckpt.state_dict.items() if k not in pruned}, str(ckpt.path), ckpt.model_name)
+        load_weights(
+            model, {k: v for k, v in ckpt.state_dict.items() if k not in pruned}, str(ckpt.path), ckpt.model_name
+        )
     return model

@@ -14,7 +14,9 @@ from ._weights import WHICH, LoadError, load_weights, read_checkpoint
 
 
 def load_run(
-    run_dir_or_checkpoint: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = False,
+    run_dir_or_checkpoint: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    ema: bool = False,
     which: str = "last",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model a training run saved, rebuilt with ``create_model`` from the name and arguments its

@@ -47,8 +47,11 @@ def checkpoint_file(path: str | os.PathLike, name: str = CHECKPOINT_NAME) -> Pat
         raise LoadError(f"{str(path)!r}: no such run dir or checkpoint file")
     if p.is_dir():
         if not (p / name).is_file():
-            why = ("the run kept no best epoch: it trained without data.val_size" if name == BEST_NAME
-                   else "did the run save one?")
+            why = (
+                "the run kept no best epoch: it trained without data.val_size"
+                if name == BEST_NAME
+                else "did the run save one?"
+            )
             raise LoadError(f"{str(path)!r}: the run dir holds no {name} ({why})")
         p = p / name
     return p.resolve()
@@ -66,8 +69,9 @@ def load_file(file: Path) -> Any:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise LoadError(f"{file} is not a readable checkpoint (corrupt, truncated, or not a torch.save file): "
-                        f"{one_line(e)}") from None
+        raise LoadError(
+            f"{file} is not a readable checkpoint (corrupt, truncated, or not a torch.save file): {one_line(e)}"
+        ) from None
 
 
 def read_checkpoint(path: str | os.PathLike, name: str = CHECKPOINT_NAME) -> Checkpoint:
@@ -79,13 +83,18 @@ def read_checkpoint(path: str | os.PathLike, name: str = CHECKPOINT_NAME) -> Che
         config = obj.get("config") if isinstance(obj.get("config"), dict) else None
         model_args = obj.get("model_args") if isinstance(obj.get("model_args"), dict) else _legacy_model_args(config)
         # The trainer saves torch.optim.swa_utils.AveragedModel's state: the model's keys behind "module.".
-        ema = {k.removeprefix("module."): v for k, v in obj["ema"].items() if k.startswith("module.")} \
-            if isinstance(obj.get("ema"), dict) else None
+        ema = (
+            {k.removeprefix("module."): v for k, v in obj["ema"].items() if k.startswith("module.")}
+            if isinstance(obj.get("ema"), dict)
+            else None
+        )
         return Checkpoint(file, obj["model"], obj.get("model_name"), model_args, config, ema)
     if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
         return Checkpoint(file, obj)
     kind = f"a dict with keys {', '.join(map(str, list(obj)[:5]))}" if isinstance(obj, dict) else type(obj).__name__
-    raise LoadError(f"{file} holds {kind}: neither a zoo training checkpoint (with 'model') nor a state dict of tensors")
+    raise LoadError(
+        f"{file} holds {kind}: neither a zoo training checkpoint (with 'model') nor a state dict of tensors"
+    )
 
 
 def _legacy_model_args(config: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -100,9 +109,7 @@ def _legacy_model_args(config: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"num_classes": 10, **{k: config[k] for k in drop_path if k in config}, **group}
 
 
-def state_dict_mismatch(
-    model: nn.Module, state_dict: Mapping[str, Tensor]
-) -> tuple[list[str], list[str], list[str]]:
+def state_dict_mismatch(model: nn.Module, state_dict: Mapping[str, Tensor]) -> tuple[list[str], list[str], list[str]]:
     """(missing keys, unexpected keys, shape mismatches as ``"key <checkpoint's> vs <model's>"``), in order."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
@@ -129,18 +136,28 @@ def model_label(model: nn.Module) -> str:
     return getattr(model, "model_name", None) or type(model).__name__
 
 
-def mismatch_message(source: str, checkpoint_model: str | None, target_model: str,
-                     missing: Sequence[str], unexpected: Sequence[str], shapes: Sequence[str]) -> str:
+def mismatch_message(
+    source: str,
+    checkpoint_model: str | None,
+    target_model: str,
+    missing: Sequence[str],
+    unexpected: Sequence[str],
+    shapes: Sequence[str],
+) -> str:
     """One line: ``<file> (<its model> weights) does not fit model <target>: 2 missing keys (...); ...``."""
     held = f"{checkpoint_model} weights" if checkpoint_model else "a state dict that does not record its model"
-    kinds = (("missing key", "missing keys", missing), ("unexpected key", "unexpected keys", unexpected),
-             ("shape mismatch, checkpoint vs model", "shape mismatches, checkpoint vs model", shapes))
+    kinds = (
+        ("missing key", "missing keys", missing),
+        ("unexpected key", "unexpected keys", unexpected),
+        ("shape mismatch, checkpoint vs model", "shape mismatches, checkpoint vs model", shapes),
+    )
     parts = [_some(one, many, items) for one, many, items in kinds if items]
     return f"{source} ({held}) does not fit model {target_model}: {'; '.join(parts)}"
 
 
-def load_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "state dict",
-                 checkpoint_model: str | None = None) -> None:
+def load_weights(
+    model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "state dict", checkpoint_model: str | None = None
+) -> None:
     """``model.load_state_dict(state_dict)`` (strict), or a :class:`LoadError` from :func:`mismatch_message`."""
     missing, unexpected, shapes = state_dict_mismatch(model, state_dict)
     if missing or unexpected or shapes:

@@ -46,10 +46,14 @@ def remove_blocks(model: nn.Module, names: Iterable[str]) -> nn.Module:
     allowed = removable_blocks(model)
     for name in names:
         if name not in blocks:
-            raise ValueError(f"{name!r} is not a residual block of {type(model).__name__}; removable: {', '.join(allowed)}")
+            raise ValueError(
+                f"{name!r} is not a residual block of {type(model).__name__}; removable: {', '.join(allowed)}"
+            )
         if name not in allowed:
-            raise ValueError(f"block {name!r} cannot be removed: its shortcut changes the shape (it downsamples or "
-                             f"widens); removable: {', '.join(allowed)}")
+            raise ValueError(
+                f"block {name!r} cannot be removed: its shortcut changes the shape (it downsamples or "
+                f"widens); removable: {', '.join(allowed)}"
+            )
     copied = copy.deepcopy(model)
     copied_blocks = _blocks(copied)
     for name in names:

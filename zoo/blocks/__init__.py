@@ -1,4 +1,10 @@
 """Blocks other projects can import directly."""
 
-from .resnet import BasicBlock, Bottleneck
 from .metaformer import MetaFormerBlock
+from .resnet import BasicBlock, Bottleneck
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "MetaFormerBlock",
+]

@@ -59,8 +59,10 @@ def check_skip_draw(draw: str, mode: str = "row") -> str:
     if draw not in SKIP_DRAWS:
         raise ValueError(f"drop_path_skip_draw must be one of {', '.join(SKIP_DRAWS)}, got {draw!r}")
     if draw == "fixed" and mode == "batch":
-        raise ValueError("drop_path_skip_draw='fixed' keeps a count of samples, mode='batch' drops whole batches: "
-                         "use 'bernoulli' or 'auto' with batch mode")
+        raise ValueError(
+            "drop_path_skip_draw='fixed' keeps a count of samples, mode='batch' drops whole batches: "
+            "use 'bernoulli' or 'auto' with batch mode"
+        )
     return draw
 
 
@@ -78,8 +80,10 @@ def _check_rate(drop_prob: float | Tensor) -> None:
     if not isinstance(drop_prob, Tensor):
         check_drop_prob(drop_prob)
     elif drop_prob.numel() != 1 or not drop_prob.is_floating_point():
-        raise ValueError(f"drop_prob must be a number or a one-element float tensor, got a {drop_prob.dtype} "
-                         f"tensor of shape {tuple(drop_prob.shape)}")
+        raise ValueError(
+            f"drop_prob must be a number or a one-element float tensor, got a {drop_prob.dtype} "
+            f"tensor of shape {tuple(drop_prob.shape)}"
+        )
     elif drop_prob.device.type == "cpu" and not torch.compiler.is_compiling():
         check_drop_prob(drop_prob)
 
@@ -327,7 +331,9 @@ class DropPath(nn.Module):
         """``shortcut + self(branch)``, fused as in :func:`drop_path_add`."""
         if not (self.training and self.active):
             return shortcut + branch
-        return torch.addcmul(shortcut, branch, _keep_scale(branch, self.rate, self.scale_by_keep, self.mode, self.inv_keep))
+        return torch.addcmul(
+            shortcut, branch, _keep_scale(branch, self.rate, self.scale_by_keep, self.mode, self.inv_keep)
+        )
 
     def skip_add(self, shortcut: Tensor, x: Tensor, branch_fn: Callable[[Tensor], Tensor]) -> Tensor:
         """``shortcut + self(branch_fn(x))``, computing the branch for kept samples only (see

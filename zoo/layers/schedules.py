@@ -14,9 +14,7 @@ EARLY_MODES = ("constant", "linear")
 
 def check_depth_schedule(schedule: str) -> str:
     if schedule not in DEPTH_SCHEDULES:
-        raise ValueError(
-            f"drop_path_schedule must be one of {', '.join(DEPTH_SCHEDULES)}, got {schedule!r}"
-        )
+        raise ValueError(f"drop_path_schedule must be one of {', '.join(DEPTH_SCHEDULES)}, got {schedule!r}")
     return schedule
 
 
@@ -46,9 +44,9 @@ def drop_path_rates(
         raise ValueError(f"depths must be a non-negative int or a sequence of them (one per stage), got {depths!r}")
     n, s = sum(stage_depths), len(stage_depths)
     rates: list[list[float]] = []
-    l = 0  # blocks before this stage
+    before = 0  # blocks before this stage
     for i, d in enumerate(stage_depths):
-        blocks = range(l + 1, l + d + 1)
+        blocks = range(before + 1, before + d + 1)
         if schedule == "linear":
             stage = [r * ((b - 1) / (n - 1)) if n > 1 else r for b in blocks]
         elif schedule == "paper":
@@ -58,15 +56,13 @@ def drop_path_rates(
         else:
             stage = [r * (i / (s - 1)) if s > 1 else r for _ in blocks]
         rates.append(stage)
-        l += d
+        before += d
     return rates[0] if flat else rates
 
 
 def check_time_schedule(schedule: str, early_mode: str = "constant") -> None:
     if schedule not in TIME_SCHEDULES:
-        raise ValueError(
-            f"drop_path_time_schedule must be one of {', '.join(TIME_SCHEDULES)}, got {schedule!r}"
-        )
+        raise ValueError(f"drop_path_time_schedule must be one of {', '.join(TIME_SCHEDULES)}, got {schedule!r}")
     if early_mode not in EARLY_MODES:
         raise ValueError(f"drop_path_time_early_mode must be one of {', '.join(EARLY_MODES)}, got {early_mode!r}")
 

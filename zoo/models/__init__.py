@@ -1,5 +1,11 @@
 """Registered models; importing this package registers them."""
 
 from ._base import ZooModel
-from .resnet_cifar import ResNetCifar
 from .metaformer import MetaFormer
+from .resnet_cifar import ResNetCifar
+
+__all__ = [
+    "ZooModel",
+    "ResNetCifar",
+    "MetaFormer",
+]

@@ -36,17 +36,17 @@ def global_pool_2d(x: Tensor, kind: str) -> Tensor:
     return 0.5 * (x.mean((2, 3)) + x.amax((2, 3)))
 
 
-def block_rates(
-    rate: float | Sequence[float], depths: Sequence[int], schedule: str | None
-) -> list[list[float]]:
+def block_rates(rate: float | Sequence[float], depths: Sequence[int], schedule: str | None) -> list[list[float]]:
     """Every block's drop path rate, one list per stage: one ``rate`` spread over ``depths`` by
     ``schedule`` (:func:`zoo.layers.drop_path_rates`), or a flat sequence of one rate per block, in
     forward order, which must have ``sum(depths)`` entries."""
     if isinstance(rate, Sequence) and not isinstance(rate, str):
         rates = [check_drop_prob(r, f"drop_path_rates[{i}]") for i, r in enumerate(rate)]
         if len(rates) != sum(depths):
-            raise ValueError(f"drop_path_rates has {len(rates)} entries but the model has {sum(depths)} blocks "
-                             f"(depths {tuple(depths)}): give one rate per block")
+            raise ValueError(
+                f"drop_path_rates has {len(rates)} entries but the model has {sum(depths)} blocks "
+                f"(depths {tuple(depths)}): give one rate per block"
+            )
         starts = [sum(depths[:i]) for i in range(len(depths))]
         return [rates[start : start + d] for start, d in zip(starts, depths)]
     if schedule is None:
@@ -292,7 +292,9 @@ def set_drop_path_rate(model: ZooModel, rate: float | Sequence[float], schedule:
     blocks = drop_path_blocks(model)
     is_list = isinstance(rate, Sequence) and not isinstance(rate, str)
     if is_list and schedule is not None:
-        raise ValueError(f"give a rate and a schedule, or a list of rates alone (got the list and schedule={schedule!r})")
+        raise ValueError(
+            f"give a rate and a schedule, or a list of rates alone (got the list and schedule={schedule!r})"
+        )
     schedule = None if is_list else schedule or model.drop_path_schedule
     # a pruned model keeps the first blocks of the depths its rates were spread over
     depths = (len(blocks),) if is_list else model.drop_path_depths
@@ -301,7 +303,11 @@ def set_drop_path_rate(model: ZooModel, rate: float | Sequence[float], schedule:
         block.set_base_drop_path(block_rate)
     model.drop_path_schedule = schedule
     if model.model_args is not None:  # what a checkpoint rebuilds the model with
-        args = {k: v for k, v in model.model_args.items() if k not in ("drop_path_rate", "drop_path_rates", "drop_path_schedule")}
+        args = {
+            k: v
+            for k, v in model.model_args.items()
+            if k not in ("drop_path_rate", "drop_path_rates", "drop_path_schedule")
+        }
         given = args.pop("drop_path", None)
         if isinstance(given, DropPathArgs):  # keep its mode and draw, under create_model's names
             args.update(drop_path_mode=given.mode, drop_path_skip_draw=given.skip_draw)

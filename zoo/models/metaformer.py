@@ -121,8 +121,13 @@ class MetaFormerStage(nn.Module):
         self.blocks = nn.Sequential(
             *(
                 MetaFormerBlock(
-                    dim, token_mixer, mlp_ratio=mlp_ratio, mlp_act=mlp_act, drop_path=drop_path,
-                    layer_scale_init_value=layer_scale_init_value, res_scale_init_value=res_scale_init_value,
+                    dim,
+                    token_mixer,
+                    mlp_ratio=mlp_ratio,
+                    mlp_act=mlp_act,
+                    drop_path=drop_path,
+                    layer_scale_init_value=layer_scale_init_value,
+                    res_scale_init_value=res_scale_init_value,
                     num_tokens=num_tokens,
                 )
                 for drop_path in drop_paths
@@ -215,9 +220,16 @@ class MetaFormer(ZooModel):
         self.stages = nn.Sequential(
             *(
                 MetaFormerStage(
-                    dims[max(i - 1, 0)], dims[i], drop_paths=[drop_path.with_rate(r) for r in rates[i]],
-                    token_mixer=token_mixers[i], downsample=i > 0, num_tokens=sizes[i] ** 2, mlp_ratio=mlp_ratios[i],
-                    mlp_act=mlp_act, layer_scale_init_value=layer_scales[i], res_scale_init_value=res_scales[i],
+                    dims[max(i - 1, 0)],
+                    dims[i],
+                    drop_paths=[drop_path.with_rate(r) for r in rates[i]],
+                    token_mixer=token_mixers[i],
+                    downsample=i > 0,
+                    num_tokens=sizes[i] ** 2,
+                    mlp_ratio=mlp_ratios[i],
+                    mlp_act=mlp_act,
+                    layer_scale_init_value=layer_scales[i],
+                    res_scale_init_value=res_scales[i],
                 )
                 for i in range(n)
             )

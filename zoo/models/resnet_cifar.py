@@ -112,7 +112,9 @@ class ResNetCifar(ZooModel):
         for i, (width, stage_rates) in enumerate(zip(widths, rates)):
             stride = 1 if i == 0 else 2
             drop_paths = [drop_path.with_rate(rate) for rate in stage_rates]
-            stages.append(ResNetStage(block_cls, in_chs, width, stride=stride, drop_paths=drop_paths, shortcut=shortcut))
+            stages.append(
+                ResNetStage(block_cls, in_chs, width, stride=stride, drop_paths=drop_paths, shortcut=shortcut)
+            )
             in_chs = width * block_cls.expansion
             self.feature_info.append(dict(num_chs=in_chs, reduction=2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
@@ -138,7 +140,15 @@ class ResNetCifar(ZooModel):
 
 
 # Variants as data: name -> n, the blocks per stage (BasicBlock: 6n + 2 layers).
-BASIC_VARIANTS = {"resnet8": 1, "resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18, "resnet1202": 200}
+BASIC_VARIANTS = {
+    "resnet8": 1,
+    "resnet20": 3,
+    "resnet32": 5,
+    "resnet44": 7,
+    "resnet56": 9,
+    "resnet110": 18,
+    "resnet1202": 200,
+}
 
 
 def _register_basic(name: str, n: int) -> None:

@@ -22,7 +22,9 @@ from .errors import ZooError
 
 log = logging.getLogger(__name__)
 _FULL = (errno.ENOSPC, errno.EDQUOT)
-_ABANDONED_AGE = 3600.0  # seconds: a temporary we cannot ask about (another machine's, an older zoo's) this old is stale
+_ABANDONED_AGE = (
+    3600.0  # seconds: a temporary we cannot ask about (another machine's, an older zoo's) this old is stale
+)
 
 
 class DiskFull(ZooError):

@@ -49,7 +49,12 @@ class EpochPlan:
 
 
 def epoch_plan(
-    n: int, batch_size: int, seed: int, epoch: int, device: torch.device | str = "cpu", augment: bool = True,
+    n: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    device: torch.device | str = "cpu",
+    augment: bool = True,
     policy: v2.Transform | None = None,
 ) -> EpochPlan:
     """The plan of ``epoch``: its permutation of ``n`` images (full batches only, at least one) and each
@@ -61,8 +66,12 @@ def epoch_plan(
     params = torch.cat([augment_params(k, generator(seed, "aug", epoch, step)) for step, k in enumerate(sizes)], dim=1)
     seeds = None
     if policy is not None:
-        seeds = torch.cat([torch.randint(1 << 62, (k,), generator=generator(seed, "policy", epoch, step))
-                           for step, k in enumerate(sizes)])
+        seeds = torch.cat(
+            [
+                torch.randint(1 << 62, (k,), generator=generator(seed, "policy", epoch, step))
+                for step, k in enumerate(sizes)
+            ]
+        )
     return EpochPlan(to_device(order, device), to_device(params, device), batch_size, augment, policy, seeds)
 
 
@@ -74,7 +83,9 @@ def to_device(t: Tensor, device: torch.device | str) -> Tensor:
     return t.pin_memory().to(device, non_blocking=True)  # torch reuses the pinned block only after the copy
 
 
-def train_batch(data: Split, plan: EpochPlan, step: int, rank: int, world: int, channels_last: bool) -> tuple[Tensor, Tensor]:
+def train_batch(
+    data: Split, plan: EpochPlan, step: int, rank: int, world: int, channels_last: bool
+) -> tuple[Tensor, Tensor]:
     """This rank's share of global batch ``step``: indices and augmentation drawn for the whole batch, so
     one process or N processes see the same images and the same crops."""
     span = slice(step * plan.batch_size, (step + 1) * plan.batch_size)

@@ -56,7 +56,10 @@ def training_state(
         "step": step,
         "global_step": global_step,
         "meter": meter.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []},
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        },
         "history": list(history),
         "config": config,
         "model_name": config["model"]["name"],
@@ -129,8 +132,11 @@ def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: Sequence[s
         def named(k: str) -> bool:
             return everything or any(k == c or k.startswith(c + ".") for c in checked)
 
-        changed = [k for k in sorted(set(now) | set(then))
-                   if k not in ENVIRONMENT_KEYS and named(k) and now.get(k) != then.get(k)]
+        changed = [
+            k
+            for k in sorted(set(now) | set(then))
+            if k not in ENVIRONMENT_KEYS and named(k) and now.get(k) != then.get(k)
+        ]
         if changed:
             diffs = ", ".join(f"{k}={now.get(k)!r} (saved {then.get(k)!r})" for k in changed[:5])
             raise CheckpointError(

@@ -33,13 +33,16 @@ def run(cfg: DictConfig) -> float | None:
     if hc.mode == RunMode.MULTIRUN:
         from .sweep_job import run_job
 
-        return run_job(cfg, hc.runtime.output_dir, tuple(hc.overrides.task), partial(run_one, jobs_after=jobs_after(hc)))
+        return run_job(
+            cfg, hc.runtime.output_dir, tuple(hc.overrides.task), partial(run_one, jobs_after=jobs_after(hc))
+        )
     # A single run that saved nothing leaves no dir behind; a sweep's job dir stays, the record of its job.
     return run_one(cfg, hc.runtime.output_dir, tuple(hc.overrides.task), stub=hc.output_subdir)
 
 
-def run_one(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...], jobs_after: int = 0,
-            stub: str | None = None) -> float | None:
+def run_one(
+    cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...], jobs_after: int = 0, stub: str | None = None
+) -> float | None:
     """:func:`run` for one run in ``run_dir`` (``jobs_after``: the sweep's rounds of jobs still to come, for
     its ETA; ``stub``: the run's Hydra subdir, to remove the dir when nothing was saved); returns its best
     validation accuracy (None without a split)."""
@@ -58,14 +61,20 @@ def run_one(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...], jo
     except OSError as e:
         if e.filename is None:  # not about a file the user can fix
             raise
-        _exit(f"error: {e.filename}: {e.strerror}; a run writes only into its run dir: give it a writable "
-              f"hydra.run.dir{_where(run_dir, stub, main)}", 2)
+        _exit(
+            f"error: {e.filename}: {e.strerror}; a run writes only into its run dir: give it a writable "
+            f"hydra.run.dir{_where(run_dir, stub, main)}",
+            2,
+        )
     except TrainingInterrupted as e:
         named = "continue with:" in str(e)  # the resume command names the dir
         _exit(f"interrupted: {e}{_where(run_dir, stub, main, not named)}", e.exit_code)
     except KeyboardInterrupt:  # a second Ctrl-C inside the loop
-        _exit("interrupted: stopped at once by a second Ctrl-C; the last checkpoint saved (if any) is intact"
-              f"{_where(run_dir, stub, main)}", 128 + signal.SIGINT)
+        _exit(
+            "interrupted: stopped at once by a second Ctrl-C; the last checkpoint saved (if any) is intact"
+            f"{_where(run_dir, stub, main)}",
+            128 + signal.SIGINT,
+        )
     finally:
         dist.cleanup()
     if main:
@@ -162,8 +171,9 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
         return
     if not multirun and len(jobs) > 1:
         sweep = next(a for a in args if len(expand([a]) or ()) > 1)
-        raise ConfigError(f"{sweep} is a sweep: add -m to run one job per value "
-                          "(or quote it, key='a,b', for one string value)")
+        raise ConfigError(
+            f"{sweep} is a sweep: add -m to run one job per value (or quote it, key='a,b', for one string value)"
+        )
     resume = [override_value(a) for a in args if a.startswith("resume=")]
     resuming = bool(resume) and resume[-1] not in ("", "null", "None", None)
     if resuming and not multirun:
@@ -179,8 +189,10 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
                 continue
             cfg = validate_config(cfg)
             if search and cfg.data.val_size == 0:
-                raise ConfigError(f"{search} maximises validation accuracy: hold out training images with "
-                                  "data.val_size=<N> (a multiple of 10, e.g. 5000)")
+                raise ConfigError(
+                    f"{search} maximises validation accuracy: hold out training images with "
+                    "data.val_size=<N> (a multiple of 10, e.g. 5000)"
+                )
             if local and cfg.data.name == "cifar10_folder":
                 source_path(cfg.data.path)
             if local and cfg.init_from:
@@ -206,8 +218,9 @@ def check_writable(args: list[str], multirun: bool, resume: str | None) -> None:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}={where}: {folder} is not writable (read-only or not yours): "
-                          f"give {key}= a writable path")
+        raise ConfigError(
+            f"{key}={where}: {folder} is not writable (read-only or not yours): give {key}= a writable path"
+        )
 
 
 def check_resume(cfg: DictConfig, overrides: list[str]) -> None:

@@ -29,8 +29,8 @@ from torch import nn
 
 from .._registry import create_model, is_model, list_models, model_arguments, unknown_model_message
 from ..layers import DEPTH_SCHEDULES, DROP_PATH_MODES, EARLY_MODES, SKIP_DRAWS, TIME_SCHEDULES, check_drop_prob
-from .augment import check_augment
 from ..models._base import check_global_pool
+from .augment import check_augment
 from .data import check_val_size
 from .errors import ConfigError
 from .loggers import check_installed
@@ -187,8 +187,12 @@ class MLflowLoggerConfig:
     run_name: Optional[str]  # null: the run dir's name
 
 
-LOGGER_SCHEMAS: dict[str, type] = {"csv": CSVLoggerConfig, "tensorboard": TensorBoardLoggerConfig,
-                                   "wandb": WandbLoggerConfig, "mlflow": MLflowLoggerConfig}
+LOGGER_SCHEMAS: dict[str, type] = {
+    "csv": CSVLoggerConfig,
+    "tensorboard": TensorBoardLoggerConfig,
+    "wandb": WandbLoggerConfig,
+    "mlflow": MLflowLoggerConfig,
+}
 
 # The optim and sched nodes take the schema of the choice their name names.
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
@@ -258,8 +262,10 @@ class TrainConfig:
         _need(c.clip_grad is None or c.clip_grad > 0, "clip_grad", "> 0 (null: no clipping)", c.clip_grad)
         _need(c.accum_steps >= 1, "accum_steps", "an integer >= 1", c.accum_steps)
         if c.batch_size % c.accum_steps:
-            raise ConfigError(f"accum_steps={c.accum_steps} does not divide batch_size={c.batch_size}: batch_size is "
-                              f"the global batch of one optimizer step, split into accum_steps equal micro-batches")
+            raise ConfigError(
+                f"accum_steps={c.accum_steps} does not divide batch_size={c.batch_size}: batch_size is "
+                f"the global batch of one optimizer step, split into accum_steps equal micro-batches"
+            )
         for key, allowed in (("amp", AUTO_FLAGS), ("channels_last", AUTO_FLAGS), ("compile", COMPILE_MODES)):
             _need(c[key] in allowed, key, f"one of {', '.join(map(str, allowed))}", c[key])
 
@@ -278,11 +284,14 @@ def check_model(c: DictConfig) -> None:
     (but those the trainer sets: num_classes and the drop path keys, which it hands over as drop_path)."""
     if not isinstance(c.get("name"), str) or not is_model(c.name):
         raise ConfigError(f"model.name: {unknown_model_message(c.get('name'))}")
-    allowed = [k for k in model_arguments(c.name) if k not in ("num_classes", "drop_path", "drop_path_rates", *DROP_PATH_KEYS)]
+    allowed = [
+        k for k in model_arguments(c.name) if k not in ("num_classes", "drop_path", "drop_path_rates", *DROP_PATH_KEYS)
+    ]
     for key in c:
         if key != "name" and key not in allowed:
-            raise ConfigError(f"unknown key 'model.{key}'{_hint(str(key), allowed, 'model.')} "
-                              f"({c.name}'s keys: {', '.join(allowed)})")
+            raise ConfigError(
+                f"unknown key 'model.{key}'{_hint(str(key), allowed, 'model.')} ({c.name}'s keys: {', '.join(allowed)})"
+            )
         _check_finite(f"model.{key}", c[key])
     try:  # the head's keys every model has, checked by the library's own checks
         if "drop_rate" in c:
@@ -310,7 +319,9 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         nodes.append((f"logger.{name}", LOGGER_SCHEMAS[name]))
     nodes.append(("", TrainConfig))  # last: its check compares across groups (warmup_epochs against epochs)
     try:
-        typed = OmegaConf.merge(schema, OmegaConf.to_container(cfg, enum_to_str=True))  # a plain copy: no key passes unchecked
+        typed = OmegaConf.merge(
+            schema, OmegaConf.to_container(cfg, enum_to_str=True)
+        )  # a plain copy: no key passes unchecked
         for path, kind in nodes:
             node = OmegaConf.select(typed, path) if path else typed
             for f in fields(kind):
@@ -345,8 +356,10 @@ def compose_configs(config_dir: str | os.PathLike, jobs: list[list[str]], hydra:
                 group, _, name = (e.missing_cfg_file or "").rpartition("/")
                 if not group or e.options is None:
                     raise
-                raise ConfigError(f"{group}={name}: there is no {group} {name!r}{_hint(name, e.options)} "
-                                  f"(choices: {', '.join(e.options)})") from None
+                raise ConfigError(
+                    f"{group}={name}: there is no {group} {name!r}{_hint(name, e.options)} "
+                    f"(choices: {', '.join(e.options)})"
+                ) from None
             except ConfigCompositionException as e:
                 if not isinstance(e.__cause__, (ValidationError, ConfigKeyError, ConfigAttributeError)):
                     raise
@@ -406,7 +419,11 @@ def resumed_run_dir(resume: str | None) -> Path | None:
     mistyped path gets no .hydra/ written next to it."""
     path = Path(resume).expanduser() if resume else None
     run_dir = None if path is None else path if path.is_dir() else path.parent
-    return run_dir.resolve() if run_dir and ((run_dir / "config.yaml").is_file() or (run_dir / ".hydra").is_dir()) else None
+    return (
+        run_dir.resolve()
+        if run_dir and ((run_dir / "config.yaml").is_file() or (run_dir / ".hydra").is_dir())
+        else None
+    )
 
 
 _DEFAULT_RUN_DIR: dict[str, Any] = {"reserve": False, "dir": None}
@@ -443,8 +460,12 @@ def _register() -> None:
     worker = int(os.environ.get("RANK", "0")) > 0
     stamp = time.strftime("%Y%m%d-%H%M%S")
     resolvers = {
-        "zoo.run_dir": lambda resume, default: "." if worker else str(resumed_run_dir(resume) or _fresh_run_dir(default)),
-        "zoo.output_subdir": lambda resume: None if worker else f".hydra/resume-{stamp}" if resumed_run_dir(resume) else ".hydra",
+        "zoo.run_dir": lambda resume, default: (
+            "." if worker else str(resumed_run_dir(resume) or _fresh_run_dir(default))
+        ),
+        "zoo.output_subdir": lambda resume: (
+            None if worker else f".hydra/resume-{stamp}" if resumed_run_dir(resume) else ".hydra"
+        ),
         "zoo.log_file": lambda default: os.devnull if worker else default,
         "zoo.log_level": lambda: "WARNING" if worker else "INFO",
         "zoo.environment_keys": lambda: list(ENVIRONMENT_KEYS),

@@ -86,16 +86,22 @@ def check_val_size(val_size: int, subset: int | None, per_class: int = TRAIN_PER
     number of each class) fit beside ``data.subset`` in ``per_class`` training images of each class."""
     num_classes = len(CLASSES)
     if val_size < 0 or val_size % num_classes:
-        raise ConfigError(f"data.val_size must be a multiple of the {num_classes} classes (the same number of "
-                          f"each), >= 0 (0: no validation split), got {val_size}")
+        raise ConfigError(
+            f"data.val_size must be a multiple of the {num_classes} classes (the same number of "
+            f"each), >= 0 (0: no validation split), got {val_size}"
+        )
     need = -(-(subset or 0) // num_classes)  # the subset's images of its largest class
     if subset and need + val_size // num_classes > per_class:
         most = (per_class - need) * num_classes
-        raise ConfigError(f"data.val_size={val_size} does not fit beside data.subset={subset}: {per_class} training "
-                          f"images of each class leave at most {most} for validation")
+        raise ConfigError(
+            f"data.val_size={val_size} does not fit beside data.subset={subset}: {per_class} training "
+            f"images of each class leave at most {most} for validation"
+        )
     if not subset and val_size // num_classes >= per_class:
-        raise ConfigError(f"data.val_size={val_size} leaves no training images ({per_class} of each class); "
-                          f"at most {(per_class - 1) * num_classes}")
+        raise ConfigError(
+            f"data.val_size={val_size} leaves no training images ({per_class} of each class); "
+            f"at most {(per_class - 1) * num_classes}"
+        )
 
 
 def hold_out(train: Split, val_size: int) -> tuple[Split, Split | None]:
@@ -176,14 +182,23 @@ def load_image_folder(path: str | os.PathLike | None, cache_dir: str | os.PathLi
             log.warning("ignoring unreadable cache %s (%s); decoding %s again", cache, e, src)
     log.info("decoding %s once; cached as %s", src, cache)
     splits = decode_image_folder(src)
-    blob = {"train_x": splits[0].images, "train_y": splits[0].labels, "test_x": splits[1].images, "test_y": splits[1].labels}
+    blob = {
+        "train_x": splits[0].images,
+        "train_y": splits[0].labels,
+        "test_x": splits[1].images,
+        "test_y": splits[1].labels,
+    }
     try:
         save_atomic(blob, cache)
     except DiskFull as e:  # the cache only saves time: train without it
         log.warning("not caching the decoded data set: %s", e)
     except OSError as e:  # an unwritable or misplaced cache dir: the same
-        log.warning("not caching the decoded data set: cannot write %s (%s); set data.cache_dir to a writable "
-                    "dir to decode once", cache, e.strerror or e)
+        log.warning(
+            "not caching the decoded data set: cannot write %s (%s); set data.cache_dir to a writable "
+            "dir to decode once",
+            cache,
+            e.strerror or e,
+        )
     return Cifar10(splits[0], splits[1], str(src))
 
 
@@ -213,7 +228,9 @@ def cache_file(src: Path, cache_dir: str | os.PathLike | None) -> Path:
             for f in sorted(files):
                 path = os.path.join(dirpath, f)
                 st = os.stat(path) if os.path.exists(path) else os.lstat(path)  # a broken link: refused later
-                digest.update(f"{os.path.relpath(path, src)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}\n".encode())
+                digest.update(
+                    f"{os.path.relpath(path, src)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}\n".encode()
+                )
     else:
         st = src.stat()
         digest.update(f"file|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}".encode())
@@ -226,8 +243,10 @@ def decode_image_folder(src: Path) -> tuple[Split, Split]:
     class_dirs: dict[str, set[str]] = {s: set() for s in SPLITS}
     for split, cls, name, read, where in _iter_files(src):
         if cls not in CLASSES:
-            raise DataError(f"{where}: {split}/{cls}/ is not a CIFAR-10 class folder (expected {split}/<class>/<image> "
-                            f"for each of: {', '.join(CLASSES)}); move it out of the data set")
+            raise DataError(
+                f"{where}: {split}/{cls}/ is not a CIFAR-10 class folder (expected {split}/<class>/<image> "
+                f"for each of: {', '.join(CLASSES)}); move it out of the data set"
+            )
         class_dirs[split].add(cls)
         found[split].append((CLASSES.index(cls), name, _decode(read, where)))
     for split in SPLITS:
@@ -269,7 +288,9 @@ def _decode(read, where: str) -> np.ndarray:
     except DataError:
         raise
     except UnidentifiedImageError:
-        raise DataError(f"unreadable image {where}: not an image format Pillow can decode (empty or damaged file?)") from None
+        raise DataError(
+            f"unreadable image {where}: not an image format Pillow can decode (empty or damaged file?)"
+        ) from None
     except Exception as e:
         raise DataError(f"unreadable image {where}: {type(e).__name__}: {e}") from None
 
@@ -284,16 +305,21 @@ def _split_class(parts: tuple[str, ...]) -> tuple[str, str, str, str] | None:
 
 def _second_tree(src: Path, root: str, other: str, member: str) -> DataError:
     outer, inner = sorted((root, other), key=len)
-    where = f"a second tree {inner}/ inside {outer or '.'}/" if inner.startswith(f"{outer}/" if outer else "") \
+    where = (
+        f"a second tree {inner}/ inside {outer or '.'}/"
+        if inner.startswith(f"{outer}/" if outer else "")
         else f"two trees, {root or '.'}/ and {other or '.'}/"
+    )
     return DataError(f"data.path={str(src)!r} holds {where} (at {member}): keep one train/ + test/ tree per archive")
 
 
 def _check_size(size: int, where: str) -> None:
     """A file bigger than a 32x32 image can be (a decompression bomb) is refused before it is read."""
     if size > MAX_IMAGE_BYTES:
-        raise DataError(f"{where} is {size / 1e6:.1f} MB, more than the {MAX_IMAGE_BYTES >> 20} MB a 32x32 image "
-                        "can take: refused unread (a damaged or hostile file?)")
+        raise DataError(
+            f"{where} is {size / 1e6:.1f} MB, more than the {MAX_IMAGE_BYTES >> 20} MB a 32x32 image "
+            "can take: refused unread (a damaged or hostile file?)"
+        )
 
 
 def _iter_files(src: Path) -> Iterator[tuple[str, str, str, object, str]]:
@@ -335,8 +361,10 @@ def _iter_tree(root: Path) -> Iterator[tuple[str, str, str, object, str]]:
                     if f.is_symlink() and not f.exists():
                         raise DataError(f"{f} is a broken symbolic link (to {os.readlink(f)}): fix or remove it")
                     if f.is_dir():
-                        raise DataError(f"{f} is a folder, where {split}/{cls_dir.name}/ should hold images only: "
-                                        f"expected {split}/<class>/<image> (a second tree inside this one?)")
+                        raise DataError(
+                            f"{f} is a folder, where {split}/{cls_dir.name}/ should hold images only: "
+                            f"expected {split}/<class>/<image> (a second tree inside this one?)"
+                        )
                     _check_size(f.stat().st_size, str(f))
                     yield split, cls_dir.name, f.name, f.read_bytes, str(f)
         except PermissionError as e:
@@ -350,6 +378,8 @@ def _tree_root(src: Path) -> Path:
     if len(inner) == 1:
         return inner[0]
     if inner:
-        raise DataError(f"data.path={str(src)!r} holds {len(inner)} trees ({', '.join(p.name for p in inner)}): "
-                        "point data.path at one of them")
+        raise DataError(
+            f"data.path={str(src)!r} holds {len(inner)} trees ({', '.join(p.name for p in inner)}): "
+            "point data.path at one of them"
+        )
     raise DataError(f"data.path={str(src)!r} holds no train/ and test/ folders (nor one folder that holds them)")

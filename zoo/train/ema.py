@@ -54,7 +54,9 @@ class EMA(nn.Module):
                 if dtype.is_floating_point or dtype.is_complex:
                     torch._foreach_lerp_(es, ns, 1 - self.decay)
                 else:  # integer counters: the float average, truncated back, as swa_utils does it
-                    mixed = torch._foreach_add(torch._foreach_mul(es, self.decay), torch._foreach_mul(ns, 1 - self.decay))
+                    mixed = torch._foreach_add(
+                        torch._foreach_mul(es, self.decay), torch._foreach_mul(ns, 1 - self.decay)
+                    )
                     torch._foreach_copy_(es, mixed)
         self.n_averaged += 1
 

@@ -46,16 +46,28 @@ def positive(text: str) -> int:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = OneLineParser(prog="python -m zoo.train.evaluate", description="Evaluate a trained run on the CIFAR-10 test split and print one line.")
+    p = OneLineParser(
+        prog="python -m zoo.train.evaluate",
+        description="Evaluate a trained run on the CIFAR-10 test split and print one line.",
+    )
     p.add_argument("run", help="a run dir (its last.pt) or a training checkpoint file")
-    p.add_argument("--which", choices=("last", "best"), default="last",
-                   help="from a run dir: last.pt (the last epoch) or best.pt (the best validation epoch)")
-    p.add_argument("--data-path",
-                   help="CIFAR-10 image folders or a .tar.gz of them (default: the run's, else $ZOO_CIFAR10)")
+    p.add_argument(
+        "--which",
+        choices=("last", "best"),
+        default="last",
+        help="from a run dir: last.pt (the last epoch) or best.pt (the best validation epoch)",
+    )
+    p.add_argument(
+        "--data-path", help="CIFAR-10 image folders or a .tar.gz of them (default: the run's, else $ZOO_CIFAR10)"
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available")
     p.add_argument("--batch-size", type=positive, default=EVAL_BATCH, help=f"images per forward pass ({EVAL_BATCH})")
-    p.add_argument("--test-subset", type=positive, default=None,
-                   help="the class-balanced first N test images, as data.test_subset (default: all 10,000)")
+    p.add_argument(
+        "--test-subset",
+        type=positive,
+        default=None,
+        help="the class-balanced first N test images, as data.test_subset (default: all 10,000)",
+    )
     p.add_argument("--ema", action="store_true", help="the run's moving average of the weights (trained with ema=true)")
     return p.parse_args(argv)
 
@@ -87,8 +99,15 @@ class Loaded:
     channels_last: bool
 
 
-def load_for_eval(run: str | Path, device: torch.device, data_path: str | None, test_subset: int | None,
-                  ema: bool = False, which: str = "last", loaded: dict[str, Split] | None = None) -> Loaded:
+def load_for_eval(
+    run: str | Path,
+    device: torch.device,
+    data_path: str | None,
+    test_subset: int | None,
+    ema: bool = False,
+    which: str = "last",
+    loaded: dict[str, Split] | None = None,
+) -> Loaded:
     """The run's model and test split, with the settings it trained with on this device type (bf16
     autocast and channels_last). ``loaded`` keeps the test splits read so far, for runs of one sweep."""
     model, config = load_run(run, device, ema=ema, which=which)
@@ -117,8 +136,14 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     loaded = load_for_eval(args.run, device, args.data_path, args.test_subset, args.ema, args.which)
     acc, loss, count = accuracy(loaded, loaded.model, args.batch_size)
     name = loaded.model.model_name + (" (EMA)" if args.ema else "") + (" (best.pt)" if args.which == "best" else "")
-    return {"model": name, "images": count, "correct": round(acc * count), "test_acc": acc, "test_loss": loss,
-            "device": device.type}
+    return {
+        "model": name,
+        "images": count,
+        "correct": round(acc * count),
+        "test_acc": acc,
+        "test_loss": loss,
+        "device": device.type,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,8 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ZooError, LoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"eval: model={r['model']} images={r['images']} correct={r['correct']} test_acc={r['test_acc']:.4f} "
-          f"test_loss={r['test_loss']:.4f} device={r['device']} run={args.run}")
+    print(
+        f"eval: model={r['model']} images={r['images']} correct={r['correct']} test_acc={r['test_acc']:.4f} "
+        f"test_loss={r['test_loss']:.4f} device={r['device']} run={args.run}"
+    )
     return 0
 
 

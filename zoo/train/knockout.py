@@ -104,11 +104,17 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _provenance(args: argparse.Namespace, device: torch.device) -> list[str]:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (_cpu_model() or platform.processor() or "cpu")
-    return ["", "## Provenance", "",
-            f"- command: `python -m zoo.train.knockout {' '.join(shlex.quote(a) for a in args.argv)}`",
-            f"- device: {device.type} ({name}), torch {torch.__version__}",
-            f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"]
+    name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else (_cpu_model() or platform.processor() or "cpu")
+    )
+    return [
+        "",
+        "## Provenance",
+        "",
+        f"- command: `python -m zoo.train.knockout {' '.join(shlex.quote(a) for a in args.argv)}`",
+        f"- device: {device.type} ({name}), torch {torch.__version__}",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+    ]
 
 
 def _cpu_model() -> str | None:
@@ -122,21 +128,41 @@ def _cpu_model() -> str | None:
 
 
 def _method(args: argparse.Namespace, images: int) -> str:
-    return (f"Test accuracy on {images} test images ({args.which}.pt weights) with residual blocks removed at test "
-            "time: the branch skipped, the shortcut kept (`zoo.remove_blocks`); blocks whose shortcut changes the "
-            f"shape (downsampling) are never removed. Random removals: {args.draws} seeded draw(s) for each k "
-            f"(seed {args.seed}; one draw when k is every removable block), the same block sets for every run of "
-            "the same model.")
+    return (
+        f"Test accuracy on {images} test images ({args.which}.pt weights) with residual blocks removed at test "
+        "time: the branch skipped, the shortcut kept (`zoo.remove_blocks`); blocks whose shortcut changes the "
+        f"shape (downsampling) are never removed. Random removals: {args.draws} seeded draw(s) for each k "
+        f"(seed {args.seed}; one draw when k is every removable block), the same block sets for every run of "
+        "the same model."
+    )
 
 
 def run_markdown(run: Path, result: Knockout, args: argparse.Namespace, images: int) -> list[str]:
-    lines = [f"# Knockout: {run.name}", "", _method(args, images), "",
-             f"Intact: {_pct(result.intact)} %.", "", "## One block removed", ""]
-    lines += _table(["block", "drop path rate (trained)", "test acc %", "Δ vs intact (pp)"],
-                    [[f"`{n}`", f"{result.rates[n]:.3g}", _pct(a), _pp(a - result.intact)] for n, a in result.single.items()])
+    lines = [
+        f"# Knockout: {run.name}",
+        "",
+        _method(args, images),
+        "",
+        f"Intact: {_pct(result.intact)} %.",
+        "",
+        "## One block removed",
+        "",
+    ]
+    lines += _table(
+        ["block", "drop path rate (trained)", "test acc %", "Δ vs intact (pp)"],
+        [[f"`{n}`", f"{result.rates[n]:.3g}", _pct(a), _pp(a - result.intact)] for n, a in result.single.items()],
+    )
     lines += ["", "## k random blocks removed", ""]
-    rows = [[str(k), str(len(accs)), _pct(statistics.fmean(accs)), f"{_pct(min(accs))} to {_pct(max(accs))}",
-             _pp(statistics.fmean(accs) - result.intact)] for k, accs in result.random.items()]
+    rows = [
+        [
+            str(k),
+            str(len(accs)),
+            _pct(statistics.fmean(accs)),
+            f"{_pct(min(accs))} to {_pct(max(accs))}",
+            _pp(statistics.fmean(accs) - result.intact),
+        ]
+        for k, accs in result.random.items()
+    ]
     lines += _table(["k", "draws", "test acc % (mean)", "min to max", "Δ vs intact (pp)"], rows)
     return lines + ["", f"![accuracy with blocks removed]({KNOCKOUT_PNG})"]
 
@@ -169,10 +195,16 @@ def _interval(p: Paired) -> str:
 
 
 def sweep_markdown(sweep: Sweep, results: dict[Path, Knockout], args: argparse.Namespace, images: int) -> list[str]:
-    lines = [f"# Knockout: {sweep.path.name}", "", _method(args, images), "",
-             "Per configuration and k: test accuracy (mean ± sample std over seeds, each seed's value the mean "
-             "over its draws), its drop from the intact network (k = 0), and the accuracy minus that of the "
-             f"drop_path_rate=0 run of the same seed, with its {CONFIDENCE:.0%} t interval over the seed pairs.", ""]
+    lines = [
+        f"# Knockout: {sweep.path.name}",
+        "",
+        _method(args, images),
+        "",
+        "Per configuration and k: test accuracy (mean ± sample std over seeds, each seed's value the mean "
+        "over its draws), its drop from the intact network (k = 0), and the accuracy minus that of the "
+        f"drop_path_rate=0 run of the same seed, with its {CONFIDENCE:.0%} t interval over the seed pairs.",
+        "",
+    ]
     rows = []
     for config in sweep.configurations:
         curves = _seed_curves(config, results)
@@ -186,10 +218,28 @@ def sweep_markdown(sweep: Sweep, results: dict[Path, Knockout], args: argparse.N
             spread = f" ± {_pct(statistics.stdev(accs))}" if len(accs) > 1 else ""
             p = paired.get(k)
             delta = ("baseline", "") if config.is_baseline else ((_pp(p.mean), _interval(p)) if p else ("no pairs", ""))
-            rows.append([f"`{config.label}`", str(k), str(len(accs)), _pct(statistics.fmean(accs)) + spread,
-                         _pp(statistics.fmean(drops)), *delta])
-    lines += _table(["configuration", "k removed", "runs", "test acc %", "drop vs intact (pp)", "Δ vs rate 0 (pp)",
-                     f"{CONFIDENCE:.0%} interval (pp)"], rows)
+            rows.append(
+                [
+                    f"`{config.label}`",
+                    str(k),
+                    str(len(accs)),
+                    _pct(statistics.fmean(accs)) + spread,
+                    _pp(statistics.fmean(drops)),
+                    *delta,
+                ]
+            )
+    lines += _table(
+        [
+            "configuration",
+            "k removed",
+            "runs",
+            "test acc %",
+            "drop vs intact (pp)",
+            "Δ vs rate 0 (pp)",
+            f"{CONFIDENCE:.0%} interval (pp)",
+        ],
+        rows,
+    )
     return lines + ["", f"![accuracy with k blocks removed, and the difference against rate 0]({KNOCKOUT_PNG})"]
 
 
@@ -207,9 +257,18 @@ def run_plot(result: Knockout) -> Figure:
     ax_one.set(ylabel="Δ test accuracy vs intact (pp)", title="One block removed")
     xs = [0, *result.random]
     ax_k.plot(xs, [100 * result.at(k) for k in xs], marker="o")
-    ax_k.fill_between(xs, [100 * min(result.random.get(k, [result.intact])) for k in xs],
-                      [100 * max(result.random.get(k, [result.intact])) for k in xs], alpha=0.2, linewidth=0)
-    ax_k.set(xlabel="k blocks removed at random", ylabel="test accuracy (%)", title="k random blocks (mean, min-max of draws)")
+    ax_k.fill_between(
+        xs,
+        [100 * min(result.random.get(k, [result.intact])) for k in xs],
+        [100 * max(result.random.get(k, [result.intact])) for k in xs],
+        alpha=0.2,
+        linewidth=0,
+    )
+    ax_k.set(
+        xlabel="k blocks removed at random",
+        ylabel="test accuracy (%)",
+        title="k random blocks (mean, min-max of draws)",
+    )
     for ax in (ax_one, ax_k):
         ax.grid(alpha=0.3)
     return fig
@@ -228,19 +287,24 @@ def sweep_plot(sweep: Sweep, results: dict[Path, Knockout]) -> Figure:
         xs = sorted({k for c in curves.values() for k in c})
         values = [[c[k] for c in curves.values() if k in c] for k in xs]
         ax_acc.plot(xs, [100 * statistics.fmean(v) for v in values], color=color, marker="o", label=config.label)
-        ax_acc.fill_between(xs, [100 * min(v) for v in values], [100 * max(v) for v in values], color=color, alpha=0.2,
-                            linewidth=0)
+        ax_acc.fill_between(
+            xs, [100 * min(v) for v in values], [100 * max(v) for v in values], color=color, alpha=0.2, linewidth=0
+        )
         baseline = None if config.is_baseline else baseline_of(config, sweep)
         paired = paired_at_k(config, baseline, results) if baseline else {}
         if paired:
             kx = list(paired)
             lo_hi = [p.interval() or (p.mean, p.mean) for p in paired.values()]
             ax_diff.plot(kx, [100 * p.mean for p in paired.values()], color=color, marker="o", label=config.label)
-            ax_diff.fill_between(kx, [100 * lo for lo, _ in lo_hi], [100 * hi for _, hi in lo_hi], color=color,
-                                 alpha=0.2, linewidth=0)
+            ax_diff.fill_between(
+                kx, [100 * lo for lo, _ in lo_hi], [100 * hi for _, hi in lo_hi], color=color, alpha=0.2, linewidth=0
+            )
     ax_acc.set(xlabel="k blocks removed at random", ylabel="test accuracy (%)", title="Mean over seeds, min-max band")
-    ax_diff.set(xlabel="k blocks removed at random", ylabel="Δ test accuracy vs rate 0 (pp)",
-                title=f"Minus rate 0, same seed (mean, {CONFIDENCE:.0%} t band)")
+    ax_diff.set(
+        xlabel="k blocks removed at random",
+        ylabel="Δ test accuracy vs rate 0 (pp)",
+        title=f"Minus rate 0, same seed (mean, {CONFIDENCE:.0%} t band)",
+    )
     ax_diff.axhline(0.0, color="black", linewidth=0.8)
     for ax in (ax_acc, ax_diff):
         ax.grid(alpha=0.3)
@@ -255,14 +319,24 @@ def sweep_plot(sweep: Sweep, results: dict[Path, Knockout]) -> Figure:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = OneLineParser(prog="python -m zoo.train.knockout", description=__doc__.split("\n\n")[0])
     p.add_argument("path", help="a run dir (holding last.pt) or a sweep dir (holding job dirs)")
-    p.add_argument("--which", choices=("last", "best"), default="last",
-                   help="last.pt (the last epoch) or best.pt (the best validation epoch)")
+    p.add_argument(
+        "--which",
+        choices=("last", "best"),
+        default="last",
+        help="last.pt (the last epoch) or best.pt (the best validation epoch)",
+    )
     p.add_argument("--draws", type=positive, default=5, help="random draws for each k (5)")
     p.add_argument("--seed", type=non_negative, default=0, help="seed of the random draws (0)")
-    p.add_argument("--data-path", help="CIFAR-10 image folders or a .tar.gz of them (default: the run's, else $ZOO_CIFAR10)")
+    p.add_argument(
+        "--data-path", help="CIFAR-10 image folders or a .tar.gz of them (default: the run's, else $ZOO_CIFAR10)"
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available")
-    p.add_argument("--test-subset", type=positive, default=None,
-                   help="the class-balanced first N test images (default: the run's own data.test_subset)")
+    p.add_argument(
+        "--test-subset",
+        type=positive,
+        default=None,
+        help="the class-balanced first N test images (default: the run's own data.test_subset)",
+    )
     p.add_argument("--no-plot", action="store_true", help="write knockout.md only")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

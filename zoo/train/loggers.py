@@ -47,8 +47,14 @@ class Logger:
 class CSVLogger(Logger):
     """metrics.csv beside metrics.jsonl, one row per epoch (rewritten from the history on a resume)."""
 
-    def __init__(self, run_dir: Path, options: dict[str, Any], config: dict[str, Any], history: list[dict[str, Any]],
-                 run_id: str | None):
+    def __init__(
+        self,
+        run_dir: Path,
+        options: dict[str, Any],
+        config: dict[str, Any],
+        history: list[dict[str, Any]],
+        run_id: str | None,
+    ):
         self.path = run_dir / "metrics.csv"
         self.columns: list[str] = list(history[0]) if history else []
         with open(self.path, "w", newline="") as f:
@@ -71,8 +77,14 @@ class TensorBoardLogger(Logger):
     """TensorBoard event files in the run dir: a scalar per metric (step: the epoch), the config and the
     summary as text."""
 
-    def __init__(self, run_dir: Path, options: dict[str, Any], config: dict[str, Any], history: list[dict[str, Any]],
-                 run_id: str | None):
+    def __init__(
+        self,
+        run_dir: Path,
+        options: dict[str, Any],
+        config: dict[str, Any],
+        history: list[dict[str, Any]],
+        run_id: str | None,
+    ):
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step: events of epochs the checkpoint did not keep are dropped when the run resumes; the
@@ -97,8 +109,14 @@ class WandbLogger(Logger):
     """A Weights & Biases run (``logger.wandb.mode=offline`` by default: files under <run dir>/wandb, for
     ``wandb sync``); the config as its config, metrics by epoch, the summary and checkpoint paths as its summary."""
 
-    def __init__(self, run_dir: Path, options: dict[str, Any], config: dict[str, Any], history: list[dict[str, Any]],
-                 run_id: str | None):
+    def __init__(
+        self,
+        run_dir: Path,
+        options: dict[str, Any],
+        config: dict[str, Any],
+        history: list[dict[str, Any]],
+        run_id: str | None,
+    ):
         import wandb
 
         self.run = wandb.init(dir=str(run_dir), config=config, id=run_id, resume="allow" if run_id else None, **options)
@@ -119,8 +137,14 @@ class MLflowLogger(Logger):
     artifact), metrics by epoch, the summary as summary.json and its numbers as ``summary.*`` metrics, the
     checkpoint paths as tags. ``logger.mlflow.tracking_uri`` null: a SQLite store in the run dir (mlflow.db)."""
 
-    def __init__(self, run_dir: Path, options: dict[str, Any], config: dict[str, Any], history: list[dict[str, Any]],
-                 run_id: str | None):
+    def __init__(
+        self,
+        run_dir: Path,
+        options: dict[str, Any],
+        config: dict[str, Any],
+        history: list[dict[str, Any]],
+        run_id: str | None,
+    ):
         from mlflow import MlflowClient
 
         local = not options["tracking_uri"]
@@ -129,10 +153,14 @@ class MLflowLogger(Logger):
             experiment = self.client.get_experiment_by_name(options["experiment_name"])
             # the local store's artifacts in the run dir too (MLflow's default is ./mlartifacts, wherever one runs from)
             artifacts = (run_dir.resolve() / "mlartifacts").as_uri() if local else None
-            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
-                options["experiment_name"], artifact_location=artifacts)
-            run_id = self.client.create_run(experiment_id, run_name=options["run_name"] or run_dir.name,
-                                            tags={"run_dir": str(run_dir.resolve())}).info.run_id
+            experiment_id = (
+                experiment.experiment_id
+                if experiment
+                else self.client.create_experiment(options["experiment_name"], artifact_location=artifacts)
+            )
+            run_id = self.client.create_run(
+                experiment_id, run_name=options["run_name"] or run_dir.name, tags={"run_dir": str(run_dir.resolve())}
+            ).info.run_id
             params = [(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in flatten(config).items()]
             from mlflow.entities import Param
 
@@ -146,27 +174,36 @@ class MLflowLogger(Logger):
         from mlflow.entities import Metric
 
         stamp = _millis()
-        self.client.log_batch(self.id, metrics=[Metric(k, float(v), stamp, row["epoch"]) for k, v in row.items()
-                                                if k != "epoch"])
+        self.client.log_batch(
+            self.id, metrics=[Metric(k, float(v), stamp, row["epoch"]) for k, v in row.items() if k != "epoch"]
+        )
 
     def finish(self, summary: dict[str, Any], checkpoints: dict[str, str]) -> None:
         from mlflow.entities import Metric, RunTag
 
         numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.client.log_batch(self.id, metrics=[Metric(f"summary.{k}", float(v), _millis(), 0) for k, v in numbers.items()],
-                              tags=[RunTag(k, v) for k, v in checkpoints.items()])
+        self.client.log_batch(
+            self.id,
+            metrics=[Metric(f"summary.{k}", float(v), _millis(), 0) for k, v in numbers.items()],
+            tags=[RunTag(k, v) for k, v in checkpoints.items()],
+        )
         self.client.log_dict(self.id, summary, "summary.json")
 
     def close(self) -> None:
         self.client.set_terminated(self.id)
 
 
-LOGGERS: dict[str, type[Logger]] = {"csv": CSVLogger, "tensorboard": TensorBoardLogger, "wandb": WandbLogger,
-                                    "mlflow": MLflowLogger}
+LOGGERS: dict[str, type[Logger]] = {
+    "csv": CSVLogger,
+    "tensorboard": TensorBoardLogger,
+    "wandb": WandbLogger,
+    "mlflow": MLflowLogger,
+}
 
 
-def open_loggers(chosen: dict[str, dict[str, Any]] | None, run_dir: Path, config: dict[str, Any],
-                 history: list[dict[str, Any]]) -> list[Logger]:
+def open_loggers(
+    chosen: dict[str, dict[str, Any]] | None, run_dir: Path, config: dict[str, Any], history: list[dict[str, Any]]
+) -> list[Logger]:
     """The loggers ``chosen`` (``cfg.logger``: name -> options) names, each continuing the run it started in
     ``run_dir`` when it started one there (the ids in loggers.json)."""
     if not chosen:
@@ -188,7 +225,9 @@ def open_loggers(chosen: dict[str, dict[str, Any]] | None, run_dir: Path, config
 
 
 def _code(text: str) -> str:
-    return "".join(f"    {line}\n" for line in text.splitlines())  # markdown code block: TensorBoard renders text as markdown
+    return "".join(
+        f"    {line}\n" for line in text.splitlines()
+    )  # markdown code block: TensorBoard renders text as markdown
 
 
 def _millis() -> int:

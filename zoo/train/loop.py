@@ -27,14 +27,22 @@ from ..layers import time_factor
 from ..layers.drop import resolve_draw
 from ..models import ZooModel
 from . import distributed as dist
-from .batches import EpochPlan, derive_seed, epoch_plan, train_batch
 from .atomic import remove_stale_temporaries
 from .augment import build_policy, resolve_augment
-from .checkpoint import CHECKPOINT_NAME, init_weights, load_checkpoint, load_model_state, resumed_config, save_checkpoint, training_state
+from .batches import EpochPlan, derive_seed, epoch_plan, train_batch
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    init_weights,
+    load_checkpoint,
+    load_model_state,
+    resumed_config,
+    save_checkpoint,
+    training_state,
+)
 from .config import build_model, validate_config
 from .data import Split, load_cifar10
-from .errors import CompileFailed, ConfigError
 from .ema import EMA, build_ema
+from .errors import CompileFailed, ConfigError
 from .interrupt import StopAtOnce, StopOnSignal, TrainingInterrupted
 from .mixing import Mixing, build_mixing
 from .optim import build_optimizer, sched_lr
@@ -141,8 +149,10 @@ def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any]
         for name in (CHECKPOINT_NAME, BEST_NAME):  # temporaries of a save killed mid-write; never read
             remove_stale_temporaries(run.dir / name)
     if saved is None and (run.dir / CHECKPOINT_NAME).exists() and ctx.is_main and not cfg.overwrite:
-        raise ConfigError(f"{run.dir} already holds a run; continue it with {quoted_override('resume', run.dir)}, "
-                          "pick another hydra.run.dir, or add overwrite=true to replace it")
+        raise ConfigError(
+            f"{run.dir} already holds a run; continue it with {quoted_override('resume', run.dir)}, "
+            "pick another hydra.run.dir, or add overwrite=true to replace it"
+        )
     precision = device_settings(cfg, ctx.device)
     kept = f"{run.dir / CHECKPOINT_NAME} is as it was" if saved else "no checkpoint was due yet"
     with StopAtOnce("loading the data set", f"nothing was lost ({kept}; a data cache is written whole or not at all)"):
@@ -156,8 +166,23 @@ def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any]
     optimizer = build_optimizer(cfg, net)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     model, eval_model = wrap(net, cfg.compile, ctx.world, unused_parameters(cfg, ctx.device))
-    s = TrainState(cfg, ctx, run, net, model, eval_model, optimizer, criterion, train_data, test_data, source,
-                   precision.amp, precision.channels_last, precision.why, val_data=val_data)
+    s = TrainState(
+        cfg,
+        ctx,
+        run,
+        net,
+        model,
+        eval_model,
+        optimizer,
+        criterion,
+        train_data,
+        test_data,
+        source,
+        precision.amp,
+        precision.channels_last,
+        precision.why,
+        val_data=val_data,
+    )
     s.ema = build_ema(net, cfg.ema_decay) if cfg.ema else None
     s.mixing = build_mixing(cfg.mixup_alpha, cfg.cutmix_alpha)
     if saved is not None:
@@ -169,8 +194,15 @@ def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any]
     run.open_loggers(cfg, s.history)
     log.info(
         "%s: %.2fM params, %d train / %d validation / %d test images, %d steps/epoch, %s x%d, %s",
-        cfg.model.name, sum(p.numel() for p in net.parameters()) / 1e6, len(train_data),
-        len(val_data) if val_data else 0, len(test_data), s.steps_per_epoch, ctx.device, ctx.world, precision.describe(),
+        cfg.model.name,
+        sum(p.numel() for p in net.parameters()) / 1e6,
+        len(train_data),
+        len(val_data) if val_data else 0,
+        len(test_data),
+        s.steps_per_epoch,
+        ctx.device,
+        ctx.world,
+        precision.describe(),
     )
     return s
 
@@ -219,7 +251,9 @@ def unused_parameters(cfg: DictConfig, device: torch.device) -> bool:
     return not fixed or max(cfg.drop_path_rates or [cfg.drop_path_rate]) >= 1
 
 
-def wrap(net: nn.Module, compile: bool | str, world: int, unused_parameters: bool = False) -> tuple[nn.Module, nn.Module]:
+def wrap(
+    net: nn.Module, compile: bool | str, world: int, unused_parameters: bool = False
+) -> tuple[nn.Module, nn.Module]:
     """What a training step and an evaluation call: DistributedDataParallel across processes, and
     torch.compile in the mode asked for (``True``: the default mode)."""
     model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=unused_parameters) if world > 1 else net
@@ -265,14 +299,33 @@ def train_one_epoch(s: TrainState, epoch: int, stop: StopOnSignal) -> Meter:
                 save(s, epoch, step, meter)
                 raise interrupted(s, stop, epoch, step)
             global_step = epoch * steps + step
-            s.net.set_drop_path_factor(time_factor(cfg.drop_path_time_schedule, global_step / steps,
-                                                   cfg.drop_path_time_cutoff, cfg.drop_path_time_early_mode))
+            s.net.set_drop_path_factor(
+                time_factor(
+                    cfg.drop_path_time_schedule,
+                    global_step / steps,
+                    cfg.drop_path_time_cutoff,
+                    cfg.drop_path_time_early_mode,
+                )
+            )
             torch.manual_seed(derive_seed(cfg.seed, "drop", epoch, step, ctx.rank))  # drop path and mixing draws
             x, y = train_batch(s.train_data, plan, step, ctx.rank, ctx.world, s.channels_last)
             x, target = s.mixing(x, y) if s.mixing else (x, y)
             s.lr = sched_lr(cfg, global_step, cfg.epochs * steps, steps)
-            loss, correct = first_compiled_call(s, train_step, s.model, s.optimizer, s.criterion, x, y, s.lr, s.amp,
-                                                target, cfg.accum_steps, cfg.clip_grad, cfg.clip_mode)
+            loss, correct = first_compiled_call(
+                s,
+                train_step,
+                s.model,
+                s.optimizer,
+                s.criterion,
+                x,
+                y,
+                s.lr,
+                s.amp,
+                target,
+                cfg.accum_steps,
+                cfg.clip_grad,
+                cfg.clip_mode,
+            )
             if s.ema is not None:
                 s.ema.update_parameters(s.net)
             vote = dist.stop_vote(stop.requested, ctx.device) if ctx.world > 1 else None
@@ -360,15 +413,20 @@ def evaluate_epoch(s: TrainState, epoch: int, meter: Meter) -> dict[str, Any]:
     start = time.perf_counter()
     test = ema = None
     if tests_after(s.cfg, epoch):
-        test = dist.all_sum(first_compiled_call(s, evaluate, s.eval_model, s.test_data, EVAL_BATCH, s.amp,
-                                                s.channels_last, s.ctx.rank, s.ctx.world)).tolist()
+        test = dist.all_sum(
+            first_compiled_call(
+                s, evaluate, s.eval_model, s.test_data, EVAL_BATCH, s.amp, s.channels_last, s.ctx.rank, s.ctx.world
+            )
+        ).tolist()
         if s.ema is not None:
-            ema = dist.all_sum(evaluate(s.ema, s.test_data, EVAL_BATCH, s.amp, s.channels_last, s.ctx.rank,
-                                        s.ctx.world)).tolist()
+            ema = dist.all_sum(
+                evaluate(s.ema, s.test_data, EVAL_BATCH, s.amp, s.channels_last, s.ctx.rank, s.ctx.world)
+            ).tolist()
     val = None
     if s.val_data is not None:
-        val = dist.all_sum(evaluate(s.eval_model, s.val_data, EVAL_BATCH, s.amp, s.channels_last, s.ctx.rank,
-                                    s.ctx.world)).tolist()
+        val = dist.all_sum(
+            evaluate(s.eval_model, s.val_data, EVAL_BATCH, s.amp, s.channels_last, s.ctx.rank, s.ctx.world)
+        ).tolist()
     row = epoch_row(s, epoch, meter, time.perf_counter() - start)
     for prefix, sums in (("test", test), ("val", val), ("ema_test", ema)):
         if sums is not None:
@@ -406,9 +464,17 @@ def save_best(s: TrainState) -> None:
     if not finite_state(s.net):  # never kept as the best: save() raises the divergence error next
         return
     config = OmegaConf.to_container(s.cfg, resolve=True)
-    save_checkpoint({"model": s.net.state_dict(), "ema": s.ema.state_dict() if s.ema is not None else None,
-                     "model_name": config["model"]["name"], "config": config, "epoch": best["epoch"],
-                     "metrics": dict(best)}, s.run.dir / BEST_NAME)
+    save_checkpoint(
+        {
+            "model": s.net.state_dict(),
+            "ema": s.ema.state_dict() if s.ema is not None else None,
+            "model_name": config["model"]["name"],
+            "config": config,
+            "epoch": best["epoch"],
+            "metrics": dict(best),
+        },
+        s.run.dir / BEST_NAME,
+    )
 
 
 def selection_summary(s: TrainState) -> dict[str, Any]:
@@ -430,8 +496,9 @@ def test_acc_of_best(s: TrainState) -> float:
     dist.barrier()
     model = copy.deepcopy(s.net)
     load_model_state(model, load_file(s.run.dir / BEST_NAME))
-    _, correct, count = dist.all_sum(evaluate(model, s.test_data, EVAL_BATCH, s.amp, s.channels_last,
-                                                 s.ctx.rank, s.ctx.world)).tolist()
+    _, correct, count = dist.all_sum(
+        evaluate(model, s.test_data, EVAL_BATCH, s.amp, s.channels_last, s.ctx.rank, s.ctx.world)
+    ).tolist()
     return correct / count
 
 

@@ -14,8 +14,17 @@ from typing import Any
 # may change them, and the report pairs runs that differ only in them (amp and channels_last: the report
 # compares the precision each run resolved to instead).
 ENVIRONMENT_KEYS = (
-    "resume", "device", "amp", "channels_last", "compile", "data.path", "data.cache_dir", "data.root",
-    "logger", "log_every_s", "overwrite",
+    "resume",
+    "device",
+    "amp",
+    "channels_last",
+    "compile",
+    "data.path",
+    "data.cache_dir",
+    "data.root",
+    "logger",
+    "log_every_s",
+    "overwrite",
 )
 
 

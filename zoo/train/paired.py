@@ -129,8 +129,9 @@ def _final_by_seed(config: Configuration, metric: Callable[[Run], float | None] 
     return {seed: statistics.fmean(v) for seed, v in by_seed.items()}
 
 
-def paired_difference(config: Configuration, baseline: Configuration,
-                      metric: Callable[[Run], float | None] = final_acc) -> Paired:
+def paired_difference(
+    config: Configuration, baseline: Configuration, metric: Callable[[Run], float | None] = final_acc
+) -> Paired:
     """``metric`` of a finished run (default: final test accuracy) minus the baseline's, over the seeds
     finished on both sides (and for which both have the metric)."""
     mine, base = _final_by_seed(config, metric), _final_by_seed(baseline, metric)
@@ -170,11 +171,16 @@ def paired_by_epoch(config: Configuration, baseline: Configuration, key: str = "
     return dict(sorted(by_epoch.items()))
 
 
-def rate_response(sweep: Sweep, metric: Callable[[Run], float | None] = final_acc) -> list[tuple[Configuration, Paired]]:
+def rate_response(
+    sweep: Sweep, metric: Callable[[Run], float | None] = final_acc
+) -> list[tuple[Configuration, Paired]]:
     """Each configuration with a rate above 0 and a baseline, with its paired difference of ``metric``,
     ordered by rate; empty unless that gives two or more rates (one rate is a row of the main table)."""
-    found = [(c, paired_difference(c, b, metric)) for c in sweep.configurations
-             if not c.is_baseline and c.rate is not None and (b := baseline_of(c, sweep)) is not None]
+    found = [
+        (c, paired_difference(c, b, metric))
+        for c in sweep.configurations
+        if not c.is_baseline and c.rate is not None and (b := baseline_of(c, sweep)) is not None
+    ]
     found = [(c, p) for c, p in found if p.diffs]
     rates = {c.rate for c, _ in found}
     return sorted(found, key=lambda cp: (cp[0].rate, cp[0].label)) if len(rates) >= 2 else []

@@ -37,7 +37,9 @@ class Precision:
     why: str  # how "auto" was decided, for the log
 
     def describe(self) -> str:
-        return f"amp={'bf16' if self.amp else 'off'}, channels_last={'on' if self.channels_last else 'off'} ({self.why})"
+        return (
+            f"amp={'bf16' if self.amp else 'off'}, channels_last={'on' if self.channels_last else 'off'} ({self.why})"
+        )
 
 
 def resolve_precision(amp: str | bool, channels_last: str | bool, device: torch.device) -> Precision:
@@ -61,10 +63,14 @@ def torch_flags() -> dict[str, object]:
     """torch's process-wide kernel choices that a run sets (deterministic algorithms, cuDNN's autotuner
     and determinism, TF32): they outlive the run in the process that called it."""
     cudnn = torch.backends.cudnn
-    return {"deterministic": torch.are_deterministic_algorithms_enabled(),
-            "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
-            "cudnn_benchmark": cudnn.benchmark, "cudnn_deterministic": cudnn.deterministic,
-            "cudnn_tf32": cudnn.allow_tf32, "matmul_precision": torch.get_float32_matmul_precision()}
+    return {
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "cudnn_benchmark": cudnn.benchmark,
+        "cudnn_deterministic": cudnn.deterministic,
+        "cudnn_tf32": cudnn.allow_tf32,
+        "matmul_precision": torch.get_float32_matmul_precision(),
+    }
 
 
 def set_torch_flags(flags: dict[str, object]) -> None:

@@ -21,14 +21,21 @@ def hms(seconds: float) -> str:
 class Progress:
     """One epoch's progress. ``update`` after every step; ``close`` before anything else is printed."""
 
-    def __init__(self, epoch: int, epochs: int, first: int, steps: int, every_s: float, enabled: bool,
-                 jobs_after: int = 0):
+    def __init__(
+        self, epoch: int, epochs: int, first: int, steps: int, every_s: float, enabled: bool, jobs_after: int = 0
+    ):
         self.epoch, self.epochs, self.steps, self.every_s = epoch, epochs, steps, every_s
         self.jobs_after = jobs_after  # in a sweep: the rounds of jobs still to run after this one
         self.terminal = enabled and sys.stderr.isatty()
         self.lines = enabled and not self.terminal and every_s > 0
-        self.bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                        dynamic_ncols=True, disable=not self.terminal)
+        self.bar = tqdm(
+            total=steps,
+            initial=first,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not self.terminal,
+        )
         self.first, self.start = first, time.perf_counter()
         self.last_line = self.start
 
@@ -41,16 +48,30 @@ class Progress:
         per_step = (now - self.start) / (step + 1 - self.first)
         eta = hms(steps_left * per_step)
         # a sweep's later jobs, each as long as this one at this job's speed
-        sweep = f"  sweep eta {hms((steps_left + self.jobs_after * self.epochs * self.steps) * per_step)}" \
-            if self.jobs_after else ""
+        sweep = (
+            f"  sweep eta {hms((steps_left + self.jobs_after * self.epochs * self.steps) * per_step)}"
+            if self.jobs_after
+            else ""
+        )
         unread = math.isnan(loss)  # no loss read yet: each is read one step late
         shown = "-" if unread else f"{loss:.3f}"
-        self.bar.set_postfix_str(f"loss={shown}, acc={acc:.3f}, img_s={batch_size / per_step:.0f}, run_eta={eta}{sweep}",
-                                 refresh=False)
+        self.bar.set_postfix_str(
+            f"loss={shown}, acc={acc:.3f}, img_s={batch_size / per_step:.0f}, run_eta={eta}{sweep}", refresh=False
+        )
         if self.lines and now - self.last_line >= self.every_s:
             self.last_line = now
-            log.info("epoch %d/%d step %d/%d  loss %s  acc %.4f  %.0f img/s  run eta %s%s", self.epoch + 1, self.epochs,
-                     step + 1, self.steps, "-" if unread else f"{loss:.4f}", acc, batch_size / per_step, eta, sweep)
+            log.info(
+                "epoch %d/%d step %d/%d  loss %s  acc %.4f  %.0f img/s  run eta %s%s",
+                self.epoch + 1,
+                self.epochs,
+                step + 1,
+                self.steps,
+                "-" if unread else f"{loss:.4f}",
+                acc,
+                batch_size / per_step,
+                eta,
+                sweep,
+            )
 
     def close(self) -> None:
         self.bar.close()

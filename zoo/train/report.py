@@ -20,22 +20,49 @@ import logging
 import shlex
 import statistics
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .paired import (CONFIDENCE, Paired, at_best_val, final_acc, paired_by_epoch, paired_difference, rate_response,
-                     runs_per_seed, t_quantile, unpaired_seeds)
 from .overrides import resume_command
+from .paired import (
+    CONFIDENCE,
+    Paired,
+    at_best_val,
+    final_acc,
+    paired_by_epoch,
+    paired_difference,
+    rate_response,
+    runs_per_seed,
+    t_quantile,
+    unpaired_seeds,
+)
 from .report_plot import plot
-from .sweep import (Configuration, ReportError, Run, Sweep, baseline_of, expected_jobs, failed_jobs, load_sweep,
-                     override_pairs)
+from .sweep import (
+    Configuration,
+    ReportError,
+    Run,
+    Sweep,
+    baseline_of,
+    expected_jobs,
+    failed_jobs,
+    load_sweep,
+    override_pairs,
+)
 
-__all__ = ["ReportCallback", "main", "paired_by_epoch", "paired_difference", "plot", "render_markdown",
-           "t_quantile", "write_report"]
+__all__ = [
+    "ReportCallback",
+    "main",
+    "paired_by_epoch",
+    "paired_difference",
+    "plot",
+    "render_markdown",
+    "t_quantile",
+    "write_report",
+]
 
 REPORT_MD = "comparison.md"
 REPORT_PNG = "comparison.png"
@@ -45,6 +72,7 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- numbers
+
 
 def mean_metric(config: Configuration, key: str) -> float | None:
     """Mean of a per-epoch metric over every epoch of the configuration's runs but each run's first
@@ -63,6 +91,7 @@ def final_train_acc(run: Run) -> float | None:
 
 
 # ---------------------------------------------------------------- markdown
+
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
@@ -120,8 +149,10 @@ def _paired_seeds(config: Configuration, sweep: Sweep) -> str:
     if baseline is None:
         return ""
     mine, base = runs_per_seed(config), runs_per_seed(baseline)
-    return ", ".join(f"{s} ({mine[s]} vs {base[s]} runs)" if mine[s] > 1 or base[s] > 1 else str(s)
-                     for s in paired_difference(config, baseline).seeds)
+    return ", ".join(
+        f"{s} ({mine[s]} vs {base[s]} runs)" if mine[s] > 1 or base[s] > 1 else str(s)
+        for s in paired_difference(config, baseline).seeds
+    )
 
 
 def _row(config: Configuration, sweep: Sweep, validation: bool) -> list[str]:
@@ -148,8 +179,19 @@ def _row(config: Configuration, sweep: Sweep, validation: bool) -> list[str]:
 def _header(validation: bool) -> list[str]:
     interval = f"{CONFIDENCE:.0%} interval (pp)"
     selected = "test acc at best val epoch %" if validation else "best test acc % (chosen on the test set)"
-    header = ["configuration", "drop_path_rate", "runs", "final test acc %", selected, "final train acc %",
-              "train − test (pp)", "epoch s", "images/s", "Δ final vs rate 0 (pp)", interval]
+    header = [
+        "configuration",
+        "drop_path_rate",
+        "runs",
+        "final test acc %",
+        selected,
+        "final train acc %",
+        "train − test (pp)",
+        "epoch s",
+        "images/s",
+        "Δ final vs rate 0 (pp)",
+        interval,
+    ]
     if validation:
         header += ["Δ at best val vs rate 0 (pp)", interval]
     return header + ["paired seeds"]
@@ -171,9 +213,13 @@ def _rate_response_lines(sweep: Sweep, validation: bool) -> list[str]:
     header = ["drop_path_rate", "configuration", "seed pairs", "Δ final test acc vs rate 0 (pp)", interval]
     if validation:
         header += ["Δ at best val vs rate 0 (pp)", interval]
-    return (["", "## Rate response", "",
-             "Each rate against rate 0, paired by seed (the table above, by rate; the plot's last panel):", ""]
-            + _table(header, rows))
+    return [
+        "",
+        "## Rate response",
+        "",
+        "Each rate against rate 0, paired by seed (the table above, by rate; the plot's last panel):",
+        "",
+    ] + _table(header, rows)
 
 
 def _search_lines(sweep: Sweep) -> list[str]:
@@ -186,14 +232,25 @@ def _search_lines(sweep: Sweep) -> list[str]:
     jobs = [dict(override_pairs(r.overrides or [])) for r in sweep.runs]
     searched = sorted(k for k in set().union(*jobs) if len({job.get(k) for job in jobs}) > 1)  # what the trials varied
     trials = sorted((r for r in sweep.runs if r.finished and "best_val_acc" in r.summary), key=lambda r: r.rate or 0.0)
-    rows = [[r.name.partition("_")[0], *(f"{r.config.get(k, float('nan')):g}" for k in searched),
-             _pct(r.summary["best_val_acc"]), _pct(r.summary["test_acc_at_best_val"])] for r in trials]
+    rows = [
+        [
+            r.name.partition("_")[0],
+            *(f"{r.config.get(k, float('nan')):g}" for k in searched),
+            _pct(r.summary["best_val_acc"]),
+            _pct(r.summary["test_acc_at_best_val"]),
+        ]
+        for r in trials
+    ]
     best = ", ".join(f"{k}={v:g}" for k, v in (found.get("best_params") or {}).items())
-    return (["", "## Search", "",
-             f"The Optuna sweeper's trials by rate; it maximised each trial's best validation accuracy and picked "
-             f"{best or 'no trial'} (best validation accuracy {_pct(found['best_value']) if 'best_value' in found else 'n/a'} %, "
-             f"{SEARCH_RESULTS}). One seed per trial: a trial's score carries its seed's noise.", ""]
-            + _table(["trial", *searched, "best val acc %", "test acc at best val %"], rows))
+    return [
+        "",
+        "## Search",
+        "",
+        f"The Optuna sweeper's trials by rate; it maximised each trial's best validation accuracy and picked "
+        f"{best or 'no trial'} (best validation accuracy {_pct(found['best_value']) if 'best_value' in found else 'n/a'} %, "
+        f"{SEARCH_RESULTS}). One seed per trial: a trial's score carries its seed's noise.",
+        "",
+    ] + _table(["trial", *searched, "best val acc %", "test acc at best val %"], rows)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -208,19 +265,29 @@ def _missing(sweep: Sweep) -> list[str]:
         if r.failure is not None:
             continue  # listed below, as failed
         if (r.path / "last.pt").is_file():
-            out.append(f"- job `{r.name}` (`{sweep.run_label(r)}`): interrupted before its first epoch ended; "
-                       f"continue with `{resume_command(r.path.resolve())}`")
+            out.append(
+                f"- job `{r.name}` (`{sweep.run_label(r)}`): interrupted before its first epoch ended; "
+                f"continue with `{resume_command(r.path.resolve())}`"
+            )
         else:
-            out.append(f"- job `{r.name}` (`{sweep.run_label(r)}`): no metrics yet (not started, or stopped before "
-                       "its first epoch)")
+            out.append(
+                f"- job `{r.name}` (`{sweep.run_label(r)}`): no metrics yet (not started, or stopped before "
+                "its first epoch)"
+            )
     out += [f"- job `{r.name}` (`{sweep.run_label(r)}`): failed (see Failed jobs)" for r in sweep.failed]
-    out += [f"- job `{r.name}` (`{sweep.run_label(r)}`): unreadable, left out: {r.unreadable}" for r in sweep.unreadable]
+    out += [
+        f"- job `{r.name}` (`{sweep.run_label(r)}`): unreadable, left out: {r.unreadable}" for r in sweep.unreadable
+    ]
     for config in sweep.configurations:
         for r in config.runs:
             if not r.finished and r.failure is None:
-                resume = f"; continue with `{resume_command(r.path.resolve())}`" if (r.path / "last.pt").is_file() else ""
-                out.append(f"- job `{r.name}` (`{sweep.run_label(r)}`): no summary.json, {len(r.metrics)} of "
-                           f"{r.planned_epochs} epochs done{resume}")
+                resume = (
+                    f"; continue with `{resume_command(r.path.resolve())}`" if (r.path / "last.pt").is_file() else ""
+                )
+                out.append(
+                    f"- job `{r.name}` (`{sweep.run_label(r)}`): no summary.json, {len(r.metrics)} of "
+                    f"{r.planned_epochs} epochs done{resume}"
+                )
             if r.bad_lines:
                 out.append(f"- job `{r.name}`: {r.bad_lines} unreadable line(s) in metrics.jsonl (skipped)")
         if not config.is_baseline:
@@ -231,7 +298,9 @@ def _missing(sweep: Sweep) -> list[str]:
                 unpaired = unpaired_seeds(config, baseline)
                 if unpaired:
                     seeds = ", ".join(str(s) for s in unpaired)
-                    out.append(f"- `{config.label}`: seed(s) {seeds} finished on one side only, left out of the pairing")
+                    out.append(
+                        f"- `{config.label}`: seed(s) {seeds} finished on one side only, left out of the pairing"
+                    )
     return out
 
 
@@ -271,8 +340,9 @@ def reproduce_command(sweep: Sweep) -> str:
     script = f"{hydra.get('job', {}).get('name') or 'train'}.py" if hydra else "train.py"
     options = [o for o in hydra.get("overrides", {}).get("hydra", []) or [] if not o.startswith("hydra.mode=")]
     jobs = expected_jobs(sweep.multirun) if hydra else None
-    have = [tuple(sorted(override_pairs(r.overrides))) for r in sweep.runs + sweep.no_metrics
-            if r.overrides is not None]
+    have = [
+        tuple(sorted(override_pairs(r.overrides))) for r in sweep.runs + sweep.no_metrics if r.overrides is not None
+    ]
     if jobs is not None and set(have) <= set(jobs):
         args = options + list(hydra.get("overrides", {}).get("task", []) or [])
         return " ".join(["python", script, "-m"] + [shlex.quote(a) for a in args])
@@ -288,13 +358,17 @@ def reproduce_command(sweep: Sweep) -> str:
 
 def _selection_note(validation: bool) -> str:
     if validation:
-        return ("Test acc at best val epoch is each run's test accuracy at the epoch of its highest validation "
-                "accuracy (images held out of training by data.val_size; ties: the earlier epoch, the weights "
-                "in best.pt), chosen without looking at the test set; mean ± sample std across seeds, and its "
-                "own paired Δ and interval.")
-    return ("Best test acc is each run's highest test accuracy over its epochs: chosen on the test set, so it "
-            "overstates what the run reaches and no Δ is computed from it; train with data.val_size for a "
-            "selection that does not look at the test set.")
+        return (
+            "Test acc at best val epoch is each run's test accuracy at the epoch of its highest validation "
+            "accuracy (images held out of training by data.val_size; ties: the earlier epoch, the weights "
+            "in best.pt), chosen without looking at the test set; mean ± sample std across seeds, and its "
+            "own paired Δ and interval."
+        )
+    return (
+        "Best test acc is each run's highest test accuracy over its epochs: chosen on the test set, so it "
+        "overstates what the run reaches and no Δ is computed from it; train with data.val_size for a "
+        "selection that does not look at the test set."
+    )
 
 
 def _explanation(validation: bool = False) -> list[str]:
@@ -322,12 +396,14 @@ def _explanation(validation: bool = False) -> list[str]:
 
 
 def _caption(plot_name: str) -> str:
-    return (f"`{plot_name}`, per configuration: test accuracy (solid, mean over seeds, band = min to max), train "
-            "accuracy (dashed, mean) and validation accuracy where there is a split (dotted, mean); train loss "
-            "(mean, band = min to max); test accuracy minus the rate-0 run of the same seed at each epoch where "
-            f"both have one (mean over the seed pairs, band = {CONFIDENCE:.0%} t interval where there is one, n "
-            "marked where it changes); with two or more rates above 0, the rate response: Δ final test accuracy "
-            f"against drop_path_rate (mean, {CONFIDENCE:.0%} t interval as error bars).")
+    return (
+        f"`{plot_name}`, per configuration: test accuracy (solid, mean over seeds, band = min to max), train "
+        "accuracy (dashed, mean) and validation accuracy where there is a split (dotted, mean); train loss "
+        "(mean, band = min to max); test accuracy minus the rate-0 run of the same seed at each epoch where "
+        f"both have one (mean over the seed pairs, band = {CONFIDENCE:.0%} t interval where there is one, n "
+        "marked where it changes); with two or more rates above 0, the rate response: Δ final test accuracy "
+        f"against drop_path_rate (mean, {CONFIDENCE:.0%} t interval as error bars)."
+    )
 
 
 def render_markdown(sweep: Sweep, plot_name: str | None = REPORT_PNG) -> str:
@@ -337,7 +413,8 @@ def render_markdown(sweep: Sweep, plot_name: str | None = REPORT_PNG) -> str:
         f"# Comparison: {sweep.path.name}",
         "",
         f"Sweep dir `{sweep.path}`: {len(sweep.runs)} run(s) in {len(sweep.configurations)} configuration(s), "
-        f"{n_done} finished." + (f" {len(sweep.failed)} job(s) failed (listed below)." if sweep.failed else "")
+        f"{n_done} finished."
+        + (f" {len(sweep.failed)} job(s) failed (listed below)." if sweep.failed else "")
         + (f" Shared by every job: `{common}`." if common else ""),
         "",
     ]
@@ -351,18 +428,41 @@ def render_markdown(sweep: Sweep, plot_name: str | None = REPORT_PNG) -> str:
     unfinished = [r for r in sweep.runs if not r.finished and r.failure is None]
     if unfinished:
         lines += ["", "## Unfinished runs", ""]
-        rows = [[f"`{r.name}`", f"`{sweep.run_label(r)}`", f"{len(r.metrics)} of {r.planned_epochs}",
-                 _pct(float(r.metrics[-1]["test_acc"])) if "test_acc" in r.metrics[-1] else "n/a"] for r in unfinished]
+        rows = [
+            [
+                f"`{r.name}`",
+                f"`{sweep.run_label(r)}`",
+                f"{len(r.metrics)} of {r.planned_epochs}",
+                _pct(float(r.metrics[-1]["test_acc"])) if "test_acc" in r.metrics[-1] else "n/a",
+            ]
+            for r in unfinished
+        ]
         lines += _table(["job", "overrides", "epochs done", "last test acc %"], rows)
     if sweep.failed:
-        lines += ["", "## Failed jobs", "", "Each job's dir holds failed.json and its train.log; the same sweep "
-                  "command runs them again (and skips the finished ones).", ""]
-        rows = [[f"`{r.name}`", f"`{sweep.run_label(r)}`", str(failure.get("exit_status", "?")),
-                 f"{len(r.metrics)} of {r.planned_epochs}", str(failure.get("error", "")).replace("|", "\\|")]
-                for r in sweep.failed if (failure := r.failure) is not None]
+        lines += [
+            "",
+            "## Failed jobs",
+            "",
+            "Each job's dir holds failed.json and its train.log; the same sweep "
+            "command runs them again (and skips the finished ones).",
+            "",
+        ]
+        rows = [
+            [
+                f"`{r.name}`",
+                f"`{sweep.run_label(r)}`",
+                str(failure.get("exit_status", "?")),
+                f"{len(r.metrics)} of {r.planned_epochs}",
+                str(failure.get("error", "")).replace("|", "\\|"),
+            ]
+            for r in sweep.failed
+            if (failure := r.failure) is not None
+        ]
         lines += _table(["job", "overrides", "exit status", "epochs done", "error"], rows)
     missing = _missing(sweep)
-    lines += ["", "## Missing", ""] + (missing or ["- nothing: every run finished and every configuration has its baseline"])
+    lines += ["", "## Missing", ""] + (
+        missing or ["- nothing: every run finished and every configuration has its baseline"]
+    )
     lines += ["", "## Machine", ""] + _machine(sweep)
     cwd = (sweep.multirun or {}).get("hydra", {}).get("runtime", {}).get("cwd")
     lines += ["", "## Reproduce", "", "```", reproduce_command(sweep), "```"]
@@ -372,6 +472,7 @@ def render_markdown(sweep: Sweep, plot_name: str | None = REPORT_PNG) -> str:
 
 
 # ---------------------------------------------------------------- entry points
+
 
 def write_report(sweep_dir: str | Path, with_plot: bool = True) -> list[Path]:
     """Write comparison.md (and comparison.png) into ``sweep_dir``; return the paths written."""
@@ -405,8 +506,11 @@ class ReportCallback(Callback):
         if failed:
             for run in failed:
                 print(f"failed: job {run.name}: {(run.failure or {}).get('error')}", file=sys.stderr)
-            print(f"error: {len(failed)} job(s) of the sweep failed; the others ran. Run the same command again "
-                  f"(hydra.sweep.dir={sweep_dir}) to retry them; finished jobs are skipped", file=sys.stderr)
+            print(
+                f"error: {len(failed)} job(s) of the sweep failed; the others ran. Run the same command again "
+                f"(hydra.sweep.dir={sweep_dir}) to retry them; finished jobs are skipped",
+                file=sys.stderr,
+            )
             sys.exit(1)  # SystemExit: Hydra passes it on, so the multirun's exit status says a job failed
 
 

@@ -31,7 +31,12 @@ def _curve(runs: list[Run], key: str) -> Curve:
             if row.get(key) is not None:
                 by_epoch.setdefault(float(row.get("epoch", i + 1)), []).append(float(row[key]))
     xs = sorted(by_epoch)
-    return xs, [statistics.fmean(by_epoch[x]) for x in xs], [min(by_epoch[x]) for x in xs], [max(by_epoch[x]) for x in xs]
+    return (
+        xs,
+        [statistics.fmean(by_epoch[x]) for x in xs],
+        [min(by_epoch[x]) for x in xs],
+        [max(by_epoch[x]) for x in xs],
+    )
 
 
 def paired_curve(pairs: dict[float, Paired]) -> tuple[Curve, list[int]]:
@@ -70,8 +75,15 @@ def _plot_paired(ax: Axes, pairs: dict[float, Paired], label: str, color: str) -
     if varies:  # a change in n moves the curve by itself; mark where it happens
         for k, (x, y, n) in enumerate(zip(xs, ys, ns)):
             if k == 0 or n != ns[k - 1]:
-                ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center",
-                            fontsize="x-small", color=color)
+                ax.annotate(
+                    f"n={n}",
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(0, 6),
+                    ha="center",
+                    fontsize="x-small",
+                    color=color,
+                )
 
 
 def _plot_rate_response(ax: Axes, sweep: Sweep) -> None:
@@ -113,8 +125,14 @@ def plot(sweep: Sweep, path: Path | None = None) -> Figure:
     ax_diff.set(xlabel="epoch", ylabel="Δ test accuracy (pp)", title=TITLE_DIFF)
     ax_diff.axhline(0.0, color="black", linewidth=0.8)
     if not ax_diff.get_legend_handles_labels()[0]:
-        ax_diff.text(0.5, 0.5, "no seed pairs with a drop_path_rate=0 baseline", transform=ax_diff.transAxes,
-                     ha="center", va="center")
+        ax_diff.text(
+            0.5,
+            0.5,
+            "no seed pairs with a drop_path_rate=0 baseline",
+            transform=ax_diff.transAxes,
+            ha="center",
+            va="center",
+        )
     for ax in (ax_acc, ax_loss, ax_diff):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if rates:

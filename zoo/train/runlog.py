@@ -25,7 +25,15 @@ RUN_RECORDS = ("config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.
 _LOCKS: dict[Path, IO[str]] = {}  # run dirs this process holds: taking one again is no conflict
 
 METRIC_KEYS = (
-    "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "drop_path_rate", "epoch_seconds", "images_per_second",
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "lr",
+    "drop_path_rate",
+    "epoch_seconds",
+    "images_per_second",
 )
 
 
@@ -70,8 +78,10 @@ def lock_run_dir(run_dir: Path) -> None:
 
 
 def in_use(run_dir: Path, holder: str) -> ConfigError:
-    return ConfigError(f"{run_dir} is in use by {holder} (another run, or this run still going); wait for it to end, "
-                       "or give this run another hydra.run.dir")
+    return ConfigError(
+        f"{run_dir} is in use by {holder} (another run, or this run still going); wait for it to end, "
+        "or give this run another hydra.run.dir"
+    )
 
 
 def check_unlocked(run_dir: Path) -> None:
@@ -101,8 +111,10 @@ def check_new_run_dir(run_dir: Path) -> None:
         what = f"{quoted_override('resume', run_dir)} continues it"
     else:
         what = "it has no last.pt to continue from (resume=<dir> continues a run that has one)"
-    raise ConfigError(f"hydra.run.dir={run_dir} already holds a run ({', '.join(found)}); {what}; give this run "
-                      "another hydra.run.dir, or add overwrite=true to replace that run's records")
+    raise ConfigError(
+        f"hydra.run.dir={run_dir} already holds a run ({', '.join(found)}); {what}; give this run "
+        "another hydra.run.dir, or add overwrite=true to replace that run's records"
+    )
 
 
 def remove_stub(run_dir: Path, hydra_subdir: str | None) -> bool:
@@ -111,7 +123,8 @@ def remove_stub(run_dir: Path, hydra_subdir: str | None) -> bool:
     from a dir that holds a checkpoint, a summary or metrics. True when ``run_dir`` is gone."""
     metrics = run_dir / "metrics.jsonl"
     if any((run_dir / n).exists() for n in ("last.pt", "best.pt", "summary.json")) or (
-            metrics.is_file() and metrics.stat().st_size):
+        metrics.is_file() and metrics.stat().st_size
+    ):
         return False
     for name in ("train.log", "config.yaml", "metrics.jsonl", LOCK_NAME):
         (run_dir / name).unlink(missing_ok=True)
@@ -141,8 +154,10 @@ class RunLog:
             self.dir.mkdir(parents=True, exist_ok=True)
             for name in ("config.yaml", "metrics.jsonl", "summary.json"):
                 if (self.dir / name).is_dir():
-                    raise ConfigError(f"{self.dir / name} is a directory where the run writes its {name}: "
-                                      "move it away, or give this run another hydra.run.dir")
+                    raise ConfigError(
+                        f"{self.dir / name} is a directory where the run writes its {name}: "
+                        "move it away, or give this run another hydra.run.dir"
+                    )
             lock_run_dir(self.dir)
 
     def close(self) -> None:
@@ -183,7 +198,10 @@ class RunLog:
     def summary(self, summary: dict[str, Any]) -> None:
         if self.enabled:
             write_atomic(self.dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-        checkpoints = {f"{name.partition('.')[0]}_checkpoint": str((self.dir / name).resolve())
-                       for name in (CHECKPOINT_NAME, BEST_NAME) if (self.dir / name).exists()}
+        checkpoints = {
+            f"{name.partition('.')[0]}_checkpoint": str((self.dir / name).resolve())
+            for name in (CHECKPOINT_NAME, BEST_NAME)
+            if (self.dir / name).exists()
+        }
         for logger in self.loggers:
             logger.finish(summary, checkpoints)

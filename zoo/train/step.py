@@ -70,7 +70,9 @@ def train_step(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Split, batch_size: int, amp: bool, channels_last: bool, rank: int = 0, world: int = 1) -> Tensor:
+def evaluate(
+    model: nn.Module, data: Split, batch_size: int, amp: bool, channels_last: bool, rank: int = 0, world: int = 1
+) -> Tensor:
     """Sums over this rank's share of ``data``: a float64 tensor (loss sum, correct, count). Plain cross entropy."""
     was_training = model.training
     model.eval()
@@ -152,7 +154,9 @@ class LossWatch:
 def diverged(what: str, last_checkpoint: object | None) -> TrainingDiverged:
     """The error for a run that went non-finite: what happened where, and the checkpoint it can go back to."""
     if last_checkpoint is None:
-        return TrainingDiverged(f"{what}; last good checkpoint: none (no epoch had finished); lower lr or change the recipe")
+        return TrainingDiverged(
+            f"{what}; last good checkpoint: none (no epoch had finished); lower lr or change the recipe"
+        )
     return TrainingDiverged(
         f"{what}; last good checkpoint: {last_checkpoint} (resuming it repeats the same steps: "
         "start a new run with a lower lr or another recipe)"

@@ -290,7 +290,9 @@ def load_sweep(path: str | Path) -> Sweep:
         groups.setdefault(key, []).append(run)
     # What every job of the sweep shares (runs, job dirs without metrics, jobs not started) is shown
     # once; labels keep only what tells configurations apart, so they stay short while a sweep runs.
-    everything = [set(k) for k in groups] + [set(_without_seed(r.overrides)) for r in all_runs if r.overrides is not None]
+    everything = [set(k) for k in groups] + [
+        set(_without_seed(r.overrides)) for r in all_runs if r.overrides is not None
+    ]
     everything += [set(_without_seed(job)) for job in jobs or []]
     common = tuple(sorted(set.intersection(*everything))) if len({frozenset(k) for k in everything}) > 1 else ()
     configurations = []
@@ -303,8 +305,17 @@ def load_sweep(path: str | Path) -> Sweep:
     have = {tuple(sorted(override_pairs(r.overrides or []))) for r in all_runs}
     not_started = [job for job in jobs or [] if job not in have]
     no_metrics = [r for r in all_runs if not r.metrics and not r.unreadable]
-    return Sweep(root, runs, configurations, common, no_metrics, not_started, multirun,
-                 [r for r in all_runs if r.failure is not None], unreadable)
+    return Sweep(
+        root,
+        runs,
+        configurations,
+        common,
+        no_metrics,
+        not_started,
+        multirun,
+        [r for r in all_runs if r.failure is not None],
+        unreadable,
+    )
 
 
 def failed_jobs(path: str | Path) -> list[Run]:

@@ -72,8 +72,9 @@ def finished(cfg: DictConfig, job: Path) -> dict[str, Any] | None:
         changed = [k for k in sorted(then.keys() & now.keys()) if k not in ENVIRONMENT_KEYS and then[k] != now[k]]
         if changed:
             diffs = ", ".join(f"{k}={now[k]!r} (finished with {then[k]!r})" for k in changed[:5])
-            raise ConfigError(f"{job} holds a finished run of other values: {diffs}; give this sweep its own "
-                              "hydra.sweep.dir")
+            raise ConfigError(
+                f"{job} holds a finished run of other values: {diffs}; give this sweep its own hydra.sweep.dir"
+            )
     return json.loads(summary_file.read_text())
 
 
