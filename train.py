@@ -7,7 +7,7 @@
     torchrun --nproc_per_node=2 train.py ...                                     # DistributedDataParallel
 
 Everything a run produces lands in its Hydra output dir: config.yaml, metrics.jsonl (one line per
-epoch), summary.json and last.pt. The loop is ``zoo.train.loop.train``; this file only hands it the
+epoch), summary.json and last.pt. The loop is ``zoo.train.loop.run.train``; this file only hands it the
 config Hydra composed from configs/.
 """
 

@@ -1,6 +1,6 @@
 """Training images/s of each ``data.augment`` policy against crop + flip, on one model and device.
 
-Each policy trains ``zoo.train.loop.train`` (what ``train.py`` runs) for ``--epochs`` epochs of ``--images``
+Each policy trains ``zoo.train.loop.run.train`` (what ``train.py`` runs) for ``--epochs`` epochs of ``--images``
 images and takes the last epoch's ``images_per_second`` (metrics.jsonl: its training steps, not the set-up
 or the test pass); a repeat runs every policy, the order rotating from repeat to repeat. A rate is the
 median over repeats, the ratio to crop_flip the median of the per-repeat ratios. A second column times
@@ -30,10 +30,10 @@ sys.path.insert(0, str(REPO))
 
 from zoo.profile import cpu_model  # noqa: E402
 from zoo.train import loop  # noqa: E402
-from zoo.train.augment import build_policy  # noqa: E402
-from zoo.train.batches import epoch_plan, train_batch  # noqa: E402
-from zoo.train.data import Split  # noqa: E402
-from zoo.train.distributed import resolve_device  # noqa: E402
+from zoo.train.data.augment import build_policy  # noqa: E402
+from zoo.train.data.batches import epoch_plan, train_batch  # noqa: E402
+from zoo.train.data.cifar10 import Split  # noqa: E402
+from zoo.train.loop.distributed import resolve_device  # noqa: E402
 
 # (name in the table, data.* overrides)
 POLICIES = {

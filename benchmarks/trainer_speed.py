@@ -1,7 +1,7 @@
 """Training images/s of zoo's trainer against the loop a user writes by hand, on the same model, batch,
 precision and augmentation.
 
-- zoo: ``zoo.train.loop.train``, what ``train.py`` runs, with zoo's defaults (the data set on the
+- zoo: ``zoo.train.loop.run.train``, what ``train.py`` runs, with zoo's defaults (the data set on the
   device, crops and flips as batched tensor ops, ``amp`` / ``channels_last`` / ``compile`` as
   configs/train.yaml sets them); the rate is the last epoch's ``images_per_second`` (metrics.jsonl:
   its training steps, not the set-up or the test pass).
@@ -43,10 +43,10 @@ sys.path.insert(0, str(REPO))
 
 from zoo.profile import cpu_model  # noqa: E402
 from zoo.train import loop  # noqa: E402
-from zoo.train.config import build_model  # noqa: E402
-from zoo.train.data import CLASSES, MEAN, STD, _iter_files  # noqa: E402
-from zoo.train.distributed import resolve_device  # noqa: E402
-from zoo.train.precision import Precision, resolve_precision  # noqa: E402
+from zoo.train.config.schema import build_model  # noqa: E402
+from zoo.train.data.cifar10 import CLASSES, MEAN, STD, _iter_files  # noqa: E402
+from zoo.train.loop.distributed import resolve_device  # noqa: E402
+from zoo.train.loop.precision import Precision, resolve_precision  # noqa: E402
 
 
 def compose(*overrides: str):

@@ -33,10 +33,10 @@ sys.path.insert(0, str(REPO))
 
 import zoo  # noqa: E402
 from zoo._weights import one_line  # noqa: E402
-from zoo.train.batches import epoch_plan, train_batch  # noqa: E402
-from zoo.train.data import Split, load_image_folder  # noqa: E402
+from zoo.train.data.batches import epoch_plan, train_batch  # noqa: E402
+from zoo.train.data.cifar10 import Split, load_image_folder  # noqa: E402
 from zoo.train.errors import ZooError  # noqa: E402
-from zoo.train.step import train_step  # noqa: E402
+from zoo.train.loop.step import train_step  # noqa: E402
 
 
 @dataclass
@@ -368,7 +368,7 @@ def comparison(plan: Plan, report: Report, out: Path, archive: Path) -> None:
         "exit_codes": [p.returncode for p in procs],
         "errors": errors,
     }
-    from zoo.train.report import ReportError, write_report
+    from zoo.train.report.comparison import ReportError, write_report
 
     try:
         for path in write_report(sweep):

@@ -77,7 +77,7 @@ def find_cifar10_archive() -> Path | None:
 def _torch_flags_as_found():
     """Every test starts with the process-wide kernel flags the one before it found (a run with
     deterministic=true sets them; a CUDA test under them would take other kernels, and syncs)."""
-    from zoo.train.precision import restored_torch_flags
+    from zoo.train.loop.precision import restored_torch_flags
 
     with restored_torch_flags():
         yield
@@ -131,7 +131,7 @@ def cifar10_archive() -> Path:
 @pytest.fixture(scope="session")
 def cifar10_cache(cifar10_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache dir holding the decoded archive (decoded once per session; ZOO_TEST_CACHE_DIR reuses one across sessions)."""
-    from zoo.train.data import load_image_folder
+    from zoo.train.data.cifar10 import load_image_folder
 
     cache = Path(os.environ.get("ZOO_TEST_CACHE_DIR") or tmp_path_factory.mktemp("zoo-cache"))
     load_image_folder(cifar10_archive, cache)
@@ -141,7 +141,7 @@ def cifar10_cache(cifar10_archive: Path, tmp_path_factory: pytest.TempPathFactor
 def compose_train(*overrides: str, hydra: bool = False):
     """configs/train.yaml composed with ``overrides`` through the schema, as train.py composes it (and
     Hydra's own config with ``hydra=True``); a wrong type or an unknown key raises ConfigError."""
-    from zoo.train.config import compose_config
+    from zoo.train.config.schema import compose_config
 
     return compose_config(REPO / "configs", list(overrides), hydra=hydra)
 
@@ -213,7 +213,7 @@ def make_tree(root: Path, classes: tuple[str, ...] | list[str] | None = None, tr
     (0, 0) encodes (class, index) so order can be checked; a README beside the splits is ignored."""
     from PIL import Image
 
-    from zoo.train.data import CLASSES
+    from zoo.train.data.cifar10 import CLASSES
 
     for split, n in (("train", train), ("test", test)):
         for c, cls in enumerate(CLASSES if classes is None else classes):
@@ -228,7 +228,7 @@ def stop_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
     """Makes the loop act as if SIGTERM arrived at its ``n``-th look at its stop flag (with 4 steps an
     epoch, the 6th is epoch 2 after its first step). The count lives on the instance, so nothing is
     left behind for the next test."""
-    from zoo.train import loop
+    from zoo.train.loop import run as loop
 
     class StopAfter(loop.StopOnSignal):
         def __init__(self) -> None:
@@ -251,7 +251,7 @@ def train_cut_and_resumed(
     """Trains into ``run_dir`` as if SIGTERM arrived at the loop's ``stop_at_read``-th look at its stop
     flag (the 6th: epoch 2 after its first step, with 4 steps an epoch), then resumes it to the end.
     Returns the interruption the first part raised."""
-    from zoo.train import loop
+    from zoo.train.loop import run as loop
 
     with monkeypatch.context() as patch:
         stop_after(patch, stop_at_read)

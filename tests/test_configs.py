@@ -9,7 +9,7 @@ import torch
 
 import zoo
 from conftest import compose_train
-from zoo.train.config import build_model, validate_config
+from zoo.train.config.schema import build_model, validate_config
 from zoo.train.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -143,7 +143,7 @@ def test_the_keys_that_change_nothing_computed_are_declared_once():
     """ENVIRONMENT_KEYS are keys of the schema, and the job-dir names leave out exactly them."""
     from omegaconf import OmegaConf
 
-    from zoo.train.overrides import ENVIRONMENT_KEYS, flatten
+    from zoo.train.config.overrides import ENVIRONMENT_KEYS, flatten
 
     cfg = compose_train("data=cifar10_folder", hydra=True)
     assert list(cfg.hydra.job.config.override_dirname.exclude_keys) == list(ENVIRONMENT_KEYS)

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from conftest import make_tree
-from zoo.train import data as zdata
-from zoo.train.batches import augment_params, crop_flip, normalize
-from zoo.train.data import CLASSES, balanced_subset, load_cifar10, load_image_folder
+from zoo.train.data import cifar10 as zdata
+from zoo.train.data.batches import augment_params, crop_flip, normalize
+from zoo.train.data.cifar10 import CLASSES, balanced_subset, load_cifar10, load_image_folder
 from zoo.train.errors import ConfigError, DataError
 
 

@@ -18,10 +18,10 @@ import yaml
 import zoo
 from conftest import compose_train
 from zoo.train import knockout as ko
-from zoo.train.config import validate_config
-from zoo.train.data import CLASSES, Split, hold_out, load_cifar10
+from zoo.train.config.schema import validate_config
+from zoo.train.data.cifar10 import CLASSES, Split, hold_out, load_cifar10
 from zoo.train.errors import ConfigError
-from zoo.train.loop import best_val_epoch, train
+from zoo.train.loop.run import best_val_epoch, train
 
 REPO = Path(__file__).resolve().parents[1]
 

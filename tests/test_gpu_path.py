@@ -14,10 +14,10 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from conftest import REPO, compose_train, metrics, tiny, train_cut_and_resumed
-from zoo.train import loop
-from zoo.train.batches import crop_flip, epoch_plan, normalize, train_batch
-from zoo.train.data import Split
-from zoo.train.precision import resolve_precision
+from zoo.train.data.batches import crop_flip, epoch_plan, normalize, train_batch
+from zoo.train.data.cifar10 import Split
+from zoo.train.loop import run as loop
+from zoo.train.loop.precision import resolve_precision
 
 # --- the precision each device gets ----------------------------------------------------------------
 
@@ -25,7 +25,7 @@ from zoo.train.precision import resolve_precision
 def test_auto_precision_per_device(monkeypatch):
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert resolve_precision("auto", "auto", cuda).amp and resolve_precision("auto", "auto", cuda).channels_last
-    from zoo.train import precision
+    from zoo.train.loop import precision as precision
 
     for has_bf16 in (True, False):
         monkeypatch.setattr(precision, "cpu_has_bf16", lambda has_bf16=has_bf16: has_bf16)
@@ -50,7 +50,7 @@ def test_the_run_logs_and_saves_its_precision(tmp_path, cifar10_archive, cifar10
 def test_a_run_puts_the_global_torch_flags_back(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
     """deterministic=true turns deterministic algorithms on for the run only; flags the run does not
     own (set here to what no default is) are as they were after it, also after a run that failed."""
-    from zoo.train.precision import torch_flags
+    from zoo.train.loop.precision import torch_flags
 
     torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = True, False
     torch.set_float32_matmul_precision("medium")  # the autouse fixture puts all three back after the test
@@ -79,7 +79,7 @@ def test_a_run_puts_the_global_torch_flags_back(tmp_path, monkeypatch, cifar10_a
 
 
 def test_restored_torch_flags_restores_every_flag():
-    from zoo.train.precision import restored_torch_flags, torch_flags
+    from zoo.train.loop.precision import restored_torch_flags, torch_flags
 
     before = torch_flags()
     with restored_torch_flags():
@@ -161,7 +161,7 @@ def test_a_training_step_reads_nothing_back_and_the_loss_check_once(
 def test_the_stop_vote_of_several_processes_travels_in_the_loss_read():
     """With several processes a rank's stop request (a device tensor) is read with the step's loss, one
     step late, in the same one read; once seen it stays."""
-    from zoo.train.step import LossWatch, Meter
+    from zoo.train.loop.step import LossWatch, Meter
 
     watch, seen = LossWatch(Meter(), 0, None), []
     with CountSyncs() as counter:
@@ -176,7 +176,7 @@ STOP_ON_RANK_1 = """
 import os, sys
 sys.path.insert(0, {tests!r})
 from conftest import compose_train
-from zoo.train import loop
+from zoo.train.loop import run as loop
 
 rank = int(os.environ["RANK"])
 
@@ -253,7 +253,7 @@ def test_ddp_looks_for_unused_parameters_only_where_a_branch_can_go_without_samp
 def test_an_epoch_plan_is_made_once_and_steps_slice_it_on_the_device():
     """The whole epoch's order and augmentation go to the device in one copy; a batch is the same as
     drawing its augmentation on its own (what the plan replaced) and identical for 1 and 2 ranks."""
-    from zoo.train.batches import augment_params, generator
+    from zoo.train.data.batches import augment_params, generator
 
     images = torch.randint(0, 256, (40, 32, 32, 3), dtype=torch.uint8)
     data = Split(images, torch.arange(40) % 10)

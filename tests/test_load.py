@@ -17,10 +17,10 @@ import zoo
 from conftest import REPO, compose_train, tiny
 from zoo.layers import drop_path_blocks
 from zoo.train import evaluate as evaluate_cli
-from zoo.train import loop
-from zoo.train.checkpoint import load_checkpoint, load_model_state
-from zoo.train.config import build_model, model_args
+from zoo.train.config.schema import build_model, model_args
 from zoo.train.errors import CheckpointError
+from zoo.train.loop import run as loop
+from zoo.train.rundir.checkpoint import load_checkpoint, load_model_state
 
 
 def training_checkpoint(model_name: str = "resnet8", seed: int = 0, **config) -> dict:

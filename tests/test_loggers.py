@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import check_cli, compose_train, train_cut_and_resumed
-from zoo.train import loggers
+from zoo.train.rundir import loggers as loggers
 
 
 def tiny(archive: Path, cache: Path, *extra: str) -> tuple[str, ...]:

@@ -15,15 +15,15 @@ from torch import nn
 
 import zoo
 from conftest import check_cli, compose_train, train_cut_and_resumed
-from zoo.train import loop
-from zoo.train.augment import apply_per_image, build_policy
-from zoo.train.batches import epoch_plan, train_batch
-from zoo.train.checkpoint import init_weights
 from zoo.train.cli import SWEEP_JOBS, jobs_after
-from zoo.train.data import Split
+from zoo.train.data.augment import apply_per_image, build_policy
+from zoo.train.data.batches import epoch_plan, train_batch
+from zoo.train.data.cifar10 import Split
 from zoo.train.errors import CheckpointError
-from zoo.train.progress import Progress
-from zoo.train.step import train_step
+from zoo.train.loop import run as loop
+from zoo.train.loop.progress import Progress
+from zoo.train.loop.step import train_step
+from zoo.train.rundir.checkpoint import init_weights
 
 
 def tiny(archive: Path, cache: Path, *extra: str) -> tuple[str, ...]:

@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from conftest import BAD_VALUES, REPO, check_cli, compose_train, make_tree, metrics, run_cli, tiny
-from zoo.train import loop
-from zoo.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from zoo.train.config import resumed_run_dir, validate_config
-from zoo.train.data import CLASSES
+from zoo.train.config.schema import resumed_run_dir, validate_config
+from zoo.train.data.cifar10 import CLASSES
 from zoo.train.errors import CheckpointError, CompileFailed, ConfigError, DataError, TrainingDiverged
+from zoo.train.loop import run as loop
+from zoo.train.rundir.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 
 
 def one_error_line(out: subprocess.CompletedProcess) -> str:
@@ -164,7 +164,7 @@ def test_a_run_without_a_network_leaves_no_data_dir(tmp_path):
 
 
 def test_data_problems_in_an_archive_name_the_member(tmp_path):
-    from zoo.train.data import load_image_folder
+    from zoo.train.data.cifar10 import load_image_folder
 
     tree = make_tree(tmp_path / "cifar")
     (tree / "test" / "dog" / "0000.png").write_bytes(b"")
@@ -476,7 +476,7 @@ def test_a_full_disk_is_one_error_where_no_tmpfs_can_be_mounted(tmp_path, monkey
     import errno
     import io
 
-    from zoo.train import atomic
+    from zoo.train.rundir import atomic as atomic
 
     state = load_checkpoint(finished_run)
     path = save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
@@ -501,7 +501,7 @@ def test_stale_temporaries_are_removed_and_never_read(tmp_path, finished_run):
     process is alive; one of another machine or of an older zoo (no pid) only when it is an hour old."""
     import socket
 
-    from zoo.train.atomic import remove_stale_temporaries
+    from zoo.train.rundir.atomic import remove_stale_temporaries
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -540,7 +540,7 @@ def test_a_run_removes_the_temporary_its_killed_predecessor_left(tmp_path, cifar
 PAUSE_WHILE_DECODING = """
 import runpy, sys, time
 from pathlib import Path
-from zoo.train import data
+from zoo.train.data import cifar10 as data
 marker = Path(sys.argv[1])
 def paused(src):  # decoding has begun: say so, then wait for the signal (its handler raises here)
     marker.write_text("decoding")
@@ -941,7 +941,7 @@ def test_a_refused_run_changes_nothing_on_disk(tmp_path, finished_run):
 def test_two_runs_in_one_second_never_share_the_default_run_dir(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
     """The default run dir is made new as the run starts: a name another run took (in the same second)
     gets _2, _3, ...; the run there is left alone."""
-    from zoo.train import config
+    from zoo.train.config import schema as config
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(config, "_DEFAULT_RUN_DIR", {"reserve": True, "dir": None})
@@ -973,8 +973,8 @@ def test_the_printed_resume_command_runs_as_pasted(tmp_path, monkeypatch, cifar1
     shell it resumes the run to its end."""
     import yaml
 
-    from zoo.train.report import render_markdown
-    from zoo.train.sweep import load_sweep
+    from zoo.train.report.comparison import render_markdown
+    from zoo.train.report.sweep import load_sweep
 
     sweep = tmp_path / "sweep"
     job = sweep / "0_data=cifar10_folder,seed=7 $(touch pwned);'q\"`x`"

@@ -16,9 +16,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import compose_train
-from zoo.train.overrides import MAX_JOB_DIR_BYTES, job_dir_name
-from zoo.train.report import ReportCallback, render_markdown, reproduce_command
-from zoo.train.sweep import FAILED_NAME, load_sweep
+from zoo.train.config.overrides import MAX_JOB_DIR_BYTES, job_dir_name
+from zoo.train.report.comparison import ReportCallback, render_markdown, reproduce_command
+from zoo.train.report.sweep import FAILED_NAME, load_sweep
 from zoo.train.sweep_job import record_failure, run_job
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,7 +226,7 @@ def _run(script: Path, args: list[str], cwd: Path) -> subprocess.CompletedProces
 KILLER = """
 import os, runpy, signal, sys
 sys.path.insert(0, {repo!r})
-from zoo.train import loop
+from zoo.train.loop import run as loop
 
 real_epoch, real_step = loop.train_one_epoch, loop.train_step
 

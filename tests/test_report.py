@@ -2,6 +2,7 @@
 differences, train accuracy and its gap, intervals with few seeds), the plot's panels, unfinished
 sweeps, errors, the Hydra callback, and (slow) a real 2 x 2 micro sweep through train.py."""
 
+import ast
 import json
 import math
 import shutil
@@ -16,8 +17,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import compose_train
-from zoo.train.paired import Paired
-from zoo.train.report import (
+from zoo.train.report.comparison import (
     ReportCallback,
     main,
     paired_by_epoch,
@@ -27,8 +27,11 @@ from zoo.train.report import (
     t_quantile,
     write_report,
 )
-from zoo.train.report_plot import TITLE_ACC, TITLE_DIFF, TITLE_LOSS, paired_curve
-from zoo.train.sweep import ReportError, baseline_of, load_sweep
+from zoo.train.report.paired import Paired
+from zoo.train.report.plot import TITLE_ACC, TITLE_DIFF, TITLE_LOSS, paired_curve
+from zoo.train.report.sweep import ReportError, baseline_of, load_sweep
+
+REPO = Path(__file__).resolve().parents[1]
 
 ROOT = Path(__file__).resolve().parents[1]
 T_975_DF1 = 12.70620474  # Student t 0.975 quantiles, 1 and 2 degrees of freedom (from tables)
@@ -457,7 +460,7 @@ def test_callback_runs_at_the_end_of_a_real_multirun(tmp_path):
         "drop_path_rate": 0.0,
         "seed": 0,
         "hydra": {
-            "callbacks": {"report": {"_target_": "zoo.train.report.ReportCallback"}},
+            "callbacks": {"report": {"_target_": "zoo.train.report.comparison.ReportCallback"}},
             "sweep": {"dir": str(tmp_path / "multirun" / "${now:%H-%M-%S-%f}")},
         },
     }
@@ -534,7 +537,7 @@ def test_micro_sweep_through_train_py(tmp_path, cifar10_archive, cifar10_cache):
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (sweep / "comparison.md").is_file(), (
-        "no comparison.md: is zoo.train.report.ReportCallback under hydra.callbacks?"
+        "no comparison.md: is zoo.train.report.comparison.ReportCallback under hydra.callbacks?"
     )
     md = (sweep / "comparison.md").read_text()
     assert (sweep / "comparison.png").stat().st_size > 0
@@ -578,7 +581,7 @@ def test_with_a_validation_split_the_report_selects_on_it(sweep_dir):
 
 
 def test_rate_response_table_and_panel(tmp_path, monkeypatch):
-    from zoo.train.report_plot import TITLE_RATE
+    from zoo.train.report.plot import TITLE_RATE
 
     for table, value in ((TRAIN_GAP, 0.02), (EPOCH_SECONDS, [1.0, 1.0]), (IMAGES_PER_SECOND, [10.0, 10.0])):
         monkeypatch.setitem(table, 0.2, value)
@@ -617,3 +620,42 @@ def test_runs_with_an_unusable_summary_are_listed_and_the_rest_reported(sweep_di
         (sweep_dir / num / "summary.json").write_text("[]")
     assert main([str(sweep_dir), "--no-plot"]) == 2
     assert "unreadable summary.json" in capsys.readouterr().err
+
+
+def _zoo_imports(module: str) -> set[str]:
+    """The absolute names ``module``'s own source imports (relative imports resolved), at any depth of its code."""
+    path = REPO / (module.replace(".", "/") + ".py")
+    if not path.exists():
+        path = REPO / module.replace(".", "/") / "__init__.py"
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            names.add(target)
+            names.update(
+                f"{target}.{a.name}"
+                for a in node.names
+                if (REPO / f"{target}.{a.name}".replace(".", "/")).with_suffix(".py").exists()
+            )
+    return names
+
+
+def test_the_report_imports_no_torch():
+    """The report reads JSON: its modules, and every zoo module they import in turn, import no torch
+    (the ``zoo`` package's own ``__init__`` does, for the library; the report's code does not)."""
+    todo, seen = [f"zoo.train.report.{p.stem}" for p in (REPO / "zoo/train/report").glob("*.py")], set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        imported = _zoo_imports(module)
+        assert not [n for n in imported if n.split(".")[0] == "torch"], f"{module} imports torch"
+        todo += [
+            n for n in imported if n.startswith("zoo.") and ((REPO / n.replace(".", "/")).with_suffix(".py").exists())
+        ]
+    assert {"zoo.train.report.sweep", "zoo.train.config.overrides", "zoo.train.errors"} <= seen

@@ -75,7 +75,7 @@ def test_register_timm_is_idempotent_and_timm_knows_the_input():
 def test_timm_data_preprocesses_as_the_trainer_does(tmp_path):
     from PIL import Image
 
-    from zoo.train.data import MEAN, STD
+    from zoo.train.data.cifar10 import MEAN, STD
 
     model = zoo.create_model("resnet8")
     modules = dict(model.named_modules())
@@ -218,7 +218,7 @@ def test_global_pool_chooses_the_heads_pooling():
 
 def test_the_trainer_takes_a_rate_list_and_refuses_a_wrong_length_before_any_run_dir(tmp_path):
     from conftest import compose_train
-    from zoo.train.config import build_model, validate_config
+    from zoo.train.config.schema import build_model, validate_config
 
     cfg = validate_config(
         compose_train("model=resnet8", "drop_path_rates=[0,0.1,0.3]", "model.drop_rate=0.2", "model.global_pool=max")

@@ -12,13 +12,13 @@ from omegaconf import OmegaConf
 
 import zoo
 from conftest import compose_train, metrics, rows, run_cli, tiny, train_cut_and_resumed
-from zoo.train import loop
-from zoo.train.batches import derive_seed
-from zoo.train.checkpoint import load_checkpoint, load_model_state, resumed_config, save_checkpoint
-from zoo.train.config import validate_config
+from zoo.train.config.schema import validate_config
+from zoo.train.data.batches import derive_seed
 from zoo.train.errors import CheckpointError, ConfigError, TrainingDiverged
-from zoo.train.optim import lr_at
-from zoo.train.step import LossWatch, Meter
+from zoo.train.loop import run as loop
+from zoo.train.loop.optim import lr_at
+from zoo.train.loop.step import LossWatch, Meter
+from zoo.train.rundir.checkpoint import load_checkpoint, load_model_state, resumed_config, save_checkpoint
 
 # --- pure pieces -------------------------------------------------------------------------------
 
@@ -269,7 +269,7 @@ def test_cpu_smoke_end_to_end(tmp_path, cifar10_archive, cifar10_cache):
 RECORD_RANKS = """
 import os, runpy, sys, torch
 from zoo.layers import drop
-from zoo.train import loop
+from zoo.train.loop import run as loop
 out, draws = sys.argv[1], []
 real_scale, real_mask, real_summary = drop._keep_scale, drop.keep_mask, loop.make_summary
 def keep_scale(*args, **kwargs):  # the mask forms' draw: which samples keep their branch

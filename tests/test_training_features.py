@@ -12,10 +12,10 @@ from torch import nn
 
 import zoo
 from conftest import NO_CUDA, compose_train, metrics, rows, run_cli, tiny, train_cut_and_resumed
-from zoo.train import loop
-from zoo.train.checkpoint import load_checkpoint
-from zoo.train.ema import build_ema
-from zoo.train.mixing import build_mixing
+from zoo.train.data.mixing import build_mixing
+from zoo.train.loop import run as loop
+from zoo.train.loop.ema import build_ema
+from zoo.train.rundir.checkpoint import load_checkpoint
 
 # --- model EMA -------------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from zoo.train.report import main
+from zoo.train.report.comparison import main
 
 if __name__ == "__main__":
     sys.exit(main())

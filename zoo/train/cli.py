@@ -14,9 +14,9 @@ from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import compose_configs, reserve_default_run_dir, validate_config
+from .config.overrides import expand, override_value
+from .config.schema import compose_configs, reserve_default_run_dir, validate_config
 from .errors import ConfigError, ZooError
-from .overrides import expand, override_value
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -46,9 +46,9 @@ def run_one(
     """:func:`run` for one run in ``run_dir`` (``jobs_after``: the sweep's rounds of jobs still to come, for
     its ETA; ``stub``: the run's Hydra subdir, to remove the dir when nothing was saved); returns its best
     validation accuracy (None without a split)."""
-    from . import distributed as dist
-    from .interrupt import TrainingInterrupted
-    from .loop import train
+    from .loop import distributed as dist
+    from .loop.run import train
+    from .rundir.interrupt import TrainingInterrupted
 
     run_dir = Path(run_dir)
     main = int(os.environ.get("RANK", "0")) == 0
@@ -105,7 +105,7 @@ def jobs_after(hc: Any) -> int:
 def _where(run_dir: Path, stub: str | None, main: bool, name_it: bool = True) -> str:
     """The end of a stopped run's last line: where its files are. With ``stub`` (the run's Hydra subdir),
     a run that saved nothing removes its dir (:func:`runlog.remove_stub`)."""
-    from .runlog import remove_stub
+    from .rundir.runlog import remove_stub
 
     if not main:
         return ""
@@ -157,8 +157,8 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
     run also its checkpoint and saved config when it resumes, and its run dir (:func:`check_run_dir`).
     Left to Hydra and to the run: Hydra's flags, glob sweeps, a sweep's resumed jobs, and data that a
     launcher's machines may hold but this one does not."""
-    from .checkpoint import resolve_checkpoint
-    from .data import source_path
+    from .data.cifar10 import source_path
+    from .rundir.checkpoint import resolve_checkpoint
 
     args = [a for a in argv[1:] if a not in ("-m", "--multirun")]
     if any(a.startswith("-") for a in args):  # --help, --cfg, --config-dir, ...: Hydra's business
@@ -208,7 +208,7 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
 def check_writable(args: list[str], multirun: bool, resume: str | None) -> None:
     """The run (or sweep) dir, or the nearest folder above it that exists, is writable: Hydra writes there
     first, and fails with a traceback."""
-    from .config import resumed_run_dir
+    from .config.schema import resumed_run_dir
 
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     given = [a.partition("=")[2] for a in args if a.startswith(key + "=")]
@@ -226,8 +226,8 @@ def check_writable(args: list[str], multirun: bool, resume: str | None) -> None:
 def check_resume(cfg: DictConfig, overrides: list[str]) -> None:
     """What a resumed run checks when it starts, before Hydra writes into the run's dir: a checkpoint
     that loads, overrides that change only environment keys, the saved config's ranges, a free dir."""
-    from .checkpoint import load_checkpoint, resumed_config
-    from .runlog import check_unlocked
+    from .rundir.checkpoint import load_checkpoint, resumed_config
+    from .rundir.runlog import check_unlocked
 
     saved = load_checkpoint(cfg.resume)
     validate_config(resumed_config(cfg, saved, overrides))
@@ -238,7 +238,7 @@ def check_resume(cfg: DictConfig, overrides: list[str]) -> None:
 def check_run_dir(args: list[str], overwrite: bool) -> None:
     """A new run's ``hydra.run.dir=`` holds no other run's records (or ``overwrite=true`` says to replace
     them) and no other process writes there. The default dir is made new when the run starts."""
-    from .runlog import check_new_run_dir, check_unlocked
+    from .rundir.runlog import check_new_run_dir, check_unlocked
 
     given = [override_value(a) for a in args if a.startswith("hydra.run.dir=")]
     if not given or not isinstance(given[-1], str) or "${" in given[-1]:  # an interpolation: Hydra resolves it

@@ -23,12 +23,12 @@ import torch
 
 from .._run import load_run
 from .._weights import LoadError
-from .data import Split, load_cifar10
-from .distributed import resolve_device
+from .data.cifar10 import Split, load_cifar10
 from .errors import DataError, ZooError
-from .loop import EVAL_BATCH
-from .precision import resolve_precision
-from .step import evaluate
+from .loop.distributed import resolve_device
+from .loop.precision import resolve_precision
+from .loop.run import EVAL_BATCH
+from .loop.step import evaluate
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -29,11 +29,11 @@ import torch
 
 from .._weights import CHECKPOINT_NAME, LoadError
 from ..knockout import removable_blocks, remove_blocks
-from .distributed import resolve_device
 from .errors import ZooError
 from .evaluate import Loaded, OneLineParser, accuracy, load_for_eval, positive
-from .paired import CONFIDENCE, Paired, seed_order
-from .sweep import Configuration, ReportError, Sweep, baseline_of, load_sweep
+from .loop.distributed import resolve_device
+from .report.paired import CONFIDENCE, Paired, seed_order
+from .report.sweep import Configuration, ReportError, Sweep, baseline_of, load_sweep
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -5,7 +5,7 @@ from it; one that fails (a config or data error, a non-finite loss, any exceptio
 (``failed.json``: exit status and error line; the line ends its train.log too) and returns, so the
 launcher goes on with the other jobs: a task that raised would make joblib kill the jobs running beside
 it, and Hydra's basic sweeper stop before its report. The report lists the failed jobs and the
-multirun exits 1 at its end (:class:`zoo.train.report.ReportCallback`). A signal (Ctrl-C, SIGTERM)
+multirun exits 1 at its end (:class:`zoo.train.report.comparison.ReportCallback`). A signal (Ctrl-C, SIGTERM)
 still stops the whole sweep, saved; the same command with the same ``hydra.sweep.dir`` continues it.
 """
 
@@ -21,10 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._weights import CHECKPOINT_NAME
 from .cli import say
-from .config import validate_config
+from .config.overrides import ENVIRONMENT_KEYS, flatten
+from .config.schema import validate_config
 from .errors import ConfigError, ZooError
-from .overrides import ENVIRONMENT_KEYS, flatten
-from .sweep import FAILED_NAME
+from .report.sweep import FAILED_NAME
 
 SUMMARY_NAME = "summary.json"
 FAILED_STATUSES = (1, 2)  # exit statuses of a failed job; 128 + n is a signal, which stops the sweep

@@ -27,13 +27,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 from torch import nn
 
-from .._registry import create_model, is_model, list_models, model_arguments, unknown_model_message
-from ..layers import DEPTH_SCHEDULES, DROP_PATH_MODES, EARLY_MODES, SKIP_DRAWS, TIME_SCHEDULES, check_drop_prob
-from ..models._base import check_global_pool
-from .augment import check_augment
-from .data import check_val_size
-from .errors import ConfigError
-from .loggers import check_installed
+from ..._registry import create_model, is_model, list_models, model_arguments, unknown_model_message
+from ...layers import DEPTH_SCHEDULES, DROP_PATH_MODES, EARLY_MODES, SKIP_DRAWS, TIME_SCHEDULES, check_drop_prob
+from ...models._base import check_global_pool
+from ..data.augment import check_augment
+from ..data.cifar10 import check_val_size
+from ..errors import ConfigError
+from ..rundir.loggers import check_installed
 from .overrides import ENVIRONMENT_KEYS, job_dir_name
 
 # Keys that existed once, and what to do instead: the command line refuses them with this advice, and

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .._weights import CHECKPOINT_NAME, LoadError, checkpoint_file, load_file, load_weights, read_checkpoint  # noqa: F401 (CHECKPOINT_NAME: re-exported)
+from ..._weights import CHECKPOINT_NAME, LoadError, checkpoint_file, load_file, load_weights, read_checkpoint  # noqa: F401 (CHECKPOINT_NAME: re-exported)
+from ..config.overrides import ENVIRONMENT_KEYS, flatten
+from ..config.schema import REMOVED_KEYS
+from ..errors import CheckpointError
 from .atomic import save_atomic
-from .config import REMOVED_KEYS
-from .errors import CheckpointError
-from .overrides import ENVIRONMENT_KEYS, flatten
 
 REQUIRED_KEYS = ("model", "optimizer", "epoch", "step", "global_step", "config", "model_name", "history")
 

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from .batches import normalize
-from .data import Split
-from .errors import TrainingDiverged
+from ..data.batches import normalize
+from ..data.cifar10 import Split
+from ..errors import TrainingDiverged
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

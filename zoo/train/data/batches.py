@@ -17,7 +17,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from .augment import apply_per_image
-from .data import MEAN, STD, Split
+from .cifar10 import MEAN, STD, Split
 
 
 def derive_seed(*parts: object) -> int:

@@ -22,15 +22,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .._weights import BEST_NAME, load_file, one_line
-from ..layers import time_factor
-from ..layers.drop import resolve_draw
-from ..models import ZooModel
-from . import distributed as dist
-from .atomic import remove_stale_temporaries
-from .augment import build_policy, resolve_augment
-from .batches import EpochPlan, derive_seed, epoch_plan, train_batch
-from .checkpoint import (
+from ..._weights import BEST_NAME, load_file, one_line
+from ...layers import time_factor
+from ...layers.drop import resolve_draw
+from ...models import ZooModel
+from ..config.overrides import quoted_override, resume_command
+from ..config.schema import build_model, validate_config
+from ..data.augment import build_policy, resolve_augment
+from ..data.batches import EpochPlan, derive_seed, epoch_plan, train_batch
+from ..data.cifar10 import Split, load_cifar10
+from ..data.mixing import Mixing, build_mixing
+from ..errors import CompileFailed, ConfigError
+from ..rundir.atomic import remove_stale_temporaries
+from ..rundir.checkpoint import (
     CHECKPOINT_NAME,
     init_weights,
     load_checkpoint,
@@ -39,17 +43,13 @@ from .checkpoint import (
     save_checkpoint,
     training_state,
 )
-from .config import build_model, validate_config
-from .data import Split, load_cifar10
+from ..rundir.interrupt import StopAtOnce, StopOnSignal, TrainingInterrupted
+from ..rundir.runlog import RunLog, versions
+from . import distributed as dist
 from .ema import EMA, build_ema
-from .errors import CompileFailed, ConfigError
-from .interrupt import StopAtOnce, StopOnSignal, TrainingInterrupted
-from .mixing import Mixing, build_mixing
 from .optim import build_optimizer, sched_lr
-from .overrides import quoted_override, resume_command
 from .precision import Precision, resolve_precision, restored_torch_flags
 from .progress import Progress
-from .runlog import RunLog, versions
 from .step import LossWatch, Meter, diverged, evaluate, finite_state, train_step
 
 log = logging.getLogger("train")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ZooError
+from ..errors import ZooError
 
 log = logging.getLogger(__name__)
 _FULL = (errno.ENOSPC, errno.EDQUOT)

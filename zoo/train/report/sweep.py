@@ -19,8 +19,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from .errors import ZooError
-from .overrides import ENVIRONMENT_KEYS, expand, flatten
+from ..config.overrides import ENVIRONMENT_KEYS, expand, flatten
+from ..errors import ZooError
 
 SEED_KEY = "seed"
 FAILED_NAME = "failed.json"  # a failed job's exit status and error line (zoo.train.sweep_job)

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from .data import MEAN
-from .errors import ConfigError
+from ..errors import ConfigError
+from .cifar10 import MEAN
 
 POLICIES = ("autoaugment", "randaugment", "trivialaugment")
 AUGMENTS = ("crop_flip", *POLICIES, "none")
@@ -45,7 +45,7 @@ def check_augment(augment: str | bool, n: int, m: int, erasing: float) -> None:
 
 def build_policy(augment: str | bool, n: int = 2, m: int = 9, erasing: float = 0.0) -> v2.Transform | None:
     """The per-image transform of a config's data keys (on (C, H, W) uint8); None when there is none
-    (crop_flip and none alone are batched gathers: :func:`zoo.train.batches.crop_flip`)."""
+    (crop_flip and none alone are batched gathers: :func:`zoo.train.data.batches.crop_flip`)."""
     ops: list[v2.Transform] = []
     policy = resolve_augment(augment)
     if policy == "autoaugment":

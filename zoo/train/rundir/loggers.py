@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..config.overrides import flatten
+from ..errors import ConfigError
 from .atomic import write_atomic
-from .errors import ConfigError
-from .overrides import flatten
 
 IDS_NAME = "loggers.json"
 # Each logger's package (None: the standard library's), which is also the name of its extra.

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
 
 def stop_vote(flag: bool, device: torch.device) -> torch.Tensor | None:
     """This rank's stop request, maxed over ranks, as a device tensor that the loop reads together with
-    the step's loss (:class:`~zoo.train.step.LossWatch`), so that asking every rank costs no read of
+    the step's loss (:class:`~zoo.train.loop.step.LossWatch`), so that asking every rank costs no read of
     its own. None for one process, which reads its own flag."""
     if not dist.is_initialized():
         return None

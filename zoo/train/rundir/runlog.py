@@ -14,9 +14,9 @@ from typing import IO, Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .._weights import BEST_NAME, CHECKPOINT_NAME
+from ..._weights import BEST_NAME, CHECKPOINT_NAME
+from ..errors import ConfigError
 from .atomic import write_atomic
-from .errors import ConfigError
 from .loggers import Logger, open_loggers
 
 LOCK_NAME = ".lock"
@@ -40,7 +40,7 @@ METRIC_KEYS = (
 def versions() -> dict[str, str | None]:
     import torchvision
 
-    from .. import __version__
+    from ... import __version__
 
     return {
         "python": platform.python_version(),
@@ -105,7 +105,7 @@ def check_new_run_dir(run_dir: Path) -> None:
     found = [name for name in RUN_RECORDS if (run_dir / name).exists()]
     if not found:
         return
-    from .overrides import quoted_override
+    from ..config.overrides import quoted_override
 
     if "last.pt" in found:
         what = f"{quoted_override('resume', run_dir)} continues it"

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .overrides import resume_command
+from ..config.overrides import resume_command
 from .paired import (
     CONFIDENCE,
     Paired,
@@ -40,7 +40,7 @@ from .paired import (
     t_quantile,
     unpaired_seeds,
 )
-from .report_plot import plot
+from .plot import plot
 from .sweep import (
     Configuration,
     ReportError,

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..models._cfg import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
-from .atomic import DiskFull, remove_stale_temporaries, save_atomic
-from .errors import ConfigError, DataError
+from ...models._cfg import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+from ..errors import ConfigError, DataError
+from ..rundir.atomic import DiskFull, remove_stale_temporaries, save_atomic
 
 log = logging.getLogger(__name__)
 
