@@ -46,16 +46,27 @@ def run_one(
     """:func:`run` for one run in ``run_dir`` (``jobs_after``: the sweep's rounds of jobs still to come, for
     its ETA; ``stub``: the run's Hydra subdir, to remove the dir when nothing was saved); returns its best
     validation accuracy (None without a split)."""
-    from .loop import distributed as dist
-    from .loop.run import train
-    from .rundir.interrupt import TrainingInterrupted
-
     run_dir = Path(run_dir)
     main = int(os.environ.get("RANK", "0")) == 0
     if main:
         logging.getLogger("train").info("run dir: %s", run_dir)
+    s = _train_or_exit(cfg, run_dir, overrides, jobs_after, stub, main)
+    if main:
+        print(_done_line(s, run_dir))
+    return s.get("best_val_acc")
+
+
+def _train_or_exit(
+    cfg: DictConfig, run_dir: Path, overrides: tuple[str, ...], jobs_after: int, stub: str | None, main: bool
+) -> dict[str, Any]:
+    """Train; returns the run's summary. A user's mistake, a file the run cannot write, a signal or a second
+    Ctrl-C ends the process instead, with one last line that says where the run's files are (:func:`_exit`)."""
+    from .loop import distributed as dist
+    from .loop.run import train
+    from .rundir.interrupt import TrainingInterrupted
+
     try:
-        s = train(cfg, run_dir, overrides, jobs_after)
+        return train(cfg, run_dir, overrides, jobs_after)
     except ZooError as e:
         _exit(f"error: {e}{_where(run_dir, stub, main)}", 2)
     except OSError as e:
@@ -77,14 +88,16 @@ def run_one(
         )
     finally:
         dist.cleanup()
-    if main:
-        world = f" x{s['world_size']}" if s["world_size"] > 1 else ""
-        at_best = f"test_acc_at_best_val={s['test_acc_at_best_val']:.4f} " if "test_acc_at_best_val" in s else ""
-        print(
-            f"done: {s['model']} test_acc={s['final_test_acc']:.4f} {at_best}"
-            f"epochs={s['epochs']} in {s['wall_seconds_last_invocation']:.1f}s ({s['device']}{world}); run dir {run_dir}"
-        )
-    return s.get("best_val_acc")
+
+
+def _done_line(s: dict[str, Any], run_dir: Path) -> str:
+    """A finished run's closing line, from its summary: model, test accuracy, epochs, time, device, run dir."""
+    world = f" x{s['world_size']}" if s["world_size"] > 1 else ""
+    at_best = f"test_acc_at_best_val={s['test_acc_at_best_val']:.4f} " if "test_acc_at_best_val" in s else ""
+    return (
+        f"done: {s['model']} test_acc={s['final_test_acc']:.4f} {at_best}"
+        f"epochs={s['epochs']} in {s['wall_seconds_last_invocation']:.1f}s ({s['device']}{world}); run dir {run_dir}"
+    )
 
 
 SWEEP_JOBS = "ZOO_SWEEP_JOBS"  # set by check_jobs for a sweep's jobs (a launcher's processes inherit it)
@@ -157,7 +170,6 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
     run also its checkpoint and saved config when it resumes, and its run dir (:func:`check_run_dir`).
     Left to Hydra and to the run: Hydra's flags, glob sweeps, a sweep's resumed jobs, and data that a
     launcher's machines may hold but this one does not."""
-    from .data.cifar10 import source_path
     from .rundir.checkpoint import resolve_checkpoint
 
     args = [a for a in argv[1:] if a not in ("-m", "--multirun")]
@@ -179,30 +191,38 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
     if resuming and not multirun:
         resolve_checkpoint(str(resume[-1]))  # one line for a mistyped path, before any dir exists
     check_writable(args, multirun, str(resume[-1]) if resuming else None)
-    local = not any(a.startswith("hydra/launcher=") for a in args)
-    search = next((a for a in args if a.startswith("hydra/sweeper=optuna")), None)
     try:
         for cfg, job in zip(compose_configs(config_dir, jobs), jobs):  # types, keys and choices
             if resuming and not multirun:
                 check_resume(cfg, job)
-            if resuming:  # a sweep's resumed jobs are checked against their saved configs as they start
-                continue
-            cfg = validate_config(cfg)
-            if search and cfg.data.val_size == 0:
-                raise ConfigError(
-                    f"{search} maximises validation accuracy: hold out training images with "
-                    "data.val_size=<N> (a multiple of 10, e.g. 5000)"
-                )
-            if local and cfg.data.name == "cifar10_folder":
-                source_path(cfg.data.path)
-            if local and cfg.init_from:
-                resolve_checkpoint(cfg.init_from, "init_from")
-            if not multirun and int(os.environ.get("RANK", "0")) == 0:  # torchrun's other ranks write no files
-                check_run_dir(args, cfg.overwrite)
+            if not resuming:  # a sweep's resumed jobs are checked against their saved configs as they start
+                check_new_job(cfg, args, multirun)
     except ZooError:
         raise
     except Exception:  # not a config mistake: Hydra (or the run) says what is wrong, in its own words
         return
+
+
+def check_new_job(cfg: DictConfig, args: list[str], multirun: bool) -> None:
+    """A new job's config in range; with an Optuna search, a validation split to maximise; unless a
+    launcher runs it elsewhere, the data folder and init_from checkpoint it reads; a single run's dir."""
+    from .data.cifar10 import source_path
+    from .rundir.checkpoint import resolve_checkpoint
+
+    cfg = validate_config(cfg)
+    search = next((a for a in args if a.startswith("hydra/sweeper=optuna")), None)
+    if search and cfg.data.val_size == 0:
+        raise ConfigError(
+            f"{search} maximises validation accuracy: hold out training images with "
+            "data.val_size=<N> (a multiple of 10, e.g. 5000)"
+        )
+    local = not any(a.startswith("hydra/launcher=") for a in args)
+    if local and cfg.data.name == "cifar10_folder":
+        source_path(cfg.data.path)
+    if local and cfg.init_from:
+        resolve_checkpoint(cfg.init_from, "init_from")
+    if not multirun and int(os.environ.get("RANK", "0")) == 0:  # torchrun's other ranks write no files
+        check_run_dir(args, cfg.overwrite)
 
 
 def check_writable(args: list[str], multirun: bool, resume: str | None) -> None:

@@ -205,29 +205,7 @@ def sweep_markdown(sweep: Sweep, results: dict[Path, Knockout], args: argparse.N
         f"drop_path_rate=0 run of the same seed, with its {CONFIDENCE:.0%} t interval over the seed pairs.",
         "",
     ]
-    rows = []
-    for config in sweep.configurations:
-        curves = _seed_curves(config, results)
-        if not curves:
-            continue
-        baseline = None if config.is_baseline else baseline_of(config, sweep)
-        paired = paired_at_k(config, baseline, results) if baseline else {}
-        for k in sorted({k for c in curves.values() for k in c}):
-            accs = [c[k] for c in curves.values() if k in c]
-            drops = [c[k] - c[0] for c in curves.values() if k in c]
-            spread = f" ± {_pct(statistics.stdev(accs))}" if len(accs) > 1 else ""
-            p = paired.get(k)
-            delta = ("baseline", "") if config.is_baseline else ((_pp(p.mean), _interval(p)) if p else ("no pairs", ""))
-            rows.append(
-                [
-                    f"`{config.label}`",
-                    str(k),
-                    str(len(accs)),
-                    _pct(statistics.fmean(accs)) + spread,
-                    _pp(statistics.fmean(drops)),
-                    *delta,
-                ]
-            )
+    rows = [row for config in sweep.configurations for row in _configuration_rows(config, sweep, results)]
     lines += _table(
         [
             "configuration",
@@ -241,6 +219,34 @@ def sweep_markdown(sweep: Sweep, results: dict[Path, Knockout], args: argparse.N
         rows,
     )
     return lines + ["", f"![accuracy with k blocks removed, and the difference against rate 0]({KNOCKOUT_PNG})"]
+
+
+def _configuration_rows(config: Configuration, sweep: Sweep, results: dict[Path, Knockout]) -> list[list[str]]:
+    """The sweep table's rows of one configuration, one per k: its accuracy over seeds, the drop from
+    intact, and the paired difference against its baseline (none without knocked-out runs)."""
+    curves = _seed_curves(config, results)
+    if not curves:
+        return []
+    baseline = None if config.is_baseline else baseline_of(config, sweep)
+    paired = paired_at_k(config, baseline, results) if baseline else {}
+    rows = []
+    for k in sorted({k for c in curves.values() for k in c}):
+        accs = [c[k] for c in curves.values() if k in c]
+        drops = [c[k] - c[0] for c in curves.values() if k in c]
+        spread = f" ± {_pct(statistics.stdev(accs))}" if len(accs) > 1 else ""
+        p = paired.get(k)
+        delta = ("baseline", "") if config.is_baseline else ((_pp(p.mean), _interval(p)) if p else ("no pairs", ""))
+        rows.append(
+            [
+                f"`{config.label}`",
+                str(k),
+                str(len(accs)),
+                _pct(statistics.fmean(accs)) + spread,
+                _pp(statistics.fmean(drops)),
+                *delta,
+            ]
+        )
+    return rows
 
 
 # ---------------------------------------------------------------- plots

@@ -145,24 +145,12 @@ def setup(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
 
 def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any] | None) -> TrainState:
     """Load the data, build the model, optimizer, EMA and mixing, and restore a resumed run's state."""
-    if ctx.is_main:
-        for name in (CHECKPOINT_NAME, BEST_NAME):  # temporaries of a save killed mid-write; never read
-            remove_stale_temporaries(run.dir / name)
-    if saved is None and (run.dir / CHECKPOINT_NAME).exists() and ctx.is_main and not cfg.overwrite:
-        raise ConfigError(
-            f"{run.dir} already holds a run; continue it with {quoted_override('resume', run.dir)}, "
-            "pick another hydra.run.dir, or add overwrite=true to replace it"
-        )
+    claim_run_dir(cfg, ctx, run, resumed=saved is not None)
     precision = device_settings(cfg, ctx.device)
     kept = f"{run.dir / CHECKPOINT_NAME} is as it was" if saved else "no checkpoint was due yet"
     with StopAtOnce("loading the data set", f"nothing was lost ({kept}; a data cache is written whole or not at all)"):
         train_data, test_data, source, val_data = load_data(cfg, ctx)
-    torch.manual_seed(cfg.seed)  # initialization
-    fmt = torch.channels_last if precision.channels_last else torch.preserve_format
-    net = build_model(cfg)
-    if cfg.init_from and saved is None:  # a resumed run has its own weights
-        start_from(net, cfg.init_from)
-    net = net.to(ctx.device, memory_format=fmt)
+    net = build_net(cfg, ctx.device, precision.channels_last, resumed=saved is not None)
     optimizer = build_optimizer(cfg, net)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     model, eval_model = wrap(net, cfg.compile, ctx.world, unused_parameters(cfg, ctx.device))
@@ -189,22 +177,56 @@ def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any]
         restore(s, saved)
     elif cfg.overwrite:
         run.forget_records()  # the run replaced: none of its files may be read as this run's
-    run.config(cfg)
-    run.restart_metrics(s.history)
-    run.open_loggers(cfg, s.history)
+    open_records(s)
+    log_setup(s, precision)
+    return s
+
+
+def claim_run_dir(cfg: DictConfig, ctx: dist.Context, run: RunLog, resumed: bool) -> None:
+    """On rank 0, clear the temporaries of a save killed mid-write (never read), and refuse to start a new
+    run in a dir that holds one unless ``overwrite`` says to replace it."""
+    if not ctx.is_main:
+        return
+    for name in (CHECKPOINT_NAME, BEST_NAME):
+        remove_stale_temporaries(run.dir / name)
+    if not resumed and (run.dir / CHECKPOINT_NAME).exists() and not cfg.overwrite:
+        raise ConfigError(
+            f"{run.dir} already holds a run; continue it with {quoted_override('resume', run.dir)}, "
+            "pick another hydra.run.dir, or add overwrite=true to replace it"
+        )
+
+
+def build_net(cfg: DictConfig, device: torch.device, channels_last: bool, resumed: bool) -> ZooModel:
+    """The model, initialized from ``cfg.seed`` (a new run with ``init_from``: from that run's weights),
+    on ``device`` in the memory format the run uses."""
+    torch.manual_seed(cfg.seed)  # initialization
+    net = build_model(cfg)
+    if cfg.init_from and not resumed:  # a resumed run has its own weights
+        start_from(net, cfg.init_from)
+    return net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+
+
+def open_records(s: TrainState) -> None:
+    """Write the run's config, and start its metrics and loggers from the history it has so far."""
+    s.run.config(s.cfg)
+    s.run.restart_metrics(s.history)
+    s.run.open_loggers(s.cfg, s.history)
+
+
+def log_setup(s: TrainState, precision: Precision) -> None:
+    """One log line with what the run trains: the model's size, the splits, the steps, the device."""
     log.info(
         "%s: %.2fM params, %d train / %d validation / %d test images, %d steps/epoch, %s x%d, %s",
-        cfg.model.name,
-        sum(p.numel() for p in net.parameters()) / 1e6,
-        len(train_data),
-        len(val_data) if val_data else 0,
-        len(test_data),
+        s.cfg.model.name,
+        sum(p.numel() for p in s.net.parameters()) / 1e6,
+        len(s.train_data),
+        len(s.val_data) if s.val_data else 0,
+        len(s.test_data),
         s.steps_per_epoch,
-        ctx.device,
-        ctx.world,
+        s.ctx.device,
+        s.ctx.world,
         precision.describe(),
     )
-    return s
 
 
 def start_from(net: nn.Module, source: str) -> None:
@@ -298,46 +320,56 @@ def train_one_epoch(s: TrainState, epoch: int, stop: StopOnSignal) -> Meter:
                 progress.close()
                 save(s, epoch, step, meter)
                 raise interrupted(s, stop, epoch, step)
-            global_step = epoch * steps + step
-            s.net.set_drop_path_factor(
-                time_factor(
-                    cfg.drop_path_time_schedule,
-                    global_step / steps,
-                    cfg.drop_path_time_cutoff,
-                    cfg.drop_path_time_early_mode,
-                )
-            )
-            torch.manual_seed(derive_seed(cfg.seed, "drop", epoch, step, ctx.rank))  # drop path and mixing draws
-            x, y = train_batch(s.train_data, plan, step, ctx.rank, ctx.world, s.channels_last)
-            x, target = s.mixing(x, y) if s.mixing else (x, y)
-            s.lr = sched_lr(cfg, global_step, cfg.epochs * steps, steps)
-            loss, correct = first_compiled_call(
-                s,
-                train_step,
-                s.model,
-                s.optimizer,
-                s.criterion,
-                x,
-                y,
-                s.lr,
-                s.amp,
-                target,
-                cfg.accum_steps,
-                cfg.clip_grad,
-                cfg.clip_mode,
-            )
-            if s.ema is not None:
-                s.ema.update_parameters(s.net)
+            loss, correct, n = take_step(s, plan, epoch, step)
             vote = dist.stop_vote(stop.requested, ctx.device) if ctx.world > 1 else None
-            watch.push(loss, correct, len(y), step, vote)  # checks the previous step's loss, without a sync now
+            watch.push(loss, correct, n, step, vote)  # checks the previous step's loss, without a sync now
             s.stop_voted = watch.stop_voted
-            progress.update(step, watch.last_loss, watch.accuracy, cfg.batch_size, cfg.epochs * steps - global_step - 1)
+            steps_left = (cfg.epochs - epoch) * steps - step - 1
+            progress.update(step, watch.last_loss, watch.accuracy, cfg.batch_size, steps_left)
         watch.flush()
         s.stop_voted = watch.stop_voted  # the last step's vote: the next epoch stops before its first step
     finally:
         progress.close()
     meter.seconds += time.perf_counter() - start
     return meter
+
+
+def take_step(s: TrainState, plan: EpochPlan, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Step ``step`` of ``epoch``: the drop path factor of its point in time, its seeded draws, its batch
+    (mixed), its learning rate, then :func:`train_step` and the EMA update. Returns the batch's mean loss
+    and number correct (device tensors, not read yet) and its size."""
+    cfg, ctx, steps = s.cfg, s.ctx, s.steps_per_epoch
+    global_step = epoch * steps + step
+    s.net.set_drop_path_factor(
+        time_factor(
+            cfg.drop_path_time_schedule,
+            global_step / steps,
+            cfg.drop_path_time_cutoff,
+            cfg.drop_path_time_early_mode,
+        )
+    )
+    torch.manual_seed(derive_seed(cfg.seed, "drop", epoch, step, ctx.rank))  # drop path and mixing draws
+    x, y = train_batch(s.train_data, plan, step, ctx.rank, ctx.world, s.channels_last)
+    x, target = s.mixing(x, y) if s.mixing else (x, y)
+    s.lr = sched_lr(cfg, global_step, cfg.epochs * steps, steps)
+    loss, correct = first_compiled_call(
+        s,
+        train_step,
+        s.model,
+        s.optimizer,
+        s.criterion,
+        x,
+        y,
+        s.lr,
+        s.amp,
+        target,
+        cfg.accum_steps,
+        cfg.clip_grad,
+        cfg.clip_mode,
+    )
+    if s.ema is not None:
+        s.ema.update_parameters(s.net)
+    return loss, correct, len(y)
 
 
 def plan_epoch(s: TrainState, epoch: int) -> EpochPlan:

@@ -45,8 +45,20 @@ def train_step(
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
-    target = y if target is None else target
     optimizer.zero_grad(set_to_none=True)
+    total, correct = accumulate_gradients(model, criterion, x, y, y if target is None else target, amp, accum_steps)
+    if clip_grad is not None:
+        clip_gradients(optimizer, clip_grad, clip_mode)
+    optimizer.step()
+    return total, correct
+
+
+def accumulate_gradients(
+    model: nn.Module, criterion: nn.Module, x: Tensor, y: Tensor, target: Tensor, amp: bool, accum_steps: int
+) -> tuple[Tensor, Tensor]:
+    """Forward and backward over ``accum_steps`` micro-batches of ``x``, each loss weighted by its share of
+    the batch, so the summed gradients are those of the batch's mean loss; returns that mean loss and the
+    number correct against ``y`` (device tensors)."""
     total, correct = x.new_zeros((), dtype=torch.float32), y.new_zeros(())
     pieces = list(zip(x.chunk(accum_steps), y.chunk(accum_steps), target.chunk(accum_steps)))
     for i, (xi, yi, ti) in enumerate(pieces):
@@ -59,14 +71,17 @@ def train_step(
                 loss = criterion(logits.float(), ti) * (len(xi) / len(x))
             loss.backward()
         total, correct = total + loss.detach(), correct + (logits.argmax(1) == yi).sum()
-    if clip_grad is not None:
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if clip_mode == "value":
-            nn.utils.clip_grad_value_(params, clip_grad)
-        else:
-            nn.utils.clip_grad_norm_(params, clip_grad)
-    optimizer.step()
     return total, correct
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, clip_grad: float, clip_mode: str) -> None:
+    """Clip the gradients of the parameters ``optimizer`` steps: their global norm to ``clip_grad``, or
+    each value with ``clip_mode="value"``."""
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if clip_mode == "value":
+        nn.utils.clip_grad_value_(params, clip_grad)
+    else:
+        nn.utils.clip_grad_norm_(params, clip_grad)
 
 
 @torch.no_grad()

@@ -260,48 +260,59 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _missing(sweep: Sweep) -> list[str]:
+    """The Missing section's items: jobs not started, without metrics, failed or unreadable; then per
+    configuration its unfinished runs and what its pairing with the baseline lacks."""
     out = [f"- not started: `{sweep.short(job)}`" for job in sweep.not_started]
-    for r in sweep.no_metrics:
-        if r.failure is not None:
-            continue  # listed below, as failed
-        if (r.path / "last.pt").is_file():
-            out.append(
-                f"- job `{r.name}` (`{sweep.run_label(r)}`): interrupted before its first epoch ended; "
-                f"continue with `{resume_command(r.path.resolve())}`"
-            )
-        else:
-            out.append(
-                f"- job `{r.name}` (`{sweep.run_label(r)}`): no metrics yet (not started, or stopped before "
-                "its first epoch)"
-            )
+    out += [_no_metrics_item(sweep, r) for r in sweep.no_metrics if r.failure is None]  # failed: listed next
     out += [f"- job `{r.name}` (`{sweep.run_label(r)}`): failed (see Failed jobs)" for r in sweep.failed]
     out += [
         f"- job `{r.name}` (`{sweep.run_label(r)}`): unreadable, left out: {r.unreadable}" for r in sweep.unreadable
     ]
     for config in sweep.configurations:
-        for r in config.runs:
-            if not r.finished and r.failure is None:
-                resume = (
-                    f"; continue with `{resume_command(r.path.resolve())}`" if (r.path / "last.pt").is_file() else ""
-                )
-                out.append(
-                    f"- job `{r.name}` (`{sweep.run_label(r)}`): no summary.json, {len(r.metrics)} of "
-                    f"{r.planned_epochs} epochs done{resume}"
-                )
-            if r.bad_lines:
-                out.append(f"- job `{r.name}`: {r.bad_lines} unreadable line(s) in metrics.jsonl (skipped)")
-        if not config.is_baseline:
-            baseline = baseline_of(config, sweep)
-            if baseline is None:
-                out.append(f"- `{config.label}`: no drop_path_rate=0 configuration with the same other overrides")
-            else:
-                unpaired = unpaired_seeds(config, baseline)
-                if unpaired:
-                    seeds = ", ".join(str(s) for s in unpaired)
-                    out.append(
-                        f"- `{config.label}`: seed(s) {seeds} finished on one side only, left out of the pairing"
-                    )
+        out += _unfinished_items(sweep, config)
+        out += _pairing_items(sweep, config)
     return out
+
+
+def _no_metrics_item(sweep: Sweep, r: Run) -> str:
+    """A job dir without a metrics line: interrupted in its first epoch (with the command that continues
+    it), or not started yet."""
+    if (r.path / "last.pt").is_file():
+        return (
+            f"- job `{r.name}` (`{sweep.run_label(r)}`): interrupted before its first epoch ended; "
+            f"continue with `{resume_command(r.path.resolve())}`"
+        )
+    return f"- job `{r.name}` (`{sweep.run_label(r)}`): no metrics yet (not started, or stopped before its first epoch)"
+
+
+def _unfinished_items(sweep: Sweep, config: Configuration) -> list[str]:
+    """``config``'s runs without a summary.json (how far they got, how to continue them), and its runs
+    with unreadable metrics lines."""
+    out = []
+    for r in config.runs:
+        if not r.finished and r.failure is None:
+            resume = f"; continue with `{resume_command(r.path.resolve())}`" if (r.path / "last.pt").is_file() else ""
+            out.append(
+                f"- job `{r.name}` (`{sweep.run_label(r)}`): no summary.json, {len(r.metrics)} of "
+                f"{r.planned_epochs} epochs done{resume}"
+            )
+        if r.bad_lines:
+            out.append(f"- job `{r.name}`: {r.bad_lines} unreadable line(s) in metrics.jsonl (skipped)")
+    return out
+
+
+def _pairing_items(sweep: Sweep, config: Configuration) -> list[str]:
+    """What keeps ``config`` (not a baseline) from a full pairing: no baseline, or seeds finished on one side only."""
+    if config.is_baseline:
+        return []
+    baseline = baseline_of(config, sweep)
+    if baseline is None:
+        return [f"- `{config.label}`: no drop_path_rate=0 configuration with the same other overrides"]
+    unpaired = unpaired_seeds(config, baseline)
+    if not unpaired:
+        return []
+    seeds = ", ".join(str(s) for s in unpaired)
+    return [f"- `{config.label}`: seed(s) {seeds} finished on one side only, left out of the pairing"]
 
 
 def _describe(summary: dict[str, Any], field_name: str) -> str:
@@ -407,58 +418,18 @@ def _caption(plot_name: str) -> str:
 
 
 def render_markdown(sweep: Sweep, plot_name: str | None = REPORT_PNG) -> str:
-    n_done = sum(r.finished for r in sweep.runs)
-    common = " ".join(f"{k}={v}" for k, v in sweep.common)
-    lines = [
-        f"# Comparison: {sweep.path.name}",
-        "",
-        f"Sweep dir `{sweep.path}`: {len(sweep.runs)} run(s) in {len(sweep.configurations)} configuration(s), "
-        f"{n_done} finished."
-        + (f" {len(sweep.failed)} job(s) failed (listed below)." if sweep.failed else "")
-        + (f" Shared by every job: `{common}`." if common else ""),
-        "",
-    ]
+    """comparison.md: what the sweep holds and how to read it, the table per configuration, the rate
+    response and search, the plot, then what is unfinished, failed or missing, the machine, and the
+    command that reproduces the sweep."""
     validation = has_validation(sweep)
-    lines += _explanation(validation)
+    lines = _intro_lines(sweep) + _explanation(validation)
     lines += _table(_header(validation), [_row(c, sweep, validation) for c in sweep.configurations])
     lines += _rate_response_lines(sweep, validation)
     lines += _search_lines(sweep)
     if plot_name:
         lines += ["", f"![accuracy, train loss and paired difference per epoch]({plot_name})", "", _caption(plot_name)]
-    unfinished = [r for r in sweep.runs if not r.finished and r.failure is None]
-    if unfinished:
-        lines += ["", "## Unfinished runs", ""]
-        rows = [
-            [
-                f"`{r.name}`",
-                f"`{sweep.run_label(r)}`",
-                f"{len(r.metrics)} of {r.planned_epochs}",
-                _pct(float(r.metrics[-1]["test_acc"])) if "test_acc" in r.metrics[-1] else "n/a",
-            ]
-            for r in unfinished
-        ]
-        lines += _table(["job", "overrides", "epochs done", "last test acc %"], rows)
-    if sweep.failed:
-        lines += [
-            "",
-            "## Failed jobs",
-            "",
-            "Each job's dir holds failed.json and its train.log; the same sweep "
-            "command runs them again (and skips the finished ones).",
-            "",
-        ]
-        rows = [
-            [
-                f"`{r.name}`",
-                f"`{sweep.run_label(r)}`",
-                str(failure.get("exit_status", "?")),
-                f"{len(r.metrics)} of {r.planned_epochs}",
-                str(failure.get("error", "")).replace("|", "\\|"),
-            ]
-            for r in sweep.failed
-            if (failure := r.failure) is not None
-        ]
-        lines += _table(["job", "overrides", "exit status", "epochs done", "error"], rows)
+    lines += _unfinished_lines(sweep)
+    lines += _failed_lines(sweep)
     missing = _missing(sweep)
     lines += ["", "## Missing", ""] + (
         missing or ["- nothing: every run finished and every configuration has its baseline"]
@@ -469,6 +440,64 @@ def render_markdown(sweep: Sweep, plot_name: str | None = REPORT_PNG) -> str:
     if cwd:
         lines += ["", f"(run from `{cwd}`; then `python -m zoo.train.report <sweep dir>` rebuilds this report)"]
     return "\n".join(lines) + "\n"
+
+
+def _intro_lines(sweep: Sweep) -> list[str]:
+    """The title, and a line with the sweep's runs, configurations, finished and failed jobs, and the
+    overrides every job shares."""
+    n_done = sum(r.finished for r in sweep.runs)
+    common = " ".join(f"{k}={v}" for k, v in sweep.common)
+    return [
+        f"# Comparison: {sweep.path.name}",
+        "",
+        f"Sweep dir `{sweep.path}`: {len(sweep.runs)} run(s) in {len(sweep.configurations)} configuration(s), "
+        f"{n_done} finished."
+        + (f" {len(sweep.failed)} job(s) failed (listed below)." if sweep.failed else "")
+        + (f" Shared by every job: `{common}`." if common else ""),
+        "",
+    ]
+
+
+def _unfinished_lines(sweep: Sweep) -> list[str]:
+    """The Unfinished runs section: runs with metrics but no summary.json, and no failure (none: no section)."""
+    unfinished = [r for r in sweep.runs if not r.finished and r.failure is None]
+    if not unfinished:
+        return []
+    rows = [
+        [
+            f"`{r.name}`",
+            f"`{sweep.run_label(r)}`",
+            f"{len(r.metrics)} of {r.planned_epochs}",
+            _pct(float(r.metrics[-1]["test_acc"])) if "test_acc" in r.metrics[-1] else "n/a",
+        ]
+        for r in unfinished
+    ]
+    return ["", "## Unfinished runs", ""] + _table(["job", "overrides", "epochs done", "last test acc %"], rows)
+
+
+def _failed_lines(sweep: Sweep) -> list[str]:
+    """The Failed jobs section: each failed job's exit status, epochs done and error (none: no section)."""
+    if not sweep.failed:
+        return []
+    rows = [
+        [
+            f"`{r.name}`",
+            f"`{sweep.run_label(r)}`",
+            str(failure.get("exit_status", "?")),
+            f"{len(r.metrics)} of {r.planned_epochs}",
+            str(failure.get("error", "")).replace("|", "\\|"),
+        ]
+        for r in sweep.failed
+        if (failure := r.failure) is not None
+    ]
+    return [
+        "",
+        "## Failed jobs",
+        "",
+        "Each job's dir holds failed.json and its train.log; the same sweep "
+        "command runs them again (and skips the finished ones).",
+        "",
+    ] + _table(["job", "overrides", "exit status", "epochs done", "error"], rows)
 
 
 # ---------------------------------------------------------------- entry points

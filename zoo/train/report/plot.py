@@ -107,7 +107,6 @@ def plot(sweep: Sweep, path: Path | None = None) -> Figure:
     """Draw comparison.png (saved to ``path`` when given); returns the figure."""
     # The object-oriented API renders with Agg and leaves pyplot's global backend alone.
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
     rates = bool(rate_response(sweep))
     fig = Figure(figsize=(24 if rates else 18, 4.8), layout="constrained")
@@ -120,6 +119,23 @@ def plot(sweep: Sweep, path: Path | None = None) -> Figure:
         pairs = paired_by_epoch(config, baseline) if baseline else {}
         if pairs:
             _plot_paired(ax_diff, pairs, config.label, color)
+    _label_epoch_axes(ax_acc, ax_loss, ax_diff)
+    if rates:
+        _plot_rate_response(axes[3], sweep)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def _label_epoch_axes(ax_acc: Axes, ax_loss: Axes, ax_diff: Axes) -> None:
+    """Titles, axis labels and whole-epoch ticks of the three per-epoch panels; the paired panel's zero
+    line, and a note on it where no configuration had seed pairs with a baseline."""
+    from matplotlib.ticker import MaxNLocator
+
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=TITLE_ACC)
     ax_loss.set(xlabel="epoch", ylabel="train loss", title=TITLE_LOSS)
     ax_diff.set(xlabel="epoch", ylabel="Δ test accuracy (pp)", title=TITLE_DIFF)
@@ -135,12 +151,3 @@ def plot(sweep: Sweep, path: Path | None = None) -> Figure:
         )
     for ax in (ax_acc, ax_loss, ax_diff):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if rates:
-        _plot_rate_response(axes[3], sweep)
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig

@@ -277,38 +277,20 @@ def load_sweep(path: str | Path) -> Sweep:
     unreadable = [r for r in all_runs if r.unreadable]
     runs = [r for r in all_runs if r.metrics and not r.unreadable]
     if not runs and not any(r.failure is not None for r in all_runs):  # failed jobs alone: a report that lists them
-        what = f"{len(all_runs)} job dir(s) but none has a metrics line yet" if all_runs else "no job dirs"
-        if unreadable:
-            what = f"{len(unreadable)} job dir(s) with an unreadable summary.json ({unreadable[0].name}: {unreadable[0].unreadable})"
-        raise ReportError(f"no runs in {str(root)!r}: {what} (expected job dirs with metrics.jsonl)")
-    multirun_file = next((f for f in (root / "multirun.yaml", root / ".hydra" / "multirun.yaml") if f.is_file()), None)
-    multirun = _load_yaml(multirun_file) if multirun_file else None
-
+        raise _no_runs(root, all_runs, unreadable)
+    multirun = _load_multirun(root)
     jobs = expected_jobs(multirun) if multirun and all(r.overrides is not None for r in all_runs) else None
     groups: dict[Pairs, list[Run]] = {}
     for run, key in zip(runs, _run_keys(runs)):
         groups.setdefault(key, []).append(run)
-    # What every job of the sweep shares (runs, job dirs without metrics, jobs not started) is shown
-    # once; labels keep only what tells configurations apart, so they stay short while a sweep runs.
-    everything = [set(k) for k in groups] + [
-        set(_without_seed(r.overrides)) for r in all_runs if r.overrides is not None
-    ]
-    everything += [set(_without_seed(job)) for job in jobs or []]
-    common = tuple(sorted(set.intersection(*everything))) if len({frozenset(k) for k in everything}) > 1 else ()
-    configurations = []
-    for key, group in groups.items():
-        label = " ".join(f"{k}={v}" for k, v in key if (k, v) not in common) or "(no overrides)"
-        configurations.append(Configuration(key, group, label))
-    # Baselines first, then by rate, so every table reads from "without" to "with".
-    configurations.sort(key=lambda c: (c.without_rate(), math.inf if c.rate is None else c.rate))
-
+    common = _common_overrides(groups, all_runs, jobs)
     have = {tuple(sorted(override_pairs(r.overrides or []))) for r in all_runs}
     not_started = [job for job in jobs or [] if job not in have]
     no_metrics = [r for r in all_runs if not r.metrics and not r.unreadable]
     return Sweep(
         root,
         runs,
-        configurations,
+        _configurations(groups, common),
         common,
         no_metrics,
         not_started,
@@ -316,6 +298,42 @@ def load_sweep(path: str | Path) -> Sweep:
         [r for r in all_runs if r.failure is not None],
         unreadable,
     )
+
+
+def _no_runs(root: Path, all_runs: list[Run], unreadable: list[Run]) -> ReportError:
+    """The error for a sweep dir with nothing to report: what its job dirs lack, or that it has none."""
+    what = f"{len(all_runs)} job dir(s) but none has a metrics line yet" if all_runs else "no job dirs"
+    if unreadable:
+        what = f"{len(unreadable)} job dir(s) with an unreadable summary.json ({unreadable[0].name}: {unreadable[0].unreadable})"
+    return ReportError(f"no runs in {str(root)!r}: {what} (expected job dirs with metrics.jsonl)")
+
+
+def _load_multirun(root: Path) -> dict[str, Any] | None:
+    """The sweep's multirun.yaml (in the sweep dir, or its .hydra dir) as a plain dict; None without one."""
+    multirun_file = next((f for f in (root / "multirun.yaml", root / ".hydra" / "multirun.yaml") if f.is_file()), None)
+    return _load_yaml(multirun_file) if multirun_file else None
+
+
+def _common_overrides(groups: dict[Pairs, list[Run]], all_runs: list[Run], jobs: list[Pairs] | None) -> Pairs:
+    """What every job of the sweep shares (runs, job dirs without metrics, jobs not started), shown once;
+    labels keep only what tells configurations apart, so they stay short while a sweep runs. Nothing
+    when every job has the same overrides."""
+    everything = [set(k) for k in groups] + [
+        set(_without_seed(r.overrides)) for r in all_runs if r.overrides is not None
+    ]
+    everything += [set(_without_seed(job)) for job in jobs or []]
+    return tuple(sorted(set.intersection(*everything))) if len({frozenset(k) for k in everything}) > 1 else ()
+
+
+def _configurations(groups: dict[Pairs, list[Run]], common: Pairs) -> list[Configuration]:
+    """A configuration per group of runs, labelled by the overrides not all jobs share; baselines first,
+    then by rate, so every table reads from "without" to "with"."""
+    configurations = []
+    for key, group in groups.items():
+        label = " ".join(f"{k}={v}" for k, v in key if (k, v) not in common) or "(no overrides)"
+        configurations.append(Configuration(key, group, label))
+    configurations.sort(key=lambda c: (c.without_rate(), math.inf if c.rate is None else c.rate))
+    return configurations
 
 
 def failed_jobs(path: str | Path) -> list[Run]:
