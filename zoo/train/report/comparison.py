@@ -263,18 +263,18 @@ def _missing(sweep: Sweep) -> list[str]:
     """The Missing section's items: jobs not started, without metrics, failed or unreadable; then per
     configuration its unfinished runs and what its pairing with the baseline lacks."""
     out = [f"- not started: `{sweep.short(job)}`" for job in sweep.not_started]
-    out += [_no_metrics_item(sweep, r) for r in sweep.no_metrics if r.failure is None]  # failed: listed next
+    out += [_missing_no_metrics(sweep, r) for r in sweep.no_metrics if r.failure is None]  # failed: listed next
     out += [f"- job `{r.name}` (`{sweep.run_label(r)}`): failed (see Failed jobs)" for r in sweep.failed]
     out += [
         f"- job `{r.name}` (`{sweep.run_label(r)}`): unreadable, left out: {r.unreadable}" for r in sweep.unreadable
     ]
     for config in sweep.configurations:
-        out += _unfinished_items(sweep, config)
-        out += _pairing_items(sweep, config)
+        out += _missing_runs(sweep, config)
+        out += _missing_pairs(sweep, config)
     return out
 
 
-def _no_metrics_item(sweep: Sweep, r: Run) -> str:
+def _missing_no_metrics(sweep: Sweep, r: Run) -> str:
     """A job dir without a metrics line: interrupted in its first epoch (with the command that continues
     it), or not started yet."""
     if (r.path / "last.pt").is_file():
@@ -285,7 +285,7 @@ def _no_metrics_item(sweep: Sweep, r: Run) -> str:
     return f"- job `{r.name}` (`{sweep.run_label(r)}`): no metrics yet (not started, or stopped before its first epoch)"
 
 
-def _unfinished_items(sweep: Sweep, config: Configuration) -> list[str]:
+def _missing_runs(sweep: Sweep, config: Configuration) -> list[str]:
     """``config``'s runs without a summary.json (how far they got, how to continue them), and its runs
     with unreadable metrics lines."""
     out = []
@@ -301,7 +301,7 @@ def _unfinished_items(sweep: Sweep, config: Configuration) -> list[str]:
     return out
 
 
-def _pairing_items(sweep: Sweep, config: Configuration) -> list[str]:
+def _missing_pairs(sweep: Sweep, config: Configuration) -> list[str]:
     """What keeps ``config`` (not a baseline) from a full pairing: no baseline, or seeds finished on one side only."""
     if config.is_baseline:
         return []
