@@ -145,3 +145,15 @@ def test_bad_logger_choices_and_options():
         "error: logger.wandb.mode must be one of online, offline, disabled, got 'cloud'"
     )
     assert compose_train("model=resnet8").logger is None
+
+
+def test_csv_gains_a_column_that_first_appears_in_a_later_epoch(tmp_path):
+    """With test_every, the test split's keys first appear in a later epoch: the CSV gets the column."""
+    logger = loggers.CSVLogger(tmp_path, {}, {}, [{"epoch": 1, "train_acc": 0.5}], None)
+    logger.metrics({"epoch": 2, "train_acc": 0.6})
+    logger.metrics({"epoch": 3, "train_acc": 0.7, "test_acc": 0.3})
+    logger.metrics({"epoch": 4, "train_acc": 0.8})
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
+    assert [r["test_acc"] for r in rows] == ["", "", "0.3", ""]

@@ -254,3 +254,4 @@ def test_zoo_runs_timms_scripts_with_its_models_registered(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["ResNetCifar", "0.1"]
+    assert "RuntimeWarning" not in out.stderr  # runpy's, when the module ran was imported before

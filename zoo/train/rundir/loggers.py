@@ -45,7 +45,9 @@ class Logger:
 
 
 class CSVLogger(Logger):
-    """metrics.csv beside metrics.jsonl, one row per epoch (rewritten from the history on a resume)."""
+    """metrics.csv beside metrics.jsonl, one row per epoch (rewritten from the history on a resume). Its
+    columns are every key seen so far: a key that first appears later (the test split's, with
+    ``test_every``) rewrites the file with the new column, the earlier rows left empty there."""
 
     def __init__(
         self,
@@ -56,21 +58,26 @@ class CSVLogger(Logger):
         run_id: str | None,
     ):
         self.path = run_dir / "metrics.csv"
-        self.columns: list[str] = list(history[0]) if history else []
-        with open(self.path, "w", newline="") as f:
-            self._write(f, history, header=True)
+        self.rows: list[dict[str, Any]] = []
+        self.columns: list[str] = []
+        self._rewrite(history)
 
-    def _write(self, f: Any, rows: list[dict[str, Any]], header: bool) -> None:
-        writer = csv.DictWriter(f, self.columns, extrasaction="ignore")
-        if header and self.columns:
-            writer.writeheader()
-        writer.writerows(rows)
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = list(rows)
+        self.columns = list(dict.fromkeys(k for row in self.rows for k in row))
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, self.columns)
+            if self.columns:
+                writer.writeheader()
+            writer.writerows(self.rows)
 
     def metrics(self, row: dict[str, Any]) -> None:
-        first = not self.columns
-        self.columns = self.columns or list(row)
+        if any(k not in self.columns for k in row):
+            self._rewrite([*self.rows, row])
+            return
+        self.rows.append(row)
         with open(self.path, "a", newline="") as f:
-            self._write(f, [row], header=first)
+            csv.DictWriter(f, self.columns).writerow(row)
 
 
 class TensorBoardLogger(Logger):
