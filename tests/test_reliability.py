@@ -21,7 +21,7 @@ import torch
 from conftest import BAD_VALUES, REPO, check_cli, compose_train, make_tree, metrics, run_cli, tiny
 from zoo.train.config.schema import resumed_run_dir, validate_config
 from zoo.train.data.cifar10 import CLASSES
-from zoo.train.errors import CheckpointError, CompileFailed, ConfigError, DataError, TrainingDiverged
+from zoo.train.errors import CheckpointError, CompileFailed, ConfigError, DataError, RunDirError, TrainingDiverged
 from zoo.train.loop import run as loop
 from zoo.train.rundir.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 
@@ -676,7 +676,7 @@ def test_two_runs_never_share_a_run_dir(tmp_path, cifar10_archive, cifar10_cache
     try:
         assert holder.stdout.readline().strip() == "locked"
         cfg = compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64"))
-        with pytest.raises(ConfigError) as info:
+        with pytest.raises(RunDirError) as info:
             loop.train(cfg, tmp_path)
         assert str(info.value) == (
             f"{tmp_path} is in use by process 4242 on testhost (another run, or this run still "
@@ -792,7 +792,7 @@ def test_drop_path_rejects_what_would_give_a_wrong_result():
 
 def test_a_run_file_that_is_a_directory_is_one_line(tmp_path, cifar10_archive, cifar10_cache):
     (tmp_path / "metrics.jsonl").mkdir()
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(RunDirError) as info:
         loop.train(compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64")), tmp_path)
     assert str(info.value) == (
         f"{tmp_path / 'metrics.jsonl'} is a directory where the run writes its metrics.jsonl: "

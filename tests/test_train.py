@@ -14,7 +14,7 @@ import zoo
 from conftest import compose_train, metrics, rows, run_cli, tiny, train_cut_and_resumed
 from zoo.train.config.schema import validate_config
 from zoo.train.data.batches import derive_seed
-from zoo.train.errors import CheckpointError, ConfigError, TrainingDiverged
+from zoo.train.errors import CheckpointError, RunDirError, TrainingDiverged
 from zoo.train.loop import run as loop
 from zoo.train.loop.optim import lr_at
 from zoo.train.loop.step import LossWatch, Meter
@@ -222,7 +222,7 @@ def test_a_run_dir_holding_a_run_is_not_overwritten(tmp_path, cifar10_archive, c
     cfg = compose_train(*tiny(cifar10_archive, cifar10_cache, "epochs=1", "data.subset=64", "data.test_subset=10"))
     loop.train(cfg, tmp_path)
     before = (tmp_path / "last.pt").read_bytes()
-    with pytest.raises(ConfigError, match="already holds a run; continue it with resume="):
+    with pytest.raises(RunDirError, match="already holds a run; continue it with resume="):
         loop.train(cfg, tmp_path)
     assert (tmp_path / "last.pt").read_bytes() == before
 

@@ -9,6 +9,11 @@ class ConfigError(ZooError, ValueError):
     """A configuration value is invalid; the message names the key, the value and what is allowed."""
 
 
+class RunDirError(ZooError):
+    """The run dir cannot take this run: another process holds it, it holds another run's records, or a
+    directory stands where a run file goes; the message names the dir and what to do."""
+
+
 class DataError(ZooError):
     """The dataset cannot be read; the message names the path or file and what was expected."""
 

@@ -1,14 +1,12 @@
 """What runs fastest on this device and keeps accuracy: bf16 autocast and channels_last, per device.
 
 ``amp: auto`` and ``channels_last: auto`` resolve here, once per run, and the run logs what they became
-and why (its first line and summary.json). Measured with 2 threads, batch 128, forward + backward + SGD,
-interleaved repeats in one process, torch 2.14.1 (the EPYC figures as issue 14 reports them, the Xeon
-ones measured 2026-11-30; train.py's own images/s are in docs/benchmarks.md):
+and why (its first line and summary.json). The rule follows what was measured (docs/benchmarks.md):
 
-- bf16 autocast is fast only where the CPU computes bf16 in hardware (AVX512-BF16 or AMX): on an AMD
-  EPYC with AVX512-BF16 a resnet56 step took 0.56x of fp32's; on an Intel Xeon without it, 1.40x.
-- channels_last: resnet56 0.75x to 0.80x of NCHW on both CPUs; the MetaFormers, which run their blocks
-  channels-last already, 0.9x to 1.04x (within the noise of the shared machine). On CUDA both are on.
+- bf16 autocast is fast only where the CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere
+  it is slower than fp32, so ``auto`` keeps fp32 there.
+- channels_last speeds up the ResNets on the CPUs measured and leaves the MetaFormers (whose blocks
+  run channels-last already) within noise. On CUDA both are on.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from ..data.augment import build_policy, resolve_augment
 from ..data.batches import EpochPlan, derive_seed, epoch_plan, train_batch
 from ..data.cifar10 import Split, load_cifar10
 from ..data.mixing import Mixing, build_mixing
-from ..errors import CompileFailed, ConfigError
+from ..errors import CompileFailed, ConfigError, RunDirError
 from ..rundir.atomic import remove_stale_temporaries
 from ..rundir.checkpoint import (
     CHECKPOINT_NAME,
@@ -190,7 +190,7 @@ def claim_run_dir(cfg: DictConfig, ctx: dist.Context, run: RunLog, resumed: bool
     for name in (CHECKPOINT_NAME, BEST_NAME):
         remove_stale_temporaries(run.dir / name)
     if not resumed and (run.dir / CHECKPOINT_NAME).exists() and not cfg.overwrite:
-        raise ConfigError(
+        raise RunDirError(
             f"{run.dir} already holds a run; continue it with {quoted_override('resume', run.dir)}, "
             "pick another hydra.run.dir, or add overwrite=true to replace it"
         )

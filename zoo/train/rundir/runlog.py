@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..._weights import BEST_NAME, CHECKPOINT_NAME
-from ..errors import ConfigError
+from ..errors import RunDirError
 from .atomic import write_atomic
 from .loggers import Logger, open_loggers
 
@@ -23,18 +23,6 @@ LOCK_NAME = ".lock"
 # What a run leaves in its dir: a new run refuses a dir that holds any of them (unless overwrite=true).
 RUN_RECORDS = ("config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt", ".hydra")
 _LOCKS: dict[Path, IO[str]] = {}  # run dirs this process holds: taking one again is no conflict
-
-METRIC_KEYS = (
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "test_loss",
-    "test_acc",
-    "lr",
-    "drop_path_rate",
-    "epoch_seconds",
-    "images_per_second",
-)
 
 
 def versions() -> dict[str, str | None]:
@@ -77,8 +65,8 @@ def lock_run_dir(run_dir: Path) -> None:
     _LOCKS[key] = f
 
 
-def in_use(run_dir: Path, holder: str) -> ConfigError:
-    return ConfigError(
+def in_use(run_dir: Path, holder: str) -> RunDirError:
+    return RunDirError(
         f"{run_dir} is in use by {holder} (another run, or this run still going); wait for it to end, "
         "or give this run another hydra.run.dir"
     )
@@ -111,7 +99,7 @@ def check_new_run_dir(run_dir: Path) -> None:
         what = f"{quoted_override('resume', run_dir)} continues it"
     else:
         what = "it has no last.pt to continue from (resume=<dir> continues a run that has one)"
-    raise ConfigError(
+    raise RunDirError(
         f"hydra.run.dir={run_dir} already holds a run ({', '.join(found)}); {what}; give this run "
         "another hydra.run.dir, or add overwrite=true to replace that run's records"
     )
@@ -154,7 +142,7 @@ class RunLog:
             self.dir.mkdir(parents=True, exist_ok=True)
             for name in ("config.yaml", "metrics.jsonl", "summary.json"):
                 if (self.dir / name).is_dir():
-                    raise ConfigError(
+                    raise RunDirError(
                         f"{self.dir / name} is a directory where the run writes its {name}: "
                         "move it away, or give this run another hydra.run.dir"
                     )
