@@ -25,7 +25,7 @@ from zoo.train.loop.precision import resolve_precision
 def test_auto_precision_per_device(monkeypatch):
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert resolve_precision("auto", "auto", cuda).amp and resolve_precision("auto", "auto", cuda).channels_last
-    from zoo.train.loop import precision as precision
+    from zoo.train.loop import precision
 
     for has_bf16 in (True, False):
         monkeypatch.setattr(precision, "cpu_has_bf16", lambda has_bf16=has_bf16: has_bf16)

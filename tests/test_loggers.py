@@ -11,26 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import check_cli, compose_train, train_cut_and_resumed
-from zoo.train.rundir import loggers as loggers
-
-
-def tiny(archive: Path, cache: Path, *extra: str) -> tuple[str, ...]:
-    """resnet8, 256 images in 4 steps per epoch, 2 epochs, fp32."""
-    return (
-        "model=resnet8",
-        "data=cifar10_folder",
-        f"data.path={archive}",
-        f"data.cache_dir={cache}",
-        "data.subset=256",
-        "data.test_subset=100",
-        "epochs=2",
-        "batch_size=64",
-        "sched.warmup_epochs=0",
-        "device=cpu",
-        "amp=false",
-        *extra,
-    )
+from conftest import check_cli, compose_train, tiny, train_cut_and_resumed
+from zoo.train.rundir import loggers
 
 
 def wandb_records(path: Path) -> list:

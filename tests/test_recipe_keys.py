@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import zoo
-from conftest import check_cli, compose_train, train_cut_and_resumed
+from conftest import check_cli, compose_train, tiny, train_cut_and_resumed
 from zoo.train.cli import SWEEP_JOBS, jobs_after
 from zoo.train.data.augment import apply_per_image, build_policy
 from zoo.train.data.batches import epoch_plan, train_batch
@@ -24,24 +24,6 @@ from zoo.train.loop import run as loop
 from zoo.train.loop.progress import Progress
 from zoo.train.loop.step import train_step
 from zoo.train.rundir.checkpoint import init_weights
-
-
-def tiny(archive: Path, cache: Path, *extra: str) -> tuple[str, ...]:
-    """resnet8, 256 images in 4 steps per epoch, 2 epochs, fp32."""
-    return (
-        "model=resnet8",
-        "data=cifar10_folder",
-        f"data.path={archive}",
-        f"data.cache_dir={cache}",
-        "data.subset=256",
-        "data.test_subset=100",
-        "epochs=2",
-        "batch_size=64",
-        "sched.warmup_epochs=0",
-        "device=cpu",
-        "amp=false",
-        *extra,
-    )
 
 
 def rows(run_dir: Path) -> list[dict]:

@@ -476,7 +476,7 @@ def test_a_full_disk_is_one_error_where_no_tmpfs_can_be_mounted(tmp_path, monkey
     import errno
     import io
 
-    from zoo.train.rundir import atomic as atomic
+    from zoo.train.rundir import atomic
 
     state = load_checkpoint(finished_run)
     path = save_checkpoint(state, tmp_path / CHECKPOINT_NAME)

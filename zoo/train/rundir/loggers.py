@@ -32,6 +32,9 @@ def check_installed(names: list[str]) -> None:
             raise ConfigError(f"logger={name} needs the {package} package: pip install 'zoo[{name}]'")
 
 
+Json = dict[str, Any]  # a config, a logger's options, a metrics line
+
+
 class Logger:
     """One tracker's run. ``id`` is what a resumed run reopens it with (None: nothing to reopen)."""
 
@@ -49,14 +52,7 @@ class CSVLogger(Logger):
     columns are every key seen so far: a key that first appears later (the test split's, with
     ``test_every``) rewrites the file with the new column, the earlier rows left empty there."""
 
-    def __init__(
-        self,
-        run_dir: Path,
-        options: dict[str, Any],
-        config: dict[str, Any],
-        history: list[dict[str, Any]],
-        run_id: str | None,
-    ):
+    def __init__(self, run_dir: Path, options: Json, config: Json, history: list[Json], run_id: str | None):
         self.path = run_dir / "metrics.csv"
         self.rows: list[dict[str, Any]] = []
         self.columns: list[str] = []
@@ -84,14 +80,7 @@ class TensorBoardLogger(Logger):
     """TensorBoard event files in the run dir: a scalar per metric (step: the epoch), the config and the
     summary as text."""
 
-    def __init__(
-        self,
-        run_dir: Path,
-        options: dict[str, Any],
-        config: dict[str, Any],
-        history: list[dict[str, Any]],
-        run_id: str | None,
-    ):
+    def __init__(self, run_dir: Path, options: Json, config: Json, history: list[Json], run_id: str | None):
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step: events of epochs the checkpoint did not keep are dropped when the run resumes; the
@@ -116,14 +105,7 @@ class WandbLogger(Logger):
     """A Weights & Biases run (``logger.wandb.mode=offline`` by default: files under <run dir>/wandb, for
     ``wandb sync``); the config as its config, metrics by epoch, the summary and checkpoint paths as its summary."""
 
-    def __init__(
-        self,
-        run_dir: Path,
-        options: dict[str, Any],
-        config: dict[str, Any],
-        history: list[dict[str, Any]],
-        run_id: str | None,
-    ):
+    def __init__(self, run_dir: Path, options: Json, config: Json, history: list[Json], run_id: str | None):
         import wandb
 
         self.run = wandb.init(dir=str(run_dir), config=config, id=run_id, resume="allow" if run_id else None, **options)
@@ -144,14 +126,7 @@ class MLflowLogger(Logger):
     artifact), metrics by epoch, the summary as summary.json and its numbers as ``summary.*`` metrics, the
     checkpoint paths as tags. ``logger.mlflow.tracking_uri`` null: a SQLite store in the run dir (mlflow.db)."""
 
-    def __init__(
-        self,
-        run_dir: Path,
-        options: dict[str, Any],
-        config: dict[str, Any],
-        history: list[dict[str, Any]],
-        run_id: str | None,
-    ):
+    def __init__(self, run_dir: Path, options: Json, config: Json, history: list[Json], run_id: str | None):
         from mlflow import MlflowClient
 
         local = not options["tracking_uri"]
