@@ -45,29 +45,30 @@ def positive(text: str) -> int:
     return int(text)
 
 
+def add_source_arguments(p: argparse.ArgumentParser, which_help: str, test_subset_default: str) -> None:
+    """The options evaluate and knockout share: which checkpoint, where the data is, the device, a test subset."""
+    p.add_argument("--which", choices=("last", "best"), default="last", help=which_help)
+    p.add_argument(
+        "--data-path", help="CIFAR-10 image folders or a .tar.gz of them (default: the run's, else $ZOO_CIFAR10)"
+    )
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available")
+    p.add_argument(
+        "--test-subset",
+        type=positive,
+        default=None,
+        help=f"the class-balanced first N test images ({test_subset_default})",
+    )
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = OneLineParser(
         prog="python -m zoo.train.evaluate",
         description="Evaluate a trained run on the CIFAR-10 test split and print one line.",
     )
     p.add_argument("run", help="a run dir (its last.pt) or a training checkpoint file")
-    p.add_argument(
-        "--which",
-        choices=("last", "best"),
-        default="last",
-        help="from a run dir: last.pt (the last epoch) or best.pt (the best validation epoch)",
-    )
-    p.add_argument(
-        "--data-path", help="CIFAR-10 image folders or a .tar.gz of them (default: the run's, else $ZOO_CIFAR10)"
-    )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available")
+    which = "from a run dir: last.pt (the last epoch) or best.pt (the best validation epoch)"
+    add_source_arguments(p, which, "as data.test_subset; default: all 10,000")
     p.add_argument("--batch-size", type=positive, default=EVAL_BATCH, help=f"images per forward pass ({EVAL_BATCH})")
-    p.add_argument(
-        "--test-subset",
-        type=positive,
-        default=None,
-        help="the class-balanced first N test images, as data.test_subset (default: all 10,000)",
-    )
     p.add_argument("--ema", action="store_true", help="the run's moving average of the weights (trained with ema=true)")
     return p.parse_args(argv)
 

@@ -30,7 +30,7 @@ import torch
 from .._weights import CHECKPOINT_NAME, LoadError
 from ..knockout import removable_blocks, remove_blocks
 from .errors import ZooError
-from .evaluate import Loaded, OneLineParser, accuracy, load_for_eval, positive
+from .evaluate import Loaded, OneLineParser, accuracy, add_source_arguments, load_for_eval, positive
 from .loop.distributed import resolve_device
 from .report.paired import CONFIDENCE, Paired, seed_order
 from .report.sweep import Configuration, ReportError, Sweep, baseline_of, load_sweep
@@ -325,24 +325,11 @@ def sweep_plot(sweep: Sweep, results: dict[Path, Knockout]) -> Figure:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = OneLineParser(prog="python -m zoo.train.knockout", description=__doc__.split("\n\n")[0])
     p.add_argument("path", help="a run dir (holding last.pt) or a sweep dir (holding job dirs)")
-    p.add_argument(
-        "--which",
-        choices=("last", "best"),
-        default="last",
-        help="last.pt (the last epoch) or best.pt (the best validation epoch)",
+    add_source_arguments(
+        p, "last.pt (the last epoch) or best.pt (the best validation epoch)", "default: the run's own data.test_subset"
     )
     p.add_argument("--draws", type=positive, default=5, help="random draws for each k (5)")
     p.add_argument("--seed", type=non_negative, default=0, help="seed of the random draws (0)")
-    p.add_argument(
-        "--data-path", help="CIFAR-10 image folders or a .tar.gz of them (default: the run's, else $ZOO_CIFAR10)"
-    )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available")
-    p.add_argument(
-        "--test-subset",
-        type=positive,
-        default=None,
-        help="the class-balanced first N test images (default: the run's own data.test_subset)",
-    )
     p.add_argument("--no-plot", action="store_true", help="write knockout.md only")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
