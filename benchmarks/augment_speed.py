@@ -29,10 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from zoo.profile import cpu_model  # noqa: E402
-from zoo.train import loop  # noqa: E402
 from zoo.train.data.augment import build_policy  # noqa: E402
 from zoo.train.data.batches import epoch_plan, train_batch  # noqa: E402
 from zoo.train.data.cifar10 import Split  # noqa: E402
+from zoo.train.loop import run as loop  # noqa: E402
 from zoo.train.loop.distributed import resolve_device  # noqa: E402
 
 # (name in the table, data.* overrides)

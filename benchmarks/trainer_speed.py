@@ -42,9 +42,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from zoo.profile import cpu_model  # noqa: E402
-from zoo.train import loop  # noqa: E402
 from zoo.train.config.schema import build_model  # noqa: E402
 from zoo.train.data.cifar10 import CLASSES, MEAN, STD, _iter_files  # noqa: E402
+from zoo.train.loop import run as loop  # noqa: E402
 from zoo.train.loop.distributed import resolve_device  # noqa: E402
 from zoo.train.loop.precision import Precision, resolve_precision  # noqa: E402
 

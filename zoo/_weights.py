@@ -1,7 +1,7 @@
 """Weights back into a model: a run dir, a training checkpoint or a plain state dict, read with
 ``weights_only=True`` and loaded with one error that names both models and the keys that differ.
 
-The trainer (``zoo.train.checkpoint``) reuses :func:`load_weights`, so ``create_model(checkpoint_path=...)``,
+The trainer (``zoo.train.rundir.checkpoint``) reuses :func:`load_weights`, so ``create_model(checkpoint_path=...)``,
 :func:`zoo.load_run` and a resumed run word a mismatch the same way.
 """
 

@@ -40,7 +40,7 @@ class EpochPlan:
     params: Tensor  # (3, steps * batch_size): :func:`augment_params` of every step, side by side
     batch_size: int
     augment: bool = True  # False: no crop and flip (they are drawn all the same)
-    policy: v2.Transform | None = None  # per-image policy / erasing after the crop and flip (zoo.train.augment)
+    policy: v2.Transform | None = None  # per-image policy / erasing after the crop and flip (zoo.train.data.augment)
     seeds: Tensor | None = None  # (steps * batch_size,) int64 on the CPU: each image's seed for ``policy``
 
     @property

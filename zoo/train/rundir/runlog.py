@@ -156,7 +156,7 @@ class RunLog:
             unlock_run_dir(self.dir)
 
     def open_loggers(self, cfg: DictConfig, history: list[dict[str, Any]]) -> None:
-        """Start (or, resumed, continue) the trackers ``cfg.logger`` names (:mod:`zoo.train.loggers`)."""
+        """Start (or, resumed, continue) the trackers ``cfg.logger`` names (:mod:`zoo.train.rundir.loggers`)."""
         if self.enabled:
             self.loggers = open_loggers(cfg.get("logger"), self.dir, OmegaConf.to_container(cfg, resolve=True), history)
 
