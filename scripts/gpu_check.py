@@ -308,58 +308,16 @@ def compare_epochs(plan: Plan, report: Report, seconds: float, runs: int) -> int
 
 
 def comparison(plan: Plan, report: Report, out: Path, archive: Path) -> None:
+    """Rates 0 and 0.1 over the plan's seeds, all runs at once for the time left, and their report."""
     sweep = Path(os.environ.get("GPU_CHECK_RUNS", "/tmp/zoo-gpu-check")) / time.strftime("%H%M%S")
-    cache = sweep.parent / "cache"
     seconds = max(0.0, report.left(plan) - plan.margin_s)
     jobs = [(rate, seed) for rate in (0.0, 0.1) for seed in plan.compare_seeds]
     epochs = compare_epochs(plan, report, seconds, len(jobs))
-    lr = 0.1 * plan.compare_batch / 128
-    common = [
-        f"model={plan.compare_model}",
-        "optim=sgd",
-        f"lr={lr:g}",
-        "weight_decay=5e-4",
-        f"epochs={epochs}",
-        f"batch_size={plan.compare_batch}",
-        "sched.warmup_epochs=1",
-        "data=cifar10_folder",
-        f"data.path={archive}",
-        f"data.cache_dir={cache}",
-        f"device={plan.device}",
-        *plan.compare_data,
-    ]
     log(f"comparison: {len(jobs)} runs of {plan.compare_model}, {epochs} epochs, at once, {seconds:.0f} s left")
     sweep.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}  # several runs share the host's cores
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(REPO / "train.py"),
-                *common,
-                f"drop_path_rate={rate:g}",
-                f"seed={seed}",
-                f"hydra.run.dir={sweep / str(i)}",
-            ],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            env=env,
-            stderr=open(sweep / f"{i}.err", "w"),
-        )
-        for i, (rate, seed) in enumerate(jobs)
-    ]
-    deadline = time.monotonic() + seconds
-    for p in procs:
-        try:
-            p.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.terminate()  # saves at the next step boundary; the report shows how far it got
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    common = compare_overrides(plan, epochs, archive, sweep.parent / "cache")
+    procs = [launch_run(common, rate, seed, sweep, i) for i, (rate, seed) in enumerate(jobs)]
+    wait_or_stop(procs, time.monotonic() + seconds)
     errors = [(sweep / f"{i}.err").read_text().strip().splitlines()[-1:] for i, p in enumerate(procs) if p.returncode]
     report.comparison = {
         "dir": str(sweep),
@@ -375,11 +333,52 @@ def comparison(plan: Plan, report: Report, out: Path, archive: Path) -> None:
             shutil.copy(path, out / path.name)
     except ReportError as e:
         report.skipped.append(f"comparison report: {e}")
-    report.comparison["summaries"] = [
-        json.loads((sweep / str(i) / "summary.json").read_text())
-        for i in range(len(jobs))
-        if (sweep / str(i) / "summary.json").exists()
+    summaries = [sweep / str(i) / "summary.json" for i in range(len(jobs))]
+    report.comparison["summaries"] = [json.loads(s.read_text()) for s in summaries if s.exists()]
+
+
+def compare_overrides(plan: Plan, epochs: int, archive: Path, cache: Path) -> list[str]:
+    """train.py's overrides shared by every comparison run: SGD with the lr scaled to the batch."""
+    return [
+        f"model={plan.compare_model}",
+        "optim=sgd",
+        f"lr={0.1 * plan.compare_batch / 128:g}",
+        "weight_decay=5e-4",
+        f"epochs={epochs}",
+        f"batch_size={plan.compare_batch}",
+        "sched.warmup_epochs=1",
+        "data=cifar10_folder",
+        f"data.path={archive}",
+        f"data.cache_dir={cache}",
+        f"device={plan.device}",
+        *plan.compare_data,
     ]
+
+
+def launch_run(common: list[str], rate: float, seed: int, sweep: Path, i: int) -> subprocess.Popen:
+    """One comparison run in the background, in ``sweep/<i>``, its stderr in ``sweep/<i>.err``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}  # several runs share the host's cores
+    args = [*common, f"drop_path_rate={rate:g}", f"seed={seed}", f"hydra.run.dir={sweep / str(i)}"]
+    with open(sweep / f"{i}.err", "w") as err:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, env=env
+        )
+
+
+def wait_or_stop(procs: list[subprocess.Popen], deadline: float) -> None:
+    """Wait for the runs until ``deadline``, then SIGTERM the rest (they save at the next step boundary;
+    the report shows how far each got), and kill any that have not stopped 10 s later."""
+    for p in procs:
+        try:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 # ------------------------------------------------------------------------------------- summary

@@ -138,6 +138,40 @@ class MetaFormerStage(nn.Module):
         return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
 
 
+def stage_arguments(
+    n: int,
+    dims: Sequence[int],
+    token_mixers: TokenMixer | Sequence[TokenMixer],
+    mlp_ratios: float | Sequence[float],
+    mlp_act: str | Callable[[], nn.Module],
+    layer_scales: float | None | Sequence[float | None],
+    res_scales: float | None | Sequence[float | None],
+) -> list[dict[str, Any]]:
+    """Each of ``n`` stages' :class:`MetaFormerStage` arguments but its drop paths and token count: every
+    per-stage value checked and broadcast to one a stage (a bad one raises, naming its argument)."""
+    dims = per_stage(positive_ints(dims, "dims"), n, "dims")
+    mixers = per_stage(token_mixers, n, "token_mixers")
+    for mixer in mixers:
+        check_token_mixer(mixer, "token_mixers")
+    ratios = per_stage(mlp_ratios, n, "mlp_ratios")
+    layer = per_stage(layer_scales, n, "layer_scale_init_values")
+    res = per_stage(res_scales, n, "res_scale_init_values")
+    check_act_layer(mlp_act, "mlp_act")
+    return [
+        dict(
+            in_dim=dims[max(i - 1, 0)],
+            dim=dims[i],
+            token_mixer=mixers[i],
+            downsample=i > 0,
+            mlp_ratio=ratios[i],
+            mlp_act=mlp_act,
+            layer_scale_init_value=layer[i],
+            res_scale_init_value=res[i],
+        )
+        for i in range(n)
+    ]
+
+
 class MetaFormer(ZooModel):
     """A MetaFormer for small images. Per-stage arguments take one value (used by every stage) or a tuple
     with one value per stage.
@@ -200,18 +234,13 @@ class MetaFormer(ZooModel):
     ):
         super().__init__()
         # Check and broadcast everything first, so a bad argument fails before anything is built.
-        depths, dims = positive_ints(depths, "depths"), positive_ints(dims, "dims")
-        n = len(depths)
-        dims = per_stage(dims, n, "dims")
-        token_mixers = per_stage(token_mixers, n, "token_mixers")
-        for mixer in token_mixers:
-            check_token_mixer(mixer, "token_mixers")
-        mlp_ratios = per_stage(mlp_ratios, n, "mlp_ratios")
-        layer_scales = per_stage(layer_scale_init_values, n, "layer_scale_init_values")
-        res_scales = per_stage(res_scale_init_values, n, "res_scale_init_values")
-        check_act_layer(mlp_act, "mlp_act")
+        depths = positive_ints(depths, "depths")
+        stages = stage_arguments(
+            len(depths), dims, token_mixers, mlp_ratios, mlp_act, layer_scale_init_values, res_scale_init_values
+        )
+        dims = [s["dim"] for s in stages]
         drop_path = as_drop_path(drop_path)
-        sizes = stage_sizes(img_size, stem_stride, n)
+        sizes = stage_sizes(img_size, stem_stride, len(depths))
         rates = stage_drop_path_rates(drop_path.rate, drop_path_rates, depths, drop_path_schedule)
 
         self.depths = self.drop_path_depths = depths
@@ -219,23 +248,12 @@ class MetaFormer(ZooModel):
         self.stem = Stem(in_chans, dims[0], stem_stride)
         self.stages = nn.Sequential(
             *(
-                MetaFormerStage(
-                    dims[max(i - 1, 0)],
-                    dims[i],
-                    drop_paths=[drop_path.with_rate(r) for r in rates[i]],
-                    token_mixer=token_mixers[i],
-                    downsample=i > 0,
-                    num_tokens=sizes[i] ** 2,
-                    mlp_ratio=mlp_ratios[i],
-                    mlp_act=mlp_act,
-                    layer_scale_init_value=layer_scales[i],
-                    res_scale_init_value=res_scales[i],
-                )
-                for i in range(n)
+                MetaFormerStage(drop_paths=[drop_path.with_rate(r) for r in rates[i]], num_tokens=sizes[i] ** 2, **s)
+                for i, s in enumerate(stages)
             )
         )
         self.feature_info = FeatureInfo(
-            dict(num_chs=dims[i], reduction=stem_stride * 2**i, module=f"stages.{i}") for i in range(n)
+            dict(num_chs=d, reduction=stem_stride * 2**i, module=f"stages.{i}") for i, d in enumerate(dims)
         )
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)  # the head's norm keeps its bias, as in the paper
         self.num_features = dims[-1]
