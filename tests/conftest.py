@@ -260,3 +260,29 @@ def train_cut_and_resumed(
     resume = f"resume={run_dir}"
     loop.train(compose_train(*overrides, resume), run_dir.parent / f"{run_dir.name}-ignored", overrides=(resume,))
     return info.value
+
+
+def training_checkpoint(model_name: str = "resnet8", seed: int = 0, **config) -> dict:
+    """A training checkpoint as the trainer writes it, with the keys load_run reads (a resnet8 is 78k params)."""
+    torch.manual_seed(seed)
+    group = {"name": model_name, **config.pop("model", {})}
+    import zoo
+
+    net = zoo.create_model(model_name, **{k: v for k, v in group.items() if k != "name"})
+    return {
+        "model": net.state_dict(),
+        "optimizer": {},
+        "epoch": 1,
+        "step": 0,
+        "global_step": 4,
+        "history": [],
+        "config": {
+            "model": group,
+            "drop_path_rate": 0.1,
+            "drop_path_schedule": "linear",
+            "drop_path_mode": "mask",
+            "drop_path_skip_draw": "auto",
+            **config,
+        },
+        "model_name": model_name,
+    }

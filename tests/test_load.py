@@ -14,37 +14,13 @@ import pytest
 import torch
 
 import zoo
-from conftest import REPO, compose_train, tiny
+from conftest import REPO, compose_train, tiny, training_checkpoint
 from zoo.layers import drop_path_blocks
 from zoo.train import evaluate as evaluate_cli
 from zoo.train.config.schema import build_model, model_args
 from zoo.train.errors import CheckpointError
 from zoo.train.loop import run as loop
 from zoo.train.rundir.checkpoint import load_checkpoint, load_model_state
-
-
-def training_checkpoint(model_name: str = "resnet8", seed: int = 0, **config) -> dict:
-    """A training checkpoint as the trainer writes it, with the keys load_run reads (a resnet8 is 78k params)."""
-    torch.manual_seed(seed)
-    group = {"name": model_name, **config.pop("model", {})}
-    net = zoo.create_model(model_name, **{k: v for k, v in group.items() if k != "name"})
-    return {
-        "model": net.state_dict(),
-        "optimizer": {},
-        "epoch": 1,
-        "step": 0,
-        "global_step": 4,
-        "history": [],
-        "config": {
-            "model": group,
-            "drop_path_rate": 0.1,
-            "drop_path_schedule": "linear",
-            "drop_path_mode": "mask",
-            "drop_path_skip_draw": "auto",
-            **config,
-        },
-        "model_name": model_name,
-    }
 
 
 def keys_only_in(name: str, other: str) -> list[str]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import zoo
-from conftest import REPO, check_cli
+from conftest import REPO, check_cli, training_checkpoint
 from zoo.layers import DropPath, drop_path_blocks, drop_path_rates
 
 pytest.importorskip("timm")
@@ -98,7 +98,6 @@ def test_timm_data_preprocesses_as_the_trainer_does(tmp_path):
 
 def test_the_readme_classifies_an_image_with_a_trained_run(tmp_path):
     from PIL import Image
-    from test_load import training_checkpoint
 
     readme = (REPO / "README.md").read_text()
     code = next(

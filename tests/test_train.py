@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 import zoo
-from conftest import compose_train, metrics, rows, run_cli, tiny, train_cut_and_resumed
+from conftest import compose_train, metrics, rows, run_cli, tiny, train_cut_and_resumed, training_checkpoint
 from zoo.train.config.schema import validate_config
 from zoo.train.data.batches import derive_seed
 from zoo.train.errors import CheckpointError, RunDirError, TrainingDiverged
@@ -53,20 +53,6 @@ def test_non_finite_loss_names_epoch_step_and_checkpoint():
 # --- checkpoints -------------------------------------------------------------------------------
 
 
-def fake_state(model_name: str = "resnet8") -> dict:
-    net = zoo.create_model(model_name)
-    return {
-        "model": net.state_dict(),
-        "optimizer": {},
-        "epoch": 1,
-        "step": 0,
-        "global_step": 4,
-        "config": {"model": {"name": model_name}},
-        "model_name": model_name,
-        "history": [],
-    }
-
-
 def test_checkpoint_errors_say_what_is_wrong(tmp_path):
     with pytest.raises(CheckpointError, match="no such run dir or checkpoint"):
         load_checkpoint(tmp_path / "missing")
@@ -78,7 +64,7 @@ def test_checkpoint_errors_say_what_is_wrong(tmp_path):
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a zoo training checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
-    save_checkpoint(fake_state("resnet8"), tmp_path / "last.pt")
+    save_checkpoint(training_checkpoint("resnet8"), tmp_path / "last.pt")
     with pytest.raises(CheckpointError, match="holds a resnet8 model, not resnet20"):
         load_checkpoint(tmp_path, model_name="resnet20")
     state = load_checkpoint(tmp_path)
@@ -89,7 +75,7 @@ def test_checkpoint_errors_say_what_is_wrong(tmp_path):
 
 
 def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
-    path = save_checkpoint(fake_state(), tmp_path / "last.pt")
+    path = save_checkpoint(training_checkpoint(), tmp_path / "last.pt")
 
     def dies_midway(obj, f):
         f.write(b"partial")
@@ -97,7 +83,7 @@ def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", dies_midway)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(fake_state(), path)
+        save_checkpoint(training_checkpoint(), path)
     monkeypatch.undo()
     assert load_checkpoint(path)["global_step"] == 4
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
