@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .layers import DROP_PATH_KWARGS
+
 CHECKPOINT_NAME = "last.pt"  # what a run dir holds
 BEST_NAME = "best.pt"  # the weights of the best validation epoch, in a run trained with data.val_size
 WHICH = {"last": CHECKPOINT_NAME, "best": BEST_NAME}  # load_run(which=...): the file read from a run dir
@@ -104,7 +106,7 @@ def _legacy_model_args(config: dict[str, Any] | None) -> dict[str, Any] | None:
     CIFAR-10's 10 classes, the trainer's only dataset then."""
     if config is None or not isinstance(config.get("model"), dict) or "name" not in config["model"]:
         return None
-    drop_path = ("drop_path_rate", "drop_path_schedule", "drop_path_mode", "drop_path_skip_draw")
+    drop_path = (*DROP_PATH_KWARGS, "drop_path_schedule")
     group = {k: v for k, v in config["model"].items() if k != "name"}
     return {"num_classes": 10, **{k: config[k] for k in drop_path if k in config}, **group}
 

@@ -74,13 +74,7 @@ class BasicBlock(_ResidualConvBlock):
     expansion = 1
 
     def __init__(
-        self,
-        in_chs: int,
-        out_chs: int,
-        *,
-        stride: int = 1,
-        drop_path: float | DropPathArgs = 0.0,
-        shortcut: str = "A",
+        self, in_chs: int, out_chs: int, *, stride: int = 1, drop_path: float | DropPathArgs = 0.0, shortcut: str = "A"
     ):
         super().__init__(drop_path)
         self.conv_bn1 = conv_bn(in_chs, out_chs, 3, stride)
@@ -103,13 +97,7 @@ class Bottleneck(_ResidualConvBlock):
     expansion = 4
 
     def __init__(
-        self,
-        in_chs: int,
-        width: int,
-        *,
-        stride: int = 1,
-        drop_path: float | DropPathArgs = 0.0,
-        shortcut: str = "B",
+        self, in_chs: int, width: int, *, stride: int = 1, drop_path: float | DropPathArgs = 0.0, shortcut: str = "B"
     ):
         super().__init__(drop_path)
         out_chs = width * self.expansion

@@ -15,6 +15,7 @@ from .mixers import TOKEN_MIXERS, Attention, IdentityMixer, Pooling, RandomMixin
 from .mlp import ACT_LAYERS, Mlp, StarReLU, create_act_layer
 from .norm import LayerNorm, LayerNorm2d
 from .residual import (
+    DROP_PATH_KWARGS,
     DROP_PATH_MODES,
     FIXED_DRAW_FACTOR_STEPS,
     DropPathArgs,
@@ -24,6 +25,7 @@ from .residual import (
     check_drop_path_mode,
     drop_path_blocks,
     drop_path_from_kwargs,
+    drop_path_kwargs,
     resolve_skip,
     set_drop_path_factor,
 )
@@ -48,6 +50,7 @@ __all__ = [
     "drop_path_add",
     "drop_path_skip_add",
     "keep_mask",
+    "DROP_PATH_KWARGS",
     "DROP_PATH_MODES",
     "FIXED_DRAW_FACTOR_STEPS",
     "DropPathArgs",
@@ -57,6 +60,7 @@ __all__ = [
     "check_drop_path_mode",
     "drop_path_blocks",
     "drop_path_from_kwargs",
+    "drop_path_kwargs",
     "resolve_skip",
     "set_drop_path_factor",
     "DEPTH_SCHEDULES",

@@ -126,11 +126,7 @@ def _is_off(drop_prob: float | Tensor, training: bool) -> bool:
 
 
 def drop_path(
-    x: Tensor,
-    drop_prob: float | Tensor = 0.0,
-    training: bool = False,
-    scale_by_keep: bool = True,
-    mode: str = "row",
+    x: Tensor, drop_prob: float | Tensor = 0.0, training: bool = False, scale_by_keep: bool = True, mode: str = "row"
 ) -> Tensor:
     """Zero whole samples (``mode="row"``) or the whole batch (``"batch"``) with probability ``drop_prob``.
 
@@ -150,6 +146,7 @@ def drop_path_add(
     branch: Tensor,
     drop_prob: float | Tensor = 0.0,
     training: bool = False,
+    *,
     scale_by_keep: bool = True,
     mode: str = "row",
 ) -> Tensor:
@@ -172,6 +169,7 @@ def drop_path_skip_add(
     branch_fn: Callable[[Tensor], Tensor],
     drop_prob: float | Tensor = 0.0,
     training: bool = False,
+    *,
     scale_by_keep: bool = True,
     mode: str = "row",
     skip_draw: str = "auto",

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+import torch
 from torch import Tensor, nn
 
-from .drop import DropPath, check_drop_prob, check_skip_draw
+from .drop import DropPath, check_drop_prob, check_skip_draw, resolve_draw
 
 DROP_PATH_MODES = ("mask", "skip", "auto")
 
@@ -60,12 +61,26 @@ class DropPathArgs:
     def with_rate(self, rate: float) -> DropPathArgs:
         return replace(self, rate=rate)
 
+    def can_drop_whole_batch(self, device: torch.device, compiled: bool = False) -> bool:
+        """Whether a block with this drop path can drop every sample of a batch, so that its branch gets no
+        gradients that step (DistributedDataParallel must then look for unused parameters each step, a
+        cost): skip mode's Bernoulli draw can, and any draw at rate 1; the fixed draw keeps at least one
+        sample below that, and the mask form always runs the branch."""
+        if self.mode == "mask":
+            return False
+        draw = self.skip_draw
+        fixed = resolve_draw(draw, "row", device) == "fixed" or (draw == "auto" and compiled)
+        return not fixed or self.rate >= 1
+
+
+# The keywords create_model takes for a DropPathArgs (timm's drop_path_rate and zoo's two), by field.
+DROP_PATH_KWARGS = {"drop_path_rate": "rate", "drop_path_mode": "mode", "drop_path_skip_draw": "skip_draw"}
+
 
 def drop_path_from_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` with timm-style ``drop_path_rate``, ``drop_path_mode`` and ``drop_path_skip_draw`` (the
-    names zoo's registered builders take through ``create_model``) turned into one ``drop_path``:
-    :class:`DropPathArgs`; other keys as given."""
-    names = {"drop_path_rate": "rate", "drop_path_mode": "mode", "drop_path_skip_draw": "skip_draw"}
+    """``kwargs`` with the keys of :data:`DROP_PATH_KWARGS` (the names zoo's registered builders take
+    through ``create_model``) turned into one ``drop_path``: :class:`DropPathArgs`; other keys as given."""
+    names = DROP_PATH_KWARGS
     given = {names[k]: v for k, v in kwargs.items() if k in names}
     if not given:
         return kwargs
@@ -74,6 +89,11 @@ def drop_path_from_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     if "rate" in given:  # named as the caller wrote it
         given["rate"] = check_drop_prob(given["rate"], "drop_path_rate")
     return {**{k: v for k, v in kwargs.items() if k not in names}, "drop_path": DropPathArgs(**given)}
+
+
+def drop_path_kwargs(args: DropPathArgs) -> dict[str, Any]:
+    """``args`` as ``create_model``'s keywords (the inverse of :func:`drop_path_from_kwargs`)."""
+    return {key: getattr(args, name) for key, name in DROP_PATH_KWARGS.items()}
 
 
 def as_drop_path(drop_path: float | DropPathArgs) -> DropPathArgs:

@@ -12,6 +12,7 @@ from ..layers import (
     block_drop_path_rates,
     check_drop_prob,
     drop_path_blocks,
+    drop_path_kwargs,
     drop_path_rates,
     set_drop_path_factor,
 )
@@ -78,6 +79,15 @@ class ZooModel(nn.Module):
     last stage), ``stem``, ``stages`` (each with a ``grad_checkpointing`` flag), ``norm``, ``head``
     and ``feature_info`` (one dict per stage), keep their DropPathBlocks registered in forward order,
     and end their constructor with :meth:`init_features`.
+
+    The keywords every family's constructor takes for its drop path:
+
+    - ``drop_path``: the largest per-block drop path rate, or a :class:`zoo.layers.DropPathArgs` with it,
+      the mode ("mask", "skip": branches run on kept samples only, or "auto") and skip mode's draw. The
+      registered builders (``create_model``) take it as timm's keywords (``drop_path_rate`` and the like:
+      :func:`zoo.layers.drop_path_from_kwargs`).
+    - ``drop_path_schedule``: how rates grow with depth (see :func:`zoo.layers.drop_path_rates`).
+    - ``drop_path_rates``: one rate per block, in forward order, instead of a rate and a schedule.
     """
 
     depths: tuple[int, ...]
@@ -310,7 +320,7 @@ def set_drop_path_rate(model: ZooModel, rate: float | Sequence[float], schedule:
         }
         given = args.pop("drop_path", None)
         if isinstance(given, DropPathArgs):  # keep its mode and draw, under create_model's names
-            args.update(drop_path_mode=given.mode, drop_path_skip_draw=given.skip_draw)
+            args.update({k: v for k, v in drop_path_kwargs(given).items() if k != "drop_path_rate"})
         if is_list:
             args["drop_path_rates"] = [float(r) for r in rate]
         else:

@@ -196,12 +196,8 @@ class MetaFormer(ZooModel):
         out_indices: with ``features_only``, the stages returned (None: all).
         img_size: input height and width; sets the token count of "random" mixers.
         stem_stride: stride of the stem (1: stages at 32/16/8/4 for 32x32 inputs; 2: 16/8/4/2).
-        drop_path: the largest per-block drop path rate, or a :class:`zoo.layers.DropPathArgs` with
-            it, the mode ("mask", "skip": branches run on kept samples only, or "auto") and skip
-            mode's draw. The registered builders (``create_model``) take it as timm's keywords
-            (``drop_path_rate`` and the like: :func:`zoo.layers.drop_path_from_kwargs`).
-        drop_path_schedule: how rates grow with depth (see :func:`zoo.layers.drop_path_rates`).
-        drop_path_rates: one rate per block, in forward order, instead of a rate and a schedule.
+        drop_path, drop_path_schedule, drop_path_rates: the drop path, as every zoo model takes it
+            (:class:`zoo.models.ZooModel`).
         drop_rate: dropout before the classifier, after the head's norm (timm's ``drop_rate``).
         global_pool: how the head pools the last map: "avg", "max" or "avgmax" (their average).
         layer_scale_init_values: LayerScale init per stage; None turns it off.
@@ -220,6 +216,8 @@ class MetaFormer(ZooModel):
         mlp_act: str | Callable[[], nn.Module] = "starrelu",
         num_classes: int = 10,
         in_chans: int = 3,
+        features_only: bool = False,
+        out_indices: int | Sequence[int] | None = None,
         img_size: int = 32,
         stem_stride: int = 1,
         drop_path: float | DropPathArgs = 0.0,
@@ -229,8 +227,6 @@ class MetaFormer(ZooModel):
         global_pool: str = "avg",
         layer_scale_init_values: float | None | Sequence[float | None] = None,
         res_scale_init_values: float | None | Sequence[float | None] = (None, None, 1.0, 1.0),
-        features_only: bool = False,
-        out_indices: int | Sequence[int] | None = None,
     ):
         super().__init__()
         # Check and broadcast everything first, so a bad argument fails before anything is built.

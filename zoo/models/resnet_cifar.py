@@ -61,12 +61,8 @@ class ResNetCifar(ZooModel):
         features_only: build a feature extractor: ``forward`` returns a list of stage maps (NCHW)
             and there is no classifier (see :meth:`ZooModel.init_features`).
         out_indices: with ``features_only``, the stages returned (None: all three).
-        drop_path: the largest per-block drop path rate, or a :class:`zoo.layers.DropPathArgs` with
-            it, the mode ("mask", "skip": branch computed for kept samples only, or "auto") and skip
-            mode's draw. The registered builders (``create_model``) take it as timm's keywords
-            (``drop_path_rate`` and the like: :func:`zoo.layers.drop_path_from_kwargs`).
-        drop_path_schedule: how rates grow with depth (see :func:`zoo.layers.drop_path_rates`).
-        drop_path_rates: one rate per block, in forward order, instead of a rate and a schedule.
+        drop_path, drop_path_schedule, drop_path_rates: the drop path, as every zoo model takes it
+            (:class:`zoo.models.ZooModel`).
         drop_rate: dropout before the classifier (timm's ``drop_rate``).
         global_pool: how the head pools the last map: "avg", "max" or "avgmax" (their average).
         shortcut: "A" (zero-padding, parameter-free) or "B" (1x1 conv) where the shape changes.
@@ -85,6 +81,8 @@ class ResNetCifar(ZooModel):
         block: str = "basic",
         num_classes: int = 10,
         in_chans: int = 3,
+        features_only: bool = False,
+        out_indices: int | Sequence[int] | None = None,
         drop_path: float | DropPathArgs = 0.0,
         drop_path_schedule: str = "linear",
         drop_path_rates: Sequence[float] | None = None,
@@ -92,8 +90,6 @@ class ResNetCifar(ZooModel):
         global_pool: str = "avg",
         shortcut: str = "A",
         zero_init_last: bool = True,
-        features_only: bool = False,
-        out_indices: int | Sequence[int] | None = None,
     ):
         super().__init__()
         drop_path = as_drop_path(drop_path)

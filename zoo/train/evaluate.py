@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -147,18 +147,29 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def one_line(action: Callable[[], str]) -> int:
+    """A command's exit code: ``action``'s line printed and 0, or a user's mistake (a bad flag value, run
+    dir or checkpoint) as one ``error:`` line on stderr and 2."""
     try:
-        r = run_eval(args)
+        line = action()
     except (ZooError, LoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(
+    print(line)
+    return 0
+
+
+def _eval_line(args: argparse.Namespace) -> str:
+    r = run_eval(args)
+    return (
         f"eval: model={r['model']} images={r['images']} correct={r['correct']} test_acc={r['test_acc']:.4f} "
         f"test_loss={r['test_loss']:.4f} device={r['device']} run={args.run}"
     )
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return one_line(lambda: _eval_line(args))
 
 
 if __name__ == "__main__":

@@ -27,12 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .._weights import CHECKPOINT_NAME, LoadError
+from .._weights import CHECKPOINT_NAME
 from ..knockout import removable_blocks, remove_blocks
-from .errors import ZooError
-from .evaluate import Loaded, OneLineParser, accuracy, add_source_arguments, load_for_eval, positive
+from .evaluate import Loaded, OneLineParser, accuracy, add_source_arguments, load_for_eval, one_line, positive
 from .loop.distributed import resolve_device
-from .report.paired import CONFIDENCE, Paired, seed_order
+from .report.paired import CONFIDENCE, Paired, pair_curves
 from .report.sweep import Configuration, ReportError, Sweep, baseline_of, load_sweep
 
 if TYPE_CHECKING:
@@ -179,14 +178,7 @@ def _seed_curves(config: Configuration, results: dict[Path, Knockout]) -> dict[A
 
 def paired_at_k(config: Configuration, baseline: Configuration, results: dict[Path, Knockout]) -> dict[int, Paired]:
     """Per k, the accuracy of ``config`` minus its baseline's, seed by seed."""
-    mine, base = _seed_curves(config, results), _seed_curves(baseline, results)
-    out: dict[int, Paired] = {}
-    for seed in sorted(mine.keys() & base.keys(), key=seed_order):
-        for k in sorted(mine[seed].keys() & base[seed].keys()):
-            pair = out.setdefault(k, Paired())
-            pair.seeds.append(seed)
-            pair.diffs.append(mine[seed][k] - base[seed][k])
-    return out
+    return pair_curves(_seed_curves(config, results), _seed_curves(baseline, results))
 
 
 def _interval(p: Paired) -> str:
@@ -380,13 +372,7 @@ def write_knockout(args: argparse.Namespace) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        paths = write_knockout(args)
-    except (ZooError, LoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print("wrote " + " and ".join(str(p) for p in paths))
-    return 0
+    return one_line(lambda: "wrote " + " and ".join(str(p) for p in write_knockout(args)))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,15 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 from torch import nn
 
 from ..._registry import create_model, is_model, list_models, model_arguments, unknown_model_message
-from ...layers import DEPTH_SCHEDULES, DROP_PATH_MODES, EARLY_MODES, SKIP_DRAWS, TIME_SCHEDULES, check_drop_prob
+from ...layers import (
+    DEPTH_SCHEDULES,
+    DROP_PATH_KWARGS,
+    DROP_PATH_MODES,
+    EARLY_MODES,
+    SKIP_DRAWS,
+    TIME_SCHEDULES,
+    check_drop_prob,
+)
 from ...models._base import check_global_pool
 from ..data.augment import check_augment
 from ..data.cifar10 import check_val_size
@@ -46,7 +54,7 @@ REMOVED_KEYS = {
 AUTO_FLAGS = ("auto", True, False)
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Top-level keys that are create_model arguments (the model group holds the rest).
-DROP_PATH_KEYS = ("drop_path_rate", "drop_path_schedule", "drop_path_mode", "drop_path_skip_draw")
+DROP_PATH_KEYS = (*DROP_PATH_KWARGS, "drop_path_schedule")
 
 
 class Choice(str, Enum):

@@ -23,11 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..._weights import BEST_NAME, load_file, one_line
-from ...layers import time_factor
-from ...layers.drop import resolve_draw
+from ...layers import drop_path_from_kwargs, time_factor
 from ...models import ZooModel
 from ..config.overrides import quoted_override, resume_command
-from ..config.schema import build_model, validate_config
+from ..config.schema import build_model, model_args, validate_config
 from ..data.augment import build_policy, resolve_augment
 from ..data.batches import EpochPlan, derive_seed, epoch_plan, train_batch
 from ..data.cifar10 import Split, load_cifar10
@@ -263,14 +262,11 @@ def load_data(cfg: DictConfig, ctx: dist.Context) -> tuple[Split, Split, str, Sp
 
 
 def unused_parameters(cfg: DictConfig, device: torch.device) -> bool:
-    """Whether DDP must look for parameters without gradients each step (a cost): skip mode's
-    Bernoulli draw can drop every sample of a block on a rank, and a rate of 1 keeps none; the fixed
-    draw keeps at least one sample below that."""
-    if cfg.drop_path_mode == "mask":
-        return False
-    draw = cfg.drop_path_skip_draw
-    fixed = resolve_draw(draw, "row", device) == "fixed" or (draw == "auto" and bool(cfg.compile))
-    return not fixed or max(cfg.drop_path_rates or [cfg.drop_path_rate]) >= 1
+    """Whether DDP must look for parameters without gradients each step (a cost): where a block's drop
+    path can drop a whole batch (:meth:`zoo.layers.DropPathArgs.can_drop_whole_batch`)."""
+    drop_path = drop_path_from_kwargs(model_args(cfg))["drop_path"]
+    rate = max(cfg.drop_path_rates or [cfg.drop_path_rate])
+    return drop_path.with_rate(rate).can_drop_whole_batch(device, bool(cfg.compile))
 
 
 def wrap(

@@ -161,14 +161,19 @@ def paired_by_epoch(config: Configuration, baseline: Configuration, key: str = "
     Unfinished runs count for the epochs they finished, so n can change from epoch to epoch; epochs
     without a single pair are left out.
     """
-    mine, base = _by_seed_and_epoch(config, key), _by_seed_and_epoch(baseline, key)
-    by_epoch: dict[float, Paired] = {}
+    return pair_curves(_by_seed_and_epoch(config, key), _by_seed_and_epoch(baseline, key))
+
+
+def pair_curves(mine: dict[Any, dict[Any, float]], base: dict[Any, dict[Any, float]]) -> dict[Any, Paired]:
+    """Two sides' curves, seed -> {x: value}, as one :class:`Paired` per x (an epoch, a count of removed
+    blocks): mine minus base for each seed that has x on both sides, in x's order."""
+    out: dict[Any, Paired] = {}
     for seed in sorted(mine.keys() & base.keys(), key=seed_order):
-        for epoch in sorted(mine[seed].keys() & base[seed].keys()):
-            pair = by_epoch.setdefault(epoch, Paired())
+        for x in mine[seed].keys() & base[seed].keys():
+            pair = out.setdefault(x, Paired())
             pair.seeds.append(seed)
-            pair.diffs.append(mine[seed][epoch] - base[seed][epoch])
-    return dict(sorted(by_epoch.items()))
+            pair.diffs.append(mine[seed][x] - base[seed][x])
+    return dict(sorted(out.items()))
 
 
 def rate_response(
