@@ -98,6 +98,15 @@ def test_resume_refuses_overrides_that_change_the_run():
     assert same.epochs == 2 and same.device == "cpu" and same.resume == "/runs/x"
 
 
+def test_resume_may_change_a_key_inside_an_environment_key():
+    """``logger`` may change, and so may every key under it (``logger.wandb.mode``): one rule for the list."""
+    saved = compose_train("model=resnet8", "logger=wandb")
+    state = {"config": OmegaConf.to_container(saved), "path": "/runs/x/last.pt"}
+    cfg = compose_train("model=resnet8", "logger=wandb", "logger.wandb.mode=online", "resume=/runs/x")
+    resumed = resumed_config(cfg, state, ["resume=/runs/x", "logger.wandb.mode=online"])
+    assert resumed.logger.wandb.mode == "online" and saved.logger.wandb.mode == "offline"
+
+
 def test_resume_of_a_run_saved_before_a_key_existed_or_after_one_was_removed():
     """A checkpoint from before drop_path_skip_draw existed resumes with today's default for it (or the
     command line's value); a key saved by an older version that no longer exists is dropped."""

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._weights import CHECKPOINT_NAME
 from .cli import say
-from .config.overrides import ENVIRONMENT_KEYS, flatten
+from .config.overrides import flatten, is_environment_key
 from .config.schema import validate_config
 from .errors import ConfigError, ZooError
 from .report.sweep import FAILED_NAME
@@ -69,7 +69,7 @@ def finished(cfg: DictConfig, job: Path) -> dict[str, Any] | None:
     if (job / "config.yaml").is_file():
         then = flatten(OmegaConf.to_container(OmegaConf.load(job / "config.yaml"), resolve=True))
         now = flatten(OmegaConf.to_container(validate_config(cfg), resolve=True))
-        changed = [k for k in sorted(then.keys() & now.keys()) if k not in ENVIRONMENT_KEYS and then[k] != now[k]]
+        changed = [k for k in sorted(then.keys() & now.keys()) if not is_environment_key(k) and then[k] != now[k]]
         if changed:
             diffs = ", ".join(f"{k}={now[k]!r} (finished with {then[k]!r})" for k in changed[:5])
             raise ConfigError(

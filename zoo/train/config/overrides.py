@@ -28,6 +28,11 @@ ENVIRONMENT_KEYS = (
 )
 
 
+def is_environment_key(key: str) -> bool:
+    """Whether ``key`` (flattened: ``logger.wandb.mode``) is one of :data:`ENVIRONMENT_KEYS` or inside one."""
+    return any(key == k or key.startswith(k + ".") for k in ENVIRONMENT_KEYS)
+
+
 # A job dir's name in bytes at most: file systems allow 255 per name; the rest is room for a suffix
 # (an archive of the dir, ``<name>.tar.gz``).
 MAX_JOB_DIR_BYTES = 200

@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ..config.overrides import ENVIRONMENT_KEYS, expand, flatten
+from ..config.overrides import expand, flatten, is_environment_key
 from ..errors import ZooError
 
 SEED_KEY = "seed"
@@ -348,15 +348,16 @@ def _without_seed(overrides: list[str] | Pairs) -> list[tuple[str, str]]:
     return [(k, v) for k, v in pairs if k != SEED_KEY]  # type: ignore[misc]
 
 
-# Keys that compute nothing different at drop_path_rate 0 (every drop path key), or change nothing a run
-# computes (ENVIRONMENT_KEYS).
-_SAME_AT_RATE_0 = ("drop_path_", "seed", *ENVIRONMENT_KEYS)
+def _same_at_rate_0(key: str) -> bool:
+    """Whether ``key`` computes nothing different at drop_path_rate 0 (every drop path key, the seed's
+    pairing aside) or changes nothing a run computes (ENVIRONMENT_KEYS)."""
+    return key.startswith(("drop_path_", "seed")) or is_environment_key(key)
 
 
 def _what_it_computes(config: Configuration) -> dict[str, Any] | None:
-    """The resolved config of ``config``'s runs without :data:`_SAME_AT_RATE_0` keys, with the precision
+    """The resolved config of ``config``'s runs without :func:`_same_at_rate_0` keys, with the precision
     and layout each run resolved (summary.json); None when its runs disagree or recorded none."""
-    found = [{k: v for k, v in r.config.items() if not k.startswith(_SAME_AT_RATE_0)} for r in config.runs]
+    found = [{k: v for k, v in r.config.items() if not _same_at_rate_0(k)} for r in config.runs]
     for run, values in zip(config.runs, found):  # amp=auto and amp=false compute alike where auto meant fp32
         values.update({k: run.summary[k] for k in ("amp", "channels_last") if run.summary and k in run.summary})
     return found[0] if found and found[0] and all(f == found[0] for f in found) else None

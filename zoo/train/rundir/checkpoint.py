@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..._weights import CHECKPOINT_NAME, LoadError, checkpoint_file, load_file, load_weights, read_checkpoint  # noqa: F401 (CHECKPOINT_NAME: re-exported)
-from ..config.overrides import ENVIRONMENT_KEYS, flatten
+from ..config.overrides import ENVIRONMENT_KEYS, flatten, is_environment_key
 from ..config.schema import REMOVED_KEYS
 from ..errors import CheckpointError
 from .atomic import save_atomic
@@ -119,9 +119,9 @@ def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: Sequence[s
     saved = OmegaConf.merge(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), old)
     keys = [o.lstrip("+~").partition("=")[0] for o in overrides]
     for key in keys:
-        if key in ENVIRONMENT_KEYS:
+        if is_environment_key(key):
             OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
-    checked = [k for k in keys if k not in ENVIRONMENT_KEYS]
+    checked = [k for k in keys if not is_environment_key(k)]
     if checked:
         now = flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
         then = flatten(OmegaConf.to_container(saved, resolve=True))
@@ -135,7 +135,7 @@ def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: Sequence[s
         changed = [
             k
             for k in sorted(set(now) | set(then))
-            if k not in ENVIRONMENT_KEYS and named(k) and now.get(k) != then.get(k)
+            if not is_environment_key(k) and named(k) and now.get(k) != then.get(k)
         ]
         if changed:
             diffs = ", ".join(f"{k}={now.get(k)!r} (saved {then.get(k)!r})" for k in changed[:5])
