@@ -45,3 +45,15 @@ def test_round_robin_shuffles_each_repeat_and_warms_up_interleaved():
 def test_paired_ratio_is_the_median_of_per_repeat_ratios():
     # a slow phase (repeat 2) hits both sides of its pair, so it does not move the ratio
     assert bench.paired_ratio([1.0, 10.0, 1.2], [2.0, 20.0, 2.0]) == 0.5
+
+
+def test_cpu_step_profile_times_both_precisions_and_lists_the_ops_at_a_tiny_size(capsys):
+    spec = importlib.util.spec_from_file_location("cpu_step_profile", REPO / "benchmarks" / "cpu_step_profile.py")
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+    assert profile.main(["--tiny"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert rows[1].startswith("| fp32, NCHW |") and rows[1].endswith("| 1.000x |")
+    assert rows[2].startswith("| default (amp=")
+    assert len([r for r in rows if "aten::" in r or "Optimizer" in r]) == 3  # --tiny lists the top 3 ops

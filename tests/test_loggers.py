@@ -139,3 +139,23 @@ def test_csv_gains_a_column_that_first_appears_in_a_later_epoch(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
     assert [r["test_acc"] for r in rows] == ["", "", "0.3", ""]
+
+
+def test_mlflow_records_how_a_run_ended(tmp_path):
+    """A run that stops without its summary is FAILED in MLflow; one interrupted (a resume continues it) is
+    KILLED; a finished one FINISHED (the end-to-end test above). The second start reopens the same run."""
+    from mlflow import MlflowClient
+
+    from zoo.train.rundir.runlog import RunLog
+
+    cfg = compose_train("model=resnet8", "logger=mlflow")
+    client = MlflowClient(f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
+    statuses = []
+    for interrupted in (False, True):
+        run = RunLog(tmp_path)
+        run.open_loggers(cfg, [])
+        if interrupted:
+            run.outcome = "interrupted"
+        run.close()
+        statuses.append(client.get_run(json.loads((tmp_path / loggers.IDS_NAME).read_text())["mlflow"]).info.status)
+    assert statuses == ["FAILED", "KILLED"]

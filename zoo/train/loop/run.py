@@ -116,6 +116,9 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = (),
                     log.info(epoch_line(row, s.cfg.epochs))
             summary = make_summary(s, time.perf_counter() - wall_start)
             s.run.summary(summary)
+        except (TrainingInterrupted, KeyboardInterrupt):
+            s.run.outcome = "interrupted"  # a resume continues the trackers' runs
+            raise
         finally:
             s.run.close()
     return summary

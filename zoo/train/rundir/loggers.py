@@ -44,7 +44,8 @@ class Logger:
 
     def finish(self, summary: dict[str, Any], checkpoints: dict[str, str]) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, outcome: str = "finished") -> None:
+        """End the tracker's run: ``outcome`` is "finished", "interrupted" (a resume continues it) or "failed"."""
 
 
 class CSVLogger(Logger):
@@ -97,7 +98,7 @@ class TensorBoardLogger(Logger):
     def finish(self, summary: dict[str, Any], checkpoints: dict[str, str]) -> None:
         self.writer.add_text("summary", _code(json.dumps({**summary, **checkpoints}, indent=2)), summary["epochs"])
 
-    def close(self) -> None:
+    def close(self, outcome: str = "finished") -> None:
         self.writer.close()
 
 
@@ -117,8 +118,8 @@ class WandbLogger(Logger):
     def finish(self, summary: dict[str, Any], checkpoints: dict[str, str]) -> None:
         self.run.summary.update({**summary, **checkpoints})
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, outcome: str = "finished") -> None:
+        self.run.finish(exit_code=0 if outcome == "finished" else 1)
 
 
 class MLflowLogger(Logger):
@@ -171,8 +172,9 @@ class MLflowLogger(Logger):
         )
         self.client.log_dict(self.id, summary, "summary.json")
 
-    def close(self) -> None:
-        self.client.set_terminated(self.id)
+    def close(self, outcome: str = "finished") -> None:
+        status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(outcome, "FAILED")
+        self.client.set_terminated(self.id, status=status)
 
 
 LOGGERS: dict[str, type[Logger]] = {
@@ -198,7 +200,7 @@ def open_loggers(
             opened.append(LOGGERS[name](run_dir, dict(options or {}), config, history, ids.get(name)))
     except BaseException:
         for logger in opened:
-            logger.close()
+            logger.close("failed")
         raise
     ids.update({name: logger.id for name, logger in zip(chosen, opened) if logger.id is not None})
     if ids:

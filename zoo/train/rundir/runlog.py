@@ -138,6 +138,7 @@ class RunLog:
         self.dir = Path(run_dir)
         self.enabled = enabled
         self.loggers: list[Logger] = []
+        self.outcome = "failed"  # what the trackers record when the run closes: "finished" once summarised
         if enabled:
             self.dir.mkdir(parents=True, exist_ok=True)
             for name in ("config.yaml", "metrics.jsonl", "summary.json"):
@@ -150,7 +151,7 @@ class RunLog:
 
     def close(self) -> None:
         for logger in self.loggers:
-            logger.close()
+            logger.close(self.outcome)
         self.loggers = []
         if self.enabled:
             unlock_run_dir(self.dir)
@@ -193,3 +194,4 @@ class RunLog:
         }
         for logger in self.loggers:
             logger.finish(summary, checkpoints)
+        self.outcome = "finished"
