@@ -76,6 +76,7 @@ EarlyMode = _choice("EarlyMode", EARLY_MODES)
 Device = _choice("Device", ("auto", "cpu", "cuda"))
 Dataset = _choice("Dataset", ("cifar10", "cifar10_folder"))
 ClipMode = _choice("ClipMode", ("norm", "value"))
+WandbMode = _choice("WandbMode", ("online", "offline", "disabled"))
 
 
 def _need(ok: bool, key: str, what: str, value: Any) -> None:
@@ -178,14 +179,9 @@ class TensorBoardLoggerConfig:
 @dataclass
 class WandbLoggerConfig:
     project: str
-    mode: str  # online | offline | disabled
+    mode: WandbMode
     entity: Optional[str]
     name: Optional[str]
-
-    @staticmethod
-    def check(c: DictConfig) -> None:
-        modes = ("online", "offline", "disabled")
-        _need(c.mode in modes, "logger.wandb.mode", f"one of {', '.join(modes)}", c.mode)
 
 
 @dataclass
