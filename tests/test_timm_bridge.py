@@ -218,6 +218,7 @@ def test_global_pool_chooses_the_heads_pooling():
 def test_the_trainer_takes_a_rate_list_and_refuses_a_wrong_length_before_any_run_dir(tmp_path):
     from conftest import compose_train
     from zoo.train.config.schema import build_model, validate_config
+    from zoo.train.loop import run as loop
 
     cfg = validate_config(
         compose_train("model=resnet8", "drop_path_rates=[0,0.1,0.3]", "model.drop_rate=0.2", "model.global_pool=max")
@@ -225,6 +226,11 @@ def test_the_trainer_takes_a_rate_list_and_refuses_a_wrong_length_before_any_run
     model = build_model(cfg)
     assert model.drop_path_rates() == pytest.approx([0.0, 0.1, 0.3]) and model.global_pool == "max"
     assert "drop_path_rate" not in model.model_args and model.head_drop.p == 0.2
+    assert loop.drop_path_summary(cfg) == {"drop_path_rates": [0.0, 0.1, 0.3]}  # what summary.json records
+    assert loop.drop_path_summary(validate_config(compose_train("model=resnet8"))) == {
+        "drop_path_rate": 0.1,
+        "drop_path_schedule": "linear",
+    }
     run_dir = tmp_path / "run"
     line = check_cli("model=resnet20", "drop_path_rates=[0,0.1]", f"hydra.run.dir={run_dir}")
     assert line == (

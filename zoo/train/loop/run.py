@@ -533,6 +533,14 @@ def test_acc_of_best(s: TrainState) -> float:
     return correct / count
 
 
+def drop_path_summary(cfg: DictConfig) -> dict[str, Any]:
+    """The rates the run was built with: its list of per-block rates where it gave one (the rate and the
+    schedule then did nothing), else the largest rate and its schedule over depth."""
+    if cfg.drop_path_rates is not None:
+        return {"drop_path_rates": [float(r) for r in cfg.drop_path_rates]}
+    return {"drop_path_rate": cfg.drop_path_rate, "drop_path_schedule": cfg.drop_path_schedule}
+
+
 def make_summary(s: TrainState, wall_seconds: float) -> dict[str, Any]:
     cfg, history = s.cfg, s.history
     cuda = s.ctx.device.type == "cuda"
@@ -548,8 +556,7 @@ def make_summary(s: TrainState, wall_seconds: float) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(s.ctx.device) if cuda else "cpu",
         "world_size": s.ctx.world,
         "versions": versions(),
-        "drop_path_rate": cfg.drop_path_rate,
-        "drop_path_schedule": cfg.drop_path_schedule,
+        **drop_path_summary(cfg),
         "drop_path_mode": cfg.drop_path_mode,
         "drop_path_time_schedule": cfg.drop_path_time_schedule,
         "amp": "bf16" if s.amp else "off",
