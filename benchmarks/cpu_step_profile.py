@@ -5,7 +5,7 @@ interleaved, and the default step's most expensive ops (torch.profiler, self CPU
 Each round times ``--steps`` steps of every variant, in a new random order each round (drop_path.py's
 ``round_robin``); a time is the median over rounds, the ratio the median of the per-round ratios. It prints the CPU, the versions and the load average with the tables.
 
-    python benchmarks/cpu_step_profile.py                      # metaformer, about 2 minutes on 2 cores
+    python benchmarks/cpu_step_profile.py                      # metaformer, about 1 minute on 2 cores
     python benchmarks/cpu_step_profile.py --models resnet20 metaformer
     python benchmarks/cpu_step_profile.py --tiny               # seconds: correctness only (CI)
 """

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -246,17 +247,22 @@ def stop_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
 
 
 def train_cut_and_resumed(
-    monkeypatch: pytest.MonkeyPatch, overrides: tuple[str, ...], run_dir: Path, stop_at_read: int = 6
+    monkeypatch: pytest.MonkeyPatch,
+    overrides: tuple[str, ...],
+    run_dir: Path,
+    stop_at_read: int = 6,
+    between: Callable[[], object] = lambda: None,
 ) -> BaseException:
     """Trains into ``run_dir`` as if SIGTERM arrived at the loop's ``stop_at_read``-th look at its stop
-    flag (the 6th: epoch 2 after its first step, with 4 steps an epoch), then resumes it to the end.
-    Returns the interruption the first part raised."""
+    flag (the 6th: epoch 2 after its first step, with 4 steps an epoch), calls ``between``, then resumes
+    it to the end. Returns the interruption the first part raised."""
     from zoo.train.loop import run as loop
 
     with monkeypatch.context() as patch:
         stop_after(patch, stop_at_read)
         with pytest.raises(loop.TrainingInterrupted) as info:
             loop.train(compose_train(*overrides), run_dir)
+    between()
     resume = f"resume={run_dir}"
     loop.train(compose_train(*overrides, resume), run_dir.parent / f"{run_dir.name}-ignored", overrides=(resume,))
     return info.value

@@ -58,7 +58,13 @@ def test_every_logger_gets_config_metrics_summary_and_checkpoints_and_a_resume_c
     monkeypatch.setenv("WANDB_SILENT", "true")
     run_dir = tmp_path / "run"
     overrides = tiny(cifar10_archive, cifar10_cache, "data.val_size=50", "logger=[csv,tensorboard,wandb,mlflow]")
-    train_cut_and_resumed(monkeypatch, overrides, run_dir)  # cut in epoch 2, resumed to the end
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{run_dir.resolve() / 'mlflow.db'}")
+    status = lambda: client.get_run(json.loads((run_dir / loggers.IDS_NAME).read_text())["mlflow"]).info.status  # noqa: E731
+    statuses = []
+    train_cut_and_resumed(monkeypatch, overrides, run_dir, between=lambda: statuses.append(status()))  # cut in epoch 2
+    assert statuses == ["KILLED"]  # the trainer said how its run ended; the resume set it RUNNING, then FINISHED
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -75,10 +81,7 @@ def test_every_logger_gets_config_metrics_summary_and_checkpoints_and_a_resume_c
     assert [e.step for e in events.Scalars("val_acc")] == [1, 2]
     assert [e.value for e in events.Scalars("val_acc")] == pytest.approx([r["val_acc"] for r in rows])
 
-    from mlflow import MlflowClient
-
     ids = json.loads((run_dir / loggers.IDS_NAME).read_text())
-    client = MlflowClient(f"sqlite:///{run_dir.resolve() / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("zoo").experiment_id])  # one run, not one per start
     assert run.info.run_id == ids["mlflow"] and run.info.status == "FINISHED"
     history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "test_acc"))

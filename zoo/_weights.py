@@ -102,8 +102,9 @@ def read_checkpoint(path: str | os.PathLike, name: str = CHECKPOINT_NAME) -> Che
 def _legacy_model_args(config: dict[str, Any] | None) -> dict[str, Any] | None:
     """The ``create_model`` arguments of a checkpoint written before checkpoints stored them, read from
     the training config it saved as it was laid out then (frozen here: later layouts store
-    ``model_args``): the model group's keys besides its name, four top-level drop path keys, and
-    CIFAR-10's 10 classes, the trainer's only dataset then."""
+    ``model_args``): the model group's keys besides its name, the top-level drop path keys (named as
+    ``create_model`` takes them: :data:`zoo.layers.DROP_PATH_KWARGS` and ``drop_path_schedule``, public
+    keywords that keep their names), and CIFAR-10's 10 classes, the trainer's only dataset then."""
     if config is None or not isinstance(config.get("model"), dict) or "name" not in config["model"]:
         return None
     drop_path = (*DROP_PATH_KWARGS, "drop_path_schedule")

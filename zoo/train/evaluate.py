@@ -147,7 +147,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def one_line(action: Callable[[], str]) -> int:
+def run_command(action: Callable[[], str]) -> int:
     """A command's exit code: ``action``'s line printed and 0, or a user's mistake (a bad flag value, run
     dir or checkpoint) as one ``error:`` line on stderr and 2."""
     try:
@@ -169,7 +169,7 @@ def _eval_line(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return one_line(lambda: _eval_line(args))
+    return run_command(lambda: _eval_line(args))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import torch
 
 from .._weights import CHECKPOINT_NAME
 from ..knockout import removable_blocks, remove_blocks
-from .evaluate import Loaded, OneLineParser, accuracy, add_source_arguments, load_for_eval, one_line, positive
+from .evaluate import Loaded, OneLineParser, accuracy, add_source_arguments, load_for_eval, positive, run_command
 from .loop.distributed import resolve_device
 from .report.paired import CONFIDENCE, Paired, pair_curves
 from .report.sweep import Configuration, ReportError, Sweep, baseline_of, load_sweep
@@ -372,7 +372,7 @@ def write_knockout(args: argparse.Namespace) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return one_line(lambda: "wrote " + " and ".join(str(p) for p in write_knockout(args)))
+    return run_command(lambda: "wrote " + " and ".join(str(p) for p in write_knockout(args)))
 
 
 if __name__ == "__main__":

@@ -117,7 +117,8 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = (),
             summary = make_summary(s, time.perf_counter() - wall_start)
             s.run.summary(summary)
         except (TrainingInterrupted, KeyboardInterrupt):
-            s.run.outcome = "interrupted"  # a resume continues the trackers' runs
+            if s.run.outcome != "finished":  # (a Ctrl-C after the summary leaves a finished run finished)
+                s.run.outcome = "interrupted"  # a resume continues the trackers' runs
             raise
         finally:
             s.run.close()
