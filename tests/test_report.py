@@ -28,7 +28,7 @@ from zoo.train.report.comparison import (
     write_report,
 )
 from zoo.train.report.paired import Paired
-from zoo.train.report.plot import TITLE_ACC, TITLE_DIFF, TITLE_LOSS, paired_curve
+from zoo.train.report.plot import TITLE_ACC, TITLE_DIFF, TITLE_DIFF_VAL, TITLE_LOSS, paired_curve
 from zoo.train.report.sweep import ReportError, baseline_of, load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,6 +226,23 @@ def test_plot_panels(epoch_sweep, tmp_path):
     assert list(curve.get_ydata()) == pytest.approx([-4.0, 2.0, 3.5])
     assert [t.get_text() for t in ax_diff.texts] == ["n=3", "n=2"]
     assert any(list(line.get_ydata()) == [0.0, 0.0] for line in ax_diff.get_lines())
+
+
+def test_the_difference_panel_follows_validation_where_the_test_split_was_evaluated_once(epoch_sweep, tmp_path):
+    """test_every=0: test accuracy after the last epoch only; the panel pairs the validation curve instead."""
+    for metrics in epoch_sweep.glob("*/metrics.jsonl"):
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        for row in rows:
+            row["val_acc"] = row.pop("test_acc")
+        rows[-1]["test_acc"] = rows[-1]["val_acc"] - 0.01
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fig = plot(load_sweep(epoch_sweep), tmp_path / "c.png")
+    ax_diff = fig.axes[2]
+    assert ax_diff.get_title() == TITLE_DIFF_VAL and ax_diff.get_ylabel() == "Δ validation accuracy (pp)"
+    (curve,) = [line for line in ax_diff.get_lines() if not line.get_label().startswith("_")]
+    assert list(curve.get_xdata()) == [1.0, 2.0, 3.0]
+    assert list(curve.get_ydata()) == pytest.approx([-4.0, 2.0, 3.5])
+    assert "; validation accuracy minus the rate-0 run of the same seed" in render_markdown(load_sweep(epoch_sweep))
 
 
 def test_plot_without_pairs(sweep_dir):

@@ -40,7 +40,7 @@ from .paired import (
     t_quantile,
     unpaired_seeds,
 )
-from .plot import plot
+from .plot import diff_key, plot
 from .sweep import (
     Configuration,
     ReportError,
@@ -406,11 +406,11 @@ def _explanation(validation: bool = False) -> list[str]:
     ]
 
 
-def _caption(plot_name: str) -> str:
+def _caption(plot_name: str, diff_metric: str) -> str:
     return (
         f"`{plot_name}`, per configuration: test accuracy (solid, mean over seeds, band = min to max), train "
         "accuracy (dashed, mean) and validation accuracy where there is a split (dotted, mean); train loss "
-        "(mean, band = min to max); test accuracy minus the rate-0 run of the same seed at each epoch where "
+        f"(mean, band = min to max); {diff_metric} accuracy minus the rate-0 run of the same seed at each epoch where "
         f"both have one (mean over the seed pairs, band = {CONFIDENCE:.0%} t interval where there is one, n "
         "marked where it changes); with two or more rates above 0, the rate response: Δ final test accuracy "
         f"against drop_path_rate (mean, {CONFIDENCE:.0%} t interval as error bars)."
@@ -427,7 +427,12 @@ def render_markdown(sweep: Sweep, plot_name: str | None = REPORT_PNG) -> str:
     lines += _rate_response_lines(sweep, validation)
     lines += _search_lines(sweep)
     if plot_name:
-        lines += ["", f"![accuracy, train loss and paired difference per epoch]({plot_name})", "", _caption(plot_name)]
+        lines += [
+            "",
+            f"![accuracy, train loss and paired difference per epoch]({plot_name})",
+            "",
+            _caption(plot_name, "test" if diff_key(sweep) == "test_acc" else "validation"),
+        ]
     lines += _unfinished_lines(sweep)
     lines += _failed_lines(sweep)
     missing = _missing(sweep)

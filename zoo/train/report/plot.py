@@ -20,6 +20,7 @@ Curve = tuple[list[float], list[float], list[float], list[float]]  # epochs, mea
 TITLE_ACC = "Accuracy: test (solid, min-max band), train (dashed), validation (dotted)"
 TITLE_LOSS = "Train loss (mean, min-max band)"
 TITLE_DIFF = f"Test accuracy minus rate 0, same seed (mean, {CONFIDENCE:.0%} t band)"
+TITLE_DIFF_VAL = f"Validation accuracy minus rate 0, same seed (mean, {CONFIDENCE:.0%} t band)"
 TITLE_RATE = f"Rate response: final test accuracy minus rate 0 (mean, {CONFIDENCE:.0%} t interval)"
 
 
@@ -112,14 +113,15 @@ def plot(sweep: Sweep, path: Path | None = None) -> Figure:
     fig = Figure(figsize=(24 if rates else 18, 4.8), layout="constrained")
     axes = fig.subplots(1, 4 if rates else 3)
     ax_acc, ax_loss, ax_diff = axes[:3]
+    key = diff_key(sweep)
     for i, config in enumerate(sweep.configurations):
         color = f"C{i % 10}"
         _plot_runs(ax_acc, ax_loss, config, color)
         baseline = baseline_of(config, sweep)
-        pairs = paired_by_epoch(config, baseline) if baseline else {}
+        pairs = paired_by_epoch(config, baseline, key) if baseline else {}
         if pairs:
             _plot_paired(ax_diff, pairs, config.label, color)
-    _label_epoch_axes(ax_acc, ax_loss, ax_diff)
+    _label_epoch_axes(ax_acc, ax_loss, ax_diff, key)
     if rates:
         _plot_rate_response(axes[3], sweep)
     for ax in axes:
@@ -131,14 +133,30 @@ def plot(sweep: Sweep, path: Path | None = None) -> Figure:
     return fig
 
 
-def _label_epoch_axes(ax_acc: Axes, ax_loss: Axes, ax_diff: Axes) -> None:
+def diff_key(sweep: Sweep) -> str:
+    """The metric of the per-epoch difference panel: test accuracy, unless the runs evaluated the test
+    split at one epoch only (``test_every=0``) and the validation split at several: then validation
+    accuracy, a curve instead of one point."""
+
+    def most_epochs(key: str) -> int:
+        return max((sum(row.get(key) is not None for row in run.metrics) for run in sweep.runs), default=0)
+
+    return "val_acc" if most_epochs("test_acc") < 2 <= most_epochs("val_acc") else "test_acc"
+
+
+def _label_epoch_axes(ax_acc: Axes, ax_loss: Axes, ax_diff: Axes, key: str) -> None:
     """Titles, axis labels and whole-epoch ticks of the three per-epoch panels; the paired panel's zero
     line, and a note on it where no configuration had seed pairs with a baseline."""
     from matplotlib.ticker import MaxNLocator
 
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=TITLE_ACC)
     ax_loss.set(xlabel="epoch", ylabel="train loss", title=TITLE_LOSS)
-    ax_diff.set(xlabel="epoch", ylabel="Δ test accuracy (pp)", title=TITLE_DIFF)
+    val = key == "val_acc"
+    ax_diff.set(
+        xlabel="epoch",
+        ylabel=f"Δ {'validation' if val else 'test'} accuracy (pp)",
+        title=TITLE_DIFF_VAL if val else TITLE_DIFF,
+    )
     ax_diff.axhline(0.0, color="black", linewidth=0.8)
     if not ax_diff.get_legend_handles_labels()[0]:
         ax_diff.text(
