@@ -71,6 +71,8 @@ def test_a_four_trial_search_through_the_joblib_launcher(tmp_path, cifar10_archi
     rates = [float(line.split(" | ")[1]) for line in rows]
     assert len(rows) == 4 and rates == sorted(rates)
     assert f"drop_path_rate={study.best_params['drop_path_rate']:g}" in search
+    reproduce = report.split("## Reproduce")[1]  # the search's own command, not a grid of the rates it chose
+    assert "hydra/sweeper=optuna_rate" in reproduce and "drop_path_rate=" not in reproduce
 
 
 def test_the_search_is_seeded_by_the_run_seed_and_needs_a_validation_split():

@@ -24,6 +24,7 @@ from zoo.train.report.comparison import (
     paired_difference,
     plot,
     render_markdown,
+    reproduce_command,
     t_quantile,
     write_report,
 )
@@ -396,6 +397,17 @@ def test_reproduce_command_without_multirun_yaml(sweep_dir):
     (sweep_dir / "multirun.yaml").unlink()
     assert "python train.py -m drop_path_rate=0,0.1 seed=0,1,2 experiment=compare\n" in render_markdown(
         load_sweep(sweep_dir)
+    )
+
+
+def test_reproduce_command_of_a_search_is_the_search(sweep_dir):
+    """An Optuna search chose its jobs' values: rerunning it is its own command, not a grid of those values."""
+    multirun = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())
+    multirun["hydra"]["sweeper"] = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"}
+    multirun["hydra"]["overrides"]["hydra"] += ["hydra/sweeper=optuna_rate", "hydra.sweeper.n_trials=6"]
+    (sweep_dir / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+    assert reproduce_command(load_sweep(sweep_dir)) == (
+        "python train.py -m hydra/sweeper=optuna_rate hydra.sweeper.n_trials=6 experiment=compare"
     )
 
 

@@ -345,8 +345,8 @@ def _machine(sweep: Sweep) -> list[str]:
 
 def reproduce_command(sweep: Sweep) -> str:
     """The command line that reruns (or continues) the sweep: multirun.yaml's, the last invocation's, when
-    its jobs cover every job dir; else (the last was part of the sweep) its Hydra options with every job
-    dir's overrides, each key with all its values."""
+    its jobs cover every job dir or a search (a sweeper other than Hydra's basic one) chose them; else (the
+    last was part of the sweep) its Hydra options with every job dir's overrides, each key with all its values."""
     hydra = (sweep.multirun or {}).get("hydra", {})
     script = f"{hydra.get('job', {}).get('name') or 'train'}.py" if hydra else "train.py"
     options = [o for o in hydra.get("overrides", {}).get("hydra", []) or [] if not o.startswith("hydra.mode=")]
@@ -354,7 +354,8 @@ def reproduce_command(sweep: Sweep) -> str:
     have = [
         tuple(sorted(override_pairs(r.overrides))) for r in sweep.runs + sweep.no_metrics if r.overrides is not None
     ]
-    if jobs is not None and set(have) <= set(jobs):
+    search = "BasicSweeper" not in str((hydra.get("sweeper") or {}).get("_target_", "BasicSweeper"))
+    if search or (jobs is not None and set(have) <= set(jobs)):
         args = options + list(hydra.get("overrides", {}).get("task", []) or [])
         return " ".join(["python", script, "-m"] + [shlex.quote(a) for a in args])
     values: dict[str, list[str]] = {}
@@ -527,7 +528,11 @@ class ReportCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # made before the sweeper starts, so that it can keep its state there (hydra/sweeper=optuna_rate's study)
-        Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "BasicSweeper" not in str(config.hydra.sweeper.get("_target_", "BasicSweeper")):
+            # Hydra's basic sweeper saves the sweep's config and command as multirun.yaml; a search's does not
+            OmegaConf.save(config, sweep_dir / "multirun.yaml")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
