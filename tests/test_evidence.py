@@ -283,7 +283,41 @@ def test_knockout_of_a_sweep_pairs_rate_0(val_run, tmp_path):
     assert "| `drop_path_rate=0` | 0 | 2 |" in md and "| `drop_path_rate=0.1` | 4 | 2 |" in md
     # the same weights on both sides: every paired difference is 0, so there is no interval to give
     assert "| +0.00 | none: n = 2, all differences equal (spread unmeasured) |" in md
+    one_block = md.split("## One block removed")[1]  # each block alone, per configuration: the same weights too
+    assert "| +0.00 | none: n = 2, all differences equal (spread unmeasured) |" in one_block
     assert (sweep / "knockout.png").stat().st_size > 0
+
+
+def test_a_sweeps_one_block_table_pairs_the_mean_over_blocks_with_rate_0():
+    """Each block removed alone, per configuration: accuracy minus intact averaged over blocks and seeds,
+    that minus the same seed's rate-0 run, and the costliest block."""
+    from zoo.train.report.sweep import Configuration, Run, Sweep
+
+    def run(rate: float, seed: int) -> Run:
+        pairs = [f"drop_path_rate={rate}", f"seed={seed}"]
+        return Run(Path(f"/s/{rate}-{seed}"), f"{rate}-{seed}", pairs, {"drop_path_rate": rate, "seed": seed}, [{}], {})
+
+    singles = {  # (rate, seed) -> accuracy without block a, without block b; intact 0.80 throughout
+        (0.0, 0): (0.60, 0.70),
+        (0.0, 1): (0.50, 0.76),
+        (0.1, 0): (0.70, 0.78),
+        (0.1, 1): (0.62, 0.78),
+    }
+    runs = {key: run(*key) for key in singles}
+    results = {runs[key].path: ko.Knockout(0.80, {"a": acc[0], "b": acc[1]}) for key, acc in singles.items()}
+    configs = [
+        Configuration(
+            ((("drop_path_rate", str(rate)),)), [runs[(rate, 0)], runs[(rate, 1)]], f"drop_path_rate={rate:g}"
+        )
+        for rate in (0.0, 0.1)
+    ]
+    sweep = Sweep(Path("/s"), list(runs.values()), configs, ())
+    base, sd = (ko.single_block_row(c, sweep, results) for c in configs)
+    # rate 0: seed means -0.15 and -0.17 (mean -16 pp); a costs -25 pp on average, b -7
+    assert base == ["`drop_path_rate=0`", "2", "2", "-16.00", "baseline", "", "`a` -25.00"]
+    # rate 0.1: seed means -0.06 and -0.10 (mean -8 pp); pairs +0.09 and +0.07: +8 pp, t(1) interval 12.71 * 0.01
+    assert sd[:5] == ["`drop_path_rate=0.1`", "2", "2", "-8.00", "+8.00"] and sd[6] == "`a` -14.00"
+    assert sd[5] == "-4.71 to +20.71"
 
 
 @pytest.mark.parametrize(

@@ -181,6 +181,48 @@ def paired_at_k(config: Configuration, baseline: Configuration, results: dict[Pa
     return pair_curves(_seed_curves(config, results), _seed_curves(baseline, results))
 
 
+def _single_deltas(config: Configuration, results: dict[Path, Knockout]) -> dict[Any, dict[str, float]]:
+    """Per seed of ``config``'s knocked-out runs: each block removed alone, the accuracy minus intact."""
+    return {
+        run.seed: {name: acc - results[run.path].intact for name, acc in results[run.path].single.items()}
+        for run in config.runs
+        if run.path in results and results[run.path].single
+    }
+
+
+def _over_blocks(deltas: dict[Any, dict[str, float]]) -> dict[Any, dict[str, float]]:
+    return {seed: {"mean": statistics.fmean(d.values())} for seed, d in deltas.items()}
+
+
+def single_block_row(config: Configuration, sweep: Sweep, results: dict[Path, Knockout]) -> list[str] | None:
+    """The sweep's one-block table row of ``config``: each block removed alone, the accuracy minus intact
+    averaged over blocks (the exact k = 1 expectation) and seeds; that minus its baseline's, seed by seed;
+    the block whose removal costs most on average over seeds. None without knocked-out runs."""
+    deltas = _single_deltas(config, results)
+    if not deltas:
+        return None
+    baseline = None if config.is_baseline else baseline_of(config, sweep)
+    p = pair_curves(_over_blocks(deltas), _over_blocks(_single_deltas(baseline, results))) if baseline else {}
+    paired = p.get("mean")
+    delta = (
+        ("baseline", "")
+        if config.is_baseline
+        else ((_pp(paired.mean), _interval(paired)) if paired else ("no pairs", ""))
+    )
+    names = sorted({name for d in deltas.values() for name in d})
+    per_block = {name: statistics.fmean(d[name] for d in deltas.values() if name in d) for name in names}
+    worst = min(per_block, key=per_block.__getitem__)
+    mean = statistics.fmean(v["mean"] for v in _over_blocks(deltas).values())
+    return [
+        f"`{config.label}`",
+        str(len(deltas)),
+        str(len(names)),
+        _pp(mean),
+        *delta,
+        f"`{worst}` {_pp(per_block[worst])}",
+    ]
+
+
 def _interval(p: Paired) -> str:
     interval = p.interval()
     return f"{_pp(interval[0])} to {_pp(interval[1])}" if interval else (p.no_interval() or "n/a")
@@ -210,7 +252,28 @@ def sweep_markdown(sweep: Sweep, results: dict[Path, Knockout], args: argparse.N
         ],
         rows,
     )
+    lines += ["", "## One block removed", "", _SINGLE_NOTE, ""]
+    lines += _table(
+        [
+            "configuration",
+            "runs",
+            "blocks",
+            "Δ vs intact, mean over blocks (pp)",
+            "Δ vs rate 0 (pp)",
+            f"{CONFIDENCE:.0%} interval (pp)",
+            "costliest block (Δ vs intact, pp)",
+        ],
+        [row for c in sweep.configurations if (row := single_block_row(c, sweep, results)) is not None],
+    )
     return lines + ["", f"![accuracy with k blocks removed, and the difference against rate 0]({KNOCKOUT_PNG})"]
+
+
+_SINGLE_NOTE = (
+    "Every removable block removed alone: the test accuracy minus intact, averaged over the blocks (the exact "
+    "expectation of k = 1 above, which draws blocks) and over seeds; that minus the drop_path_rate=0 run's of "
+    f"the same seed (positive: it loses less), with its {CONFIDENCE:.0%} t interval over the seed pairs; and "
+    "the block whose removal costs most, on average over seeds."
+)
 
 
 def _configuration_rows(config: Configuration, sweep: Sweep, results: dict[Path, Knockout]) -> list[list[str]]:
