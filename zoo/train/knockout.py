@@ -7,7 +7,8 @@ For each run: every removable block removed alone, then k blocks drawn at random
 (``--draws`` seeded draws each; the draws depend on ``--seed``, k and the draw only, so runs of the
 same model lose the same blocks and can be paired). Writes ``knockout.md`` and ``knockout.png``
 beside the run, or, for a sweep, into the sweep dir: per configuration the accuracy at each k with its
-spread over seeds, and the paired difference against the drop_path_rate=0 runs of the same seeds.
+spread over seeds, and the paired difference against the drop_path_rate=0 runs of the same seeds; and
+each block removed alone, averaged over blocks, paired the same way.
 The test split is the run's own (its ``data.test_subset``) unless ``--test-subset`` says otherwise, so
 k = 0 is the run's own final test accuracy. A mistake is one line on stderr and exit 2.
 """
