@@ -345,8 +345,9 @@ def _machine(sweep: Sweep) -> list[str]:
 
 def reproduce_command(sweep: Sweep) -> str:
     """The command line that reruns (or continues) the sweep: multirun.yaml's, the last invocation's, when
-    its jobs cover every job dir or a search (a sweeper other than Hydra's basic one) chose them; else (the
-    last was part of the sweep) its Hydra options with every job dir's overrides, each key with all its values."""
+    its jobs cover every job dir or a search (a sweeper other than Hydra's basic one) chose them (a search
+    run into a dir that also holds an earlier grid gets the search's command alone); else (the last was part
+    of the sweep) its Hydra options with every job dir's overrides, each key with all its values."""
     hydra = (sweep.multirun or {}).get("hydra", {})
     script = f"{hydra.get('job', {}).get('name') or 'train'}.py" if hydra else "train.py"
     options = [o for o in hydra.get("overrides", {}).get("hydra", []) or [] if not o.startswith("hydra.mode=")]

@@ -21,7 +21,7 @@ TITLE_ACC = "Accuracy: test (solid, min-max band), train (dashed), validation (d
 TITLE_LOSS = "Train loss (mean, min-max band)"
 TITLE_DIFF = f"Test accuracy minus rate 0, same seed (mean, {CONFIDENCE:.0%} t band)"
 TITLE_DIFF_VAL = f"Validation accuracy minus rate 0, same seed (mean, {CONFIDENCE:.0%} t band)"
-TITLE_RATE = f"Rate response: final test accuracy minus rate 0 (mean, {CONFIDENCE:.0%} t interval)"
+TITLE_RATE = f"Rate response: Δ final test acc vs rate 0 (mean, {CONFIDENCE:.0%} t interval)"
 
 
 def _curve(runs: list[Run], key: str) -> Curve:
@@ -134,14 +134,14 @@ def plot(sweep: Sweep, path: Path | None = None) -> Figure:
 
 
 def diff_key(sweep: Sweep) -> str:
-    """The metric of the per-epoch difference panel: test accuracy, unless the runs evaluated the test
-    split at one epoch only (``test_every=0``) and the validation split at several: then validation
+    """The metric of the per-epoch difference panel: test accuracy, unless every run evaluated the test
+    split at one epoch at most (``test_every=0``) and the validation split at several: then validation
     accuracy, a curve instead of one point."""
-
-    def most_epochs(key: str) -> int:
-        return max((sum(row.get(key) is not None for row in run.metrics) for run in sweep.runs), default=0)
-
-    return "val_acc" if most_epochs("test_acc") < 2 <= most_epochs("val_acc") else "test_acc"
+    counts = {
+        key: [sum(row.get(key) is not None for row in run.metrics) for run in sweep.runs]
+        for key in ("test_acc", "val_acc")
+    }
+    return "val_acc" if max(counts["test_acc"], default=0) < 2 <= min(counts["val_acc"], default=0) else "test_acc"
 
 
 def _label_epoch_axes(ax_acc: Axes, ax_loss: Axes, ax_diff: Axes, key: str) -> None:
