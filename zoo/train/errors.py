@@ -1,4 +1,10 @@
-"""Errors a user can act on. train.py prints their one-line message and exits non-zero, no traceback."""
+"""Errors a user can act on. train.py prints their one-line message and exits non-zero, no traceback;
+the other commands through :func:`run_command`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
 
 
 class ZooError(Exception):
@@ -28,3 +34,15 @@ class TrainingDiverged(ZooError):
 
 class CompileFailed(ZooError):
     """torch.compile could not compile the model; the message names the model and mode, and compile=false."""
+
+
+def run_command(action: Callable[[], str], errors: tuple[type[Exception], ...] = (ZooError,)) -> int:
+    """A command's exit code: ``action``'s line printed and 0, or a user's mistake (one of ``errors``: a
+    bad flag value, run dir, sweep dir or checkpoint) as one ``error:`` line on stderr and 2."""
+    try:
+        line = action()
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(line)
+    return 0

@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -24,7 +24,7 @@ import torch
 from .._run import load_run
 from .._weights import LoadError
 from .data.cifar10 import Split, load_cifar10
-from .errors import DataError, ZooError
+from .errors import DataError, ZooError, run_command
 from .loop.distributed import resolve_device
 from .loop.precision import resolve_precision
 from .loop.run import EVAL_BATCH
@@ -147,18 +147,6 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_command(action: Callable[[], str]) -> int:
-    """A command's exit code: ``action``'s line printed and 0, or a user's mistake (a bad flag value, run
-    dir or checkpoint) as one ``error:`` line on stderr and 2."""
-    try:
-        line = action()
-    except (ZooError, LoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(line)
-    return 0
-
-
 def _eval_line(args: argparse.Namespace) -> str:
     r = run_eval(args)
     return (
@@ -169,7 +157,7 @@ def _eval_line(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_command(lambda: _eval_line(args))
+    return run_command(lambda: _eval_line(args), (ZooError, LoadError))
 
 
 if __name__ == "__main__":

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .._weights import CHECKPOINT_NAME
+from .._weights import CHECKPOINT_NAME, LoadError
 from ..knockout import removable_blocks, remove_blocks
-from .evaluate import Loaded, OneLineParser, accuracy, add_source_arguments, load_for_eval, positive, run_command
+from .errors import ZooError, run_command
+from .evaluate import Loaded, OneLineParser, accuracy, add_source_arguments, load_for_eval, positive
 from .loop.distributed import resolve_device
 from .report.paired import CONFIDENCE, Paired, pair_curves
 from .report.sweep import Configuration, ReportError, Sweep, baseline_of, load_sweep
@@ -202,26 +203,28 @@ def single_block_row(config: Configuration, sweep: Sweep, results: dict[Path, Kn
     deltas = _single_deltas(config, results)
     if not deltas:
         return None
+    means = _over_blocks(deltas)
     baseline = None if config.is_baseline else baseline_of(config, sweep)
-    p = pair_curves(_over_blocks(deltas), _over_blocks(_single_deltas(baseline, results))) if baseline else {}
-    paired = p.get("mean")
-    delta = (
-        ("baseline", "")
-        if config.is_baseline
-        else ((_pp(paired.mean), _interval(paired)) if paired else ("no pairs", ""))
-    )
+    paired = pair_curves(means, _over_blocks(_single_deltas(baseline, results))) if baseline else {}
     names = sorted({name for d in deltas.values() for name in d})
     per_block = {name: statistics.fmean(d[name] for d in deltas.values() if name in d) for name in names}
     worst = min(per_block, key=per_block.__getitem__)
-    mean = statistics.fmean(v["mean"] for v in _over_blocks(deltas).values())
     return [
         f"`{config.label}`",
         str(len(deltas)),
         str(len(names)),
-        _pp(mean),
-        *delta,
+        _pp(statistics.fmean(m["mean"] for m in means.values())),
+        *_delta_cells(config, paired.get("mean")),
         f"`{worst}` {_pp(per_block[worst])}",
     ]
+
+
+def _delta_cells(config: Configuration, paired: Paired | None) -> tuple[str, str]:
+    """A row's difference against rate 0 and its interval: "baseline" for a rate-0 configuration,
+    "no pairs" where no seed pairs with one."""
+    if config.is_baseline:
+        return "baseline", ""
+    return (_pp(paired.mean), _interval(paired)) if paired else ("no pairs", "")
 
 
 def _interval(p: Paired) -> str:
@@ -290,8 +293,6 @@ def _configuration_rows(config: Configuration, sweep: Sweep, results: dict[Path,
         accs = [c[k] for c in curves.values() if k in c]
         drops = [c[k] - c[0] for c in curves.values() if k in c]
         spread = f" ± {_pct(statistics.stdev(accs))}" if len(accs) > 1 else ""
-        p = paired.get(k)
-        delta = ("baseline", "") if config.is_baseline else ((_pp(p.mean), _interval(p)) if p else ("no pairs", ""))
         rows.append(
             [
                 f"`{config.label}`",
@@ -299,7 +300,7 @@ def _configuration_rows(config: Configuration, sweep: Sweep, results: dict[Path,
                 str(len(accs)),
                 _pct(statistics.fmean(accs)) + spread,
                 _pp(statistics.fmean(drops)),
-                *delta,
+                *_delta_cells(config, paired.get(k)),
             ]
         )
     return rows
@@ -436,7 +437,7 @@ def write_knockout(args: argparse.Namespace) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_command(lambda: "wrote " + " and ".join(str(p) for p in write_knockout(args)))
+    return run_command(lambda: "wrote " + " and ".join(str(p) for p in write_knockout(args)), (ZooError, LoadError))
 
 
 if __name__ == "__main__":

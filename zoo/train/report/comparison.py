@@ -28,6 +28,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ..config.overrides import resume_command
+from ..errors import run_command
 from .paired import (
     CONFIDENCE,
     Paired,
@@ -49,6 +50,7 @@ from .sweep import (
     baseline_of,
     expected_jobs,
     failed_jobs,
+    is_search,
     load_sweep,
     override_pairs,
 )
@@ -355,8 +357,7 @@ def reproduce_command(sweep: Sweep) -> str:
     have = [
         tuple(sorted(override_pairs(r.overrides))) for r in sweep.runs + sweep.no_metrics if r.overrides is not None
     ]
-    search = "BasicSweeper" not in str((hydra.get("sweeper") or {}).get("_target_", "BasicSweeper"))
-    if search or (jobs is not None and set(have) <= set(jobs)):
+    if is_search(hydra.get("sweeper")) or (jobs is not None and set(have) <= set(jobs)):
         args = options + list(hydra.get("overrides", {}).get("task", []) or [])
         return " ".join(["python", script, "-m"] + [shlex.quote(a) for a in args])
     values: dict[str, list[str]] = {}
@@ -531,7 +532,7 @@ class ReportCallback(Callback):
         # made before the sweeper starts, so that it can keep its state there (hydra/sweeper=optuna_rate's study)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        if "BasicSweeper" not in str(config.hydra.sweeper.get("_target_", "BasicSweeper")):
+        if is_search(config.hydra.sweeper):
             # Hydra's basic sweeper saves the sweep's config and command as multirun.yaml; a search's does not
             OmegaConf.save(config, sweep_dir / "multirun.yaml")
 
@@ -559,13 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("sweep_dir", help="a Hydra multirun sweep dir (holding the numbered job dirs)")
     parser.add_argument("--no-plot", action="store_true", help="write comparison.md only")
     args = parser.parse_args(argv)
-    try:
-        paths = write_report(args.sweep_dir, with_plot=not args.no_plot)
-    except ReportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2  # bad input, as the trainer's
-    print("wrote " + " and ".join(str(p) for p in paths))
-    return 0
+    return run_command(
+        lambda: "wrote " + " and ".join(str(p) for p in write_report(args.sweep_dir, with_plot=not args.no_plot))
+    )
 
 
 if __name__ == "__main__":
