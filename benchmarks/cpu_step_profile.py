@@ -1,6 +1,8 @@
 """Where a CPU training step goes: a model's step (forward, backward, AdamW; batch 128, random 32x32
-images) in fp32 NCHW against the precision ``amp=auto channels_last=auto`` resolves to on this CPU,
-interleaved, and the default step's most expensive ops (torch.profiler, self CPU time).
+images) in fp32 NCHW against the precision ``amp=auto channels_last=auto`` resolves to on this CPU
+(for a model with SepConv mixers, also that precision with their depthwise convolution in bf16 too, which
+zoo keeps in fp32 on a CPU), interleaved, and the default step's most expensive ops (torch.profiler,
+self CPU time).
 
 Each round times ``--steps`` steps of every variant, in a new random order each round (drop_path.py's
 ``round_robin``); a time is the median over rounds, the ratio the median of the per-round ratios. It prints the CPU, the versions and the load average with the tables.
@@ -17,6 +19,7 @@ import os
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -29,14 +32,25 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 from drop_path import paired_ratio, round_robin  # noqa: E402
 
 import zoo  # noqa: E402
+from zoo.layers.mixers import SepConv  # noqa: E402
 from zoo.profile import cpu_model  # noqa: E402
 from zoo.train.loop.precision import Precision, resolve_precision  # noqa: E402
 
 
-def step_fn(name: str, precision: Precision, batch: int):
-    """One training step of a fresh ``name`` (drop_path_rate 0.1, as configs/train.yaml) under ``precision``."""
+def bf16_depthwise(self: SepConv, x: torch.Tensor) -> torch.Tensor:
+    """SepConv's forward with its depthwise convolution under autocast too, as before zoo kept it in fp32."""
+    x = self.dwconv(self.act(self.pwconv1(x)).permute(0, 3, 1, 2))
+    return self.pwconv2(x.permute(0, 2, 3, 1))
+
+
+def step_fn(name: str, precision: Precision, batch: int, depthwise_bf16: bool = False):
+    """One training step of a fresh ``name`` (drop_path_rate 0.1, as configs/train.yaml) under ``precision``
+    (``depthwise_bf16``: its SepConv mixers as :func:`bf16_depthwise`)."""
     torch.manual_seed(0)
     model = zoo.create_model(name, drop_path_rate=0.1).train()
+    for module in model.modules() if depthwise_bf16 else ():
+        if isinstance(module, SepConv):
+            module.forward = types.MethodType(bf16_depthwise, module)
     layout = torch.channels_last if precision.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
@@ -69,6 +83,8 @@ def report(name: str, args: argparse.Namespace) -> list[str]:
     default = resolve_precision("auto", "auto", torch.device("cpu"))
     variants = {"fp32, NCHW": Precision(False, False, "fp32 NCHW"), f"default ({default.describe()})": default}
     steps = {k: step_fn(name, p, args.batch) for k, p in variants.items()}
+    if any(isinstance(m, SepConv) for m in zoo.create_model(name).modules()):
+        steps["default, depthwise conv in bf16 too"] = step_fn(name, default, args.batch, depthwise_bf16=True)
     times = round_robin(steps, torch.device("cpu"), args.rounds, args.steps, warmup=1)
     base = times["fp32, NCHW"]
     lines = [f"\n{name}, batch {args.batch}: ms per step, median of {args.rounds} rounds of {args.steps} steps\n"]
@@ -90,10 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3, help="steps per variant per round")
     ap.add_argument("--top", type=int, default=12, help="ops listed")
-    ap.add_argument("--tiny", action="store_true", help="resnet8, batch 4, 1 round of 1 step: checks that it runs")
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="resnet8 and convformer_tiny, batch 4, 1 round of 1 step: checks that it runs",
+    )
     args = ap.parse_args(argv)
     if args.tiny:
-        args.models, args.batch, args.rounds, args.steps, args.top = ["resnet8"], 4, 1, 1, 3
+        args.models, args.batch, args.rounds, args.steps, args.top = ["resnet8", "convformer_tiny"], 4, 1, 1, 3
     print(f"# CPU training step, {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"CPU {cpu_model()}, {torch.get_num_threads()} torch threads; load average {os.getloadavg()[0]:.2f}")
     print(f"torch {torch.__version__}, python {sys.version.split()[0]}")

@@ -47,7 +47,7 @@ def test_paired_ratio_is_the_median_of_per_repeat_ratios():
     assert bench.paired_ratio([1.0, 10.0, 1.2], [2.0, 20.0, 2.0]) == 0.5
 
 
-def test_cpu_step_profile_times_both_precisions_and_lists_the_ops_at_a_tiny_size(capsys):
+def test_cpu_step_profile_times_the_precisions_and_lists_the_ops_at_a_tiny_size(capsys):
     spec = importlib.util.spec_from_file_location("cpu_step_profile", REPO / "benchmarks" / "cpu_step_profile.py")
     profile = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(profile)
@@ -56,4 +56,11 @@ def test_cpu_step_profile_times_both_precisions_and_lists_the_ops_at_a_tiny_size
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     assert rows[1].startswith("| fp32, NCHW |") and rows[1].endswith("| 1.000x |")
     assert rows[2].startswith("| default (amp=")
-    assert rows[3] == "| op | share of the step | ms per step |" and len(rows[4:]) == 3  # --tiny: the top 3 ops
+    assert rows[3] == "| op | share of the step | ms per step |" and len(rows[4:7]) == 3  # --tiny: the top 3 ops
+    # the second model (convformer_tiny) has SepConv mixers: the bf16 depthwise variant too
+    assert [r.split(" |")[0] for r in rows[8:11]] == [
+        "| fp32, NCHW",
+        rows[2].split(" |")[0],
+        "| default, depthwise conv in bf16 too",
+    ]
+    assert len(rows) == 15

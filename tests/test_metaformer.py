@@ -94,6 +94,22 @@ def test_sepconv_is_local_with_a_7x7_reach():
     assert changed[:4, :4].all() and not changed[4:].any() and not changed[:, 4:].any()
 
 
+def test_sepconv_depthwise_runs_in_the_parameters_precision_under_cpu_autocast():
+    conv = SepConv(8)
+    seen = []
+    conv.dwconv.register_forward_hook(lambda m, i, o: seen.append((i[0].dtype, o.dtype)))
+    x = maps(c=8).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+    assert seen == [(torch.float32, torch.float32)]  # the pointwise layers around it stay bf16
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in conv.parameters())
+    torch.testing.assert_close(y.float(), conv(x), atol=0.05, rtol=0.05)
+    half = SepConv(8).to(torch.bfloat16)  # a bf16 model without autocast: no dtype mismatch
+    assert half(x.detach().to(torch.bfloat16)).dtype == torch.bfloat16
+
+
 def test_unknown_mixer_lists_the_valid_names():
     with pytest.raises(ValueError, match="identity, random, pooling, sepconv, attention.*'conv'"):
         create_token_mixer("conv", 8)

@@ -102,9 +102,15 @@ class SepConv(nn.Module):
         self.pwconv2 = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.act(self.pwconv1(x))
-        x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.pwconv2(x)
+        x = self.act(self.pwconv1(x)).permute(0, 3, 1, 2)
+        if x.device.type == "cpu":
+            # oneDNN's depthwise convolution trains slower in bf16 than in fp32 (its weight gradient above
+            # all): under CPU autocast this one layer keeps the parameters' precision.
+            with torch.autocast("cpu", enabled=False):
+                x = self.dwconv(x.to(self.dwconv.weight.dtype))
+        else:
+            x = self.dwconv(x)
+        return self.pwconv2(x.permute(0, 2, 3, 1))
 
 
 class Attention(nn.Module):
