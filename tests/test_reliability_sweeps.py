@@ -28,24 +28,31 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_long_job_dir_names_are_shortened_with_a_hash():
-    long = ",".join(f"model.option_number_{i}=value_{i}_{'x' * 10}" for i in range(18))  # ~600 bytes
+    long = [f"model.option_number_{i}=value_{i}_{'x' * 10}" for i in range(18)]  # ~600 bytes
     name = job_dir_name(3, long)
     assert len(name.encode()) <= MAX_JOB_DIR_BYTES < 255
     assert name.startswith("3_model.option_number_0=value_0_")
     assert job_dir_name(3, long) == name  # a rerun of the sweep finds the same dir
-    assert job_dir_name(3, long[:-1] + "y") != name  # a different last override: a different dir
-    assert job_dir_name(3, "drop_path_rate=0.1,seed=2") == "3_drop_path_rate=0.1,seed=2"  # short names as before
-    wide = job_dir_name(0, "é" * 300)  # two bytes a character: never cut inside one
+    assert job_dir_name(3, long[:-1] + [long[-1] + "y"]) != name  # a different last override: a different dir
+    assert job_dir_name(3, ["seed=2", "drop_path_rate=0.1"]) == "3_drop_path_rate=0.1,seed=2"  # sorted, as Hydra's
+    wide = job_dir_name(0, ["a=" + "é" * 300])  # two bytes a character: never cut inside one
     assert len(wide.encode()) <= MAX_JOB_DIR_BYTES and wide.encode().decode() == wide
+
+
+def test_job_dir_names_leave_out_the_keys_that_change_nothing_computed_and_keys_inside_them():
+    overrides = ["seed=1", "device=cpu", "logger.wandb.mode=offline", "+logger.csv.x=1", "data.path=/d", "lr=0.1"]
+    assert job_dir_name(0, overrides) == "0_lr=0.1,seed=1"
+    assert job_dir_name(0, ["logger=[csv,wandb]"]) == "0_"  # as a job with no overrides
 
 
 def test_the_sweep_subdir_uses_the_short_name():
     cfg = compose_train("seed=0", hydra=True)
     assert OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == (
-        "${zoo.job_dir:${hydra.job.num},${hydra.job.override_dirname}}"
+        "${zoo.job_dir:${hydra.job.num},${hydra.overrides.task}}"
     )
-    node = OmegaConf.create({"num": 7, "name": "a=" + "b" * 400, "subdir": "${zoo.job_dir:${num},${name}}"})
-    assert node.subdir == job_dir_name(7, "a=" + "b" * 400) and len(node.subdir.encode()) <= MAX_JOB_DIR_BYTES
+    task = ["a=" + "b" * 400, "device=cpu"]
+    node = OmegaConf.create({"num": 7, "task": task, "subdir": "${zoo.job_dir:${num},${task}}"})
+    assert node.subdir == job_dir_name(7, task[:1]) and len(node.subdir.encode()) <= MAX_JOB_DIR_BYTES
 
 
 # ---------------------------------------------------------------- one job of a sweep, in process
@@ -262,6 +269,11 @@ def test_chaos_a_failing_job_and_a_killed_one_then_the_same_command(tmp_path, ci
     assert first.returncode == -9, first.stderr[-3000:]
     jobs = {int(p.name.partition("_")[0]): p for p in sweep.iterdir() if p.is_dir()}
     assert sorted(jobs) == [0, 1, 2, 3] and (jobs[3] / "last.pt").is_file() and not (jobs[3] / "summary.json").exists()
+    # named by the overrides that change what a job computes (not data.path, data.cache_dir, device, amp)
+    assert jobs[0].name == (
+        "0_batch_size=32,data.subset=128,data.test_subset=50,data=cifar10_folder,epochs=2,model=resnet8,"
+        "sched.warmup_epochs=0,seed=0"
+    )
     assert json.loads((jobs[1] / FAILED_NAME).read_text())["exit_status"] == 2  # the sweep went on after it
 
     again = _run(REPO / "train.py", args, tmp_path)

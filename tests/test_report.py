@@ -400,7 +400,7 @@ def test_reproduce_command_without_multirun_yaml(sweep_dir):
     )
 
 
-def test_reproduce_command_of_a_search_is_the_search(sweep_dir):
+def test_a_search_is_reproduced_by_its_command_and_has_no_baseline_to_miss(sweep_dir):
     """An Optuna search chose its jobs' values: rerunning it is its own command, not a grid of those values."""
     multirun = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())
     multirun["hydra"]["sweeper"] = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"}
@@ -409,6 +409,10 @@ def test_reproduce_command_of_a_search_is_the_search(sweep_dir):
     assert reproduce_command(load_sweep(sweep_dir)) == (
         "python train.py -m hydra/sweeper=optuna_rate hydra.sweeper.n_trials=6 experiment=compare"
     )
+    shutil.rmtree(sweep_dir / "0")  # the trials' rates: no rate-0 baseline among them, and none is missing
+    shutil.rmtree(sweep_dir / "1")
+    missing = render_markdown(load_sweep(sweep_dir)).split("## Missing")[1].split("\n## ")[0]
+    assert "no drop_path_rate=0 configuration" not in missing and "finished on one side only" not in missing
 
 
 def test_plot_is_an_image(sweep_dir):

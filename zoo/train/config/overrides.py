@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 # Keys that say where a run reads and writes, on what and how fast it runs, and how it reports progress,
-# not what it computes: they stay out of job-dir names (configs/train.yaml's exclude_keys), a resumed run
+# not what it computes: they stay out of job-dir names (:func:`job_dir_name`), a resumed run
 # may change them, and the report pairs runs that differ only in them (amp and channels_last: the report
 # compares the precision each run resolved to instead).
 ENVIRONMENT_KEYS = (
@@ -38,14 +39,17 @@ def is_environment_key(key: str) -> bool:
 MAX_JOB_DIR_BYTES = 200
 
 
-def job_dir_name(num: Any, overrides_name: str) -> str:
-    """A sweep job's dir name, ``<num>_<overrides>`` (``3_drop_path_rate=0.1,seed=2``); past
-    :data:`MAX_JOB_DIR_BYTES`, its head and a hash of all the overrides (they are in the job's
-    .hydra/overrides.yaml), so that two jobs never share a name and a rerun finds its job's dir again."""
-    name = f"{num}_{overrides_name}"
+def job_dir_name(num: Any, overrides: Iterable[str]) -> str:
+    """A sweep job's dir name, ``<num>_<overrides>`` (``3_drop_path_rate=0.1,seed=2``): the job's
+    command-line overrides, sorted, without those of :data:`ENVIRONMENT_KEYS` (:func:`is_environment_key`),
+    so that a rerun with another device or logger finds its job's dir again. Past
+    :data:`MAX_JOB_DIR_BYTES`, its head and a hash of all those overrides (they are in the job's
+    .hydra/overrides.yaml), so that two jobs never share a name."""
+    kept = ",".join(sorted(o for o in overrides if not is_environment_key(o.partition("=")[0].lstrip("+~"))))
+    name = f"{num}_{kept}"
     if len(name.encode()) <= MAX_JOB_DIR_BYTES:
         return name
-    digest = hashlib.sha1(overrides_name.encode()).hexdigest()[:12]
+    digest = hashlib.sha1(kept.encode()).hexdigest()[:12]
     head = name.encode()[: MAX_JOB_DIR_BYTES - len(digest) - 1].decode(errors="ignore")  # whole characters only
     return f"{head}_{digest}"
 

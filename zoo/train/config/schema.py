@@ -42,7 +42,7 @@ from ..data.augment import check_augment
 from ..data.cifar10 import check_val_size
 from ..errors import ConfigError
 from ..rundir.loggers import check_installed
-from .overrides import ENVIRONMENT_KEYS, job_dir_name
+from .overrides import job_dir_name
 
 # Keys that existed once, and what to do instead: the command line refuses them with this advice, and
 # a resumed run drops them from the config its checkpoint saved.
@@ -472,7 +472,6 @@ def _register() -> None:
         ),
         "zoo.log_file": lambda default: os.devnull if worker else default,
         "zoo.log_level": lambda: "WARNING" if worker else "INFO",
-        "zoo.environment_keys": lambda: list(ENVIRONMENT_KEYS),
         "zoo.job_dir": job_dir_name,
     }
     for name, resolver in resolvers.items():

@@ -263,7 +263,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _missing(sweep: Sweep) -> list[str]:
     """The Missing section's items: jobs not started, without metrics, failed or unreadable; then per
-    configuration its unfinished runs and what its pairing with the baseline lacks."""
+    configuration its unfinished runs and (but in a search) what its pairing with the baseline lacks."""
     out = [f"- not started: `{sweep.short(job)}`" for job in sweep.not_started]
     out += [_missing_no_metrics(sweep, r) for r in sweep.no_metrics if r.failure is None]  # failed: listed next
     out += [f"- job `{r.name}` (`{sweep.run_label(r)}`): failed (see Failed jobs)" for r in sweep.failed]
@@ -272,7 +272,7 @@ def _missing(sweep: Sweep) -> list[str]:
     ]
     for config in sweep.configurations:
         out += _missing_runs(sweep, config)
-        out += _missing_pairs(sweep, config)
+        out += [] if sweep.searched else _missing_pairs(sweep, config)
     return out
 
 
@@ -357,7 +357,7 @@ def reproduce_command(sweep: Sweep) -> str:
     have = [
         tuple(sorted(override_pairs(r.overrides))) for r in sweep.runs + sweep.no_metrics if r.overrides is not None
     ]
-    if is_search(hydra.get("sweeper")) or (jobs is not None and set(have) <= set(jobs)):
+    if sweep.searched or (jobs is not None and set(have) <= set(jobs)):
         args = options + list(hydra.get("overrides", {}).get("task", []) or [])
         return " ".join(["python", script, "-m"] + [shlex.quote(a) for a in args])
     values: dict[str, list[str]] = {}

@@ -135,6 +135,11 @@ class Sweep:
         """Overrides without those every job shares, as ``key=value`` words."""
         return " ".join(f"{k}={v}" for k, v in pairs if (k, v) not in self.common) or "(no overrides)"
 
+    @property
+    def searched(self) -> bool:
+        """Whether a search (:func:`is_search`) chose the jobs' values: its trials have no baseline to pair with."""
+        return is_search((self.multirun or {}).get("hydra", {}).get("sweeper"))
+
     def run_label(self, run: Run) -> str:
         return self.short(override_pairs(run.overrides)) if run.overrides is not None else f"job {run.name}"
 
