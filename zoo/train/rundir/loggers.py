@@ -119,6 +119,8 @@ class WandbLogger(Logger):
         self.run.summary.update({**summary, **checkpoints})
 
     def close(self, outcome: str = "finished") -> None:
+        if outcome == "interrupted":  # W&B's mark for a run that a resume continues (shown as preempted)
+            self.run.mark_preempting()
         self.run.finish(exit_code=0 if outcome == "finished" else 1)
 
 
