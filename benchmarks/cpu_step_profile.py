@@ -1,7 +1,7 @@
 """Where a CPU training step goes: a model's step (forward, backward, AdamW; batch 128, random 32x32
 images) in fp32 NCHW against the precision ``amp=auto channels_last=auto`` resolves to on this CPU
-(for a model with SepConv mixers, also that precision with their depthwise convolution in bf16 too, which
-zoo keeps in fp32 on a CPU), interleaved, and the default step's most expensive ops (torch.profiler,
+(for a model with SepConv mixers under bf16 autocast, also that precision with their depthwise convolution in
+bf16 too, which zoo keeps in fp32 on a CPU), interleaved, and the default step's most expensive ops (torch.profiler,
 self CPU time).
 
 Each round times ``--steps`` steps of every variant, in a new random order each round (drop_path.py's
@@ -19,7 +19,6 @@ import os
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -37,20 +36,14 @@ from zoo.profile import cpu_model  # noqa: E402
 from zoo.train.loop.precision import Precision, resolve_precision  # noqa: E402
 
 
-def bf16_depthwise(self: SepConv, x: torch.Tensor) -> torch.Tensor:
-    """SepConv's forward with its depthwise convolution under autocast too, as before zoo kept it in fp32."""
-    x = self.dwconv(self.act(self.pwconv1(x)).permute(0, 3, 1, 2))
-    return self.pwconv2(x.permute(0, 2, 3, 1))
-
-
 def step_fn(name: str, precision: Precision, batch: int, depthwise_bf16: bool = False):
     """One training step of a fresh ``name`` (drop_path_rate 0.1, as configs/train.yaml) under ``precision``
-    (``depthwise_bf16``: its SepConv mixers as :func:`bf16_depthwise`)."""
+    (``depthwise_bf16``: its SepConv mixers' depthwise convolutions left to autocast too)."""
     torch.manual_seed(0)
     model = zoo.create_model(name, drop_path_rate=0.1).train()
-    for module in model.modules() if depthwise_bf16 else ():
+    for module in model.modules():
         if isinstance(module, SepConv):
-            module.forward = types.MethodType(bf16_depthwise, module)
+            module.cpu_depthwise_fp32 = not depthwise_bf16
     layout = torch.channels_last if precision.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
@@ -83,7 +76,9 @@ def report(name: str, args: argparse.Namespace) -> list[str]:
     default = resolve_precision("auto", "auto", torch.device("cpu"))
     variants = {"fp32, NCHW": Precision(False, False, "fp32 NCHW"), f"default ({default.describe()})": default}
     steps = {k: step_fn(name, p, args.batch) for k, p in variants.items()}
-    if any(isinstance(m, SepConv) for m in zoo.create_model(name).modules()):
+    with torch.device("meta"):  # no memory or init cost: only its module types are read
+        has_sepconv = any(isinstance(m, SepConv) for m in zoo.create_model(name).modules())
+    if default.amp and has_sepconv:
         steps["default, depthwise conv in bf16 too"] = step_fn(name, default, args.batch, depthwise_bf16=True)
     times = round_robin(steps, torch.device("cpu"), args.rounds, args.steps, warmup=1)
     base = times["fp32, NCHW"]

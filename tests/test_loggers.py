@@ -96,7 +96,7 @@ def test_every_logger_gets_config_metrics_summary_and_checkpoints_and_a_resume_c
 
     files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 2 and {f.name for f in files} == {f"run-{ids['wandb']}.wandb"}  # two starts, one run id
-    first, resumed = ([r for r in wandb_records(f)] for f in files)  # offline-run-<start time>-<id>: in order
+    first, resumed = (wandb_records(f) for f in files)  # offline-run-<start time>-<id>: in order
     assert [r.exit.exit_code for r in first if r.HasField("exit")] == [1]
     assert any(r.HasField("preempting") for r in first) and not any(r.HasField("preempting") for r in resumed)
     assert [r.exit.exit_code for r in resumed if r.HasField("exit")] == [0]

@@ -106,8 +106,12 @@ def test_sepconv_depthwise_runs_in_the_parameters_precision_under_cpu_autocast()
     y.float().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in conv.parameters())
     torch.testing.assert_close(y.float(), conv(x), atol=0.05, rtol=0.05)
-    half = SepConv(8).to(torch.bfloat16)  # a bf16 model without autocast: no dtype mismatch
+    half = SepConv(8).to(torch.bfloat16)  # bf16 parameters: the input follows them, not fp32
     assert half(x.detach().to(torch.bfloat16)).dtype == torch.bfloat16
+    conv.cpu_depthwise_fp32 = False  # left to autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        conv(x)
+    assert seen[-1] == (torch.bfloat16, torch.bfloat16)
 
 
 def test_unknown_mixer_lists_the_valid_names():

@@ -43,6 +43,7 @@ def test_job_dir_names_leave_out_the_keys_that_change_nothing_computed_and_keys_
     overrides = ["seed=1", "device=cpu", "logger.wandb.mode=offline", "+logger.csv.x=1", "data.path=/d", "lr=0.1"]
     assert job_dir_name(0, overrides) == "0_lr=0.1,seed=1"
     assert job_dir_name(0, ["logger=[csv,wandb]"]) == "0_"  # as a job with no overrides
+    assert job_dir_name(0, ["++device=cpu", "~logger", "logger@x=csv", "seed=1"]) == "0_seed=1"
 
 
 def test_the_sweep_subdir_uses_the_short_name():

@@ -263,7 +263,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _missing(sweep: Sweep) -> list[str]:
     """The Missing section's items: jobs not started, without metrics, failed or unreadable; then per
-    configuration its unfinished runs and (but in a search) what its pairing with the baseline lacks."""
+    configuration its unfinished runs and, except in a search, what its pairing with the baseline lacks."""
     out = [f"- not started: `{sweep.short(job)}`" for job in sweep.not_started]
     out += [_missing_no_metrics(sweep, r) for r in sweep.no_metrics if r.failure is None]  # failed: listed next
     out += [f"- job `{r.name}` (`{sweep.run_label(r)}`): failed (see Failed jobs)" for r in sweep.failed]
