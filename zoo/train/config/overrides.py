@@ -45,7 +45,7 @@ def job_dir_name(num: Any, overrides: Iterable[str]) -> str:
     so that a rerun with another device or logger finds its job's dir again. Past
     :data:`MAX_JOB_DIR_BYTES`, its head and a hash of all those overrides (they are in the job's
     .hydra/overrides.yaml), so that two jobs never share a name."""
-    kept = ",".join(sorted(o for o in overrides if not is_environment_key(_override_key(o))))
+    kept = ",".join(sorted(o for o in overrides if not is_environment_key(override_key(o))))
     name = f"{num}_{kept}"
     if len(name.encode()) <= MAX_JOB_DIR_BYTES:
         return name
@@ -54,8 +54,8 @@ def job_dir_name(num: Any, overrides: Iterable[str]) -> str:
     return f"{head}_{digest}"
 
 
-def _override_key(override: str) -> str:
-    """The key or group an override sets, as Hydra names it: ``++logger@x=csv`` -> ``logger``."""
+def override_key(override: str) -> str:
+    """The key or group a ``key=value`` override sets, as Hydra names it: ``++logger@x=csv`` -> ``logger``."""
     return override.partition("=")[0].strip().lstrip("+~").partition("@")[0]
 
 

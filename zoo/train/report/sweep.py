@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ..config.overrides import expand, flatten, is_environment_key
+from ..config.overrides import expand, flatten, is_environment_key, override_key
 from ..errors import ZooError
 
 SEED_KEY = "seed"
@@ -144,17 +144,9 @@ class Sweep:
         return self.short(override_pairs(run.overrides)) if run.overrides is not None else f"job {run.name}"
 
 
-def override_key(key: str) -> str:
-    return key.lstrip("+~")
-
-
 def override_pairs(overrides: list[str]) -> list[tuple[str, str]]:
     """``["+a.b=1", "seed=0"]`` -> ``[("a.b", "1"), ("seed", "0")]``."""
-    pairs = []
-    for item in overrides:
-        key, _, value = item.partition("=")
-        pairs.append((override_key(key), value))
-    return pairs
+    return [(override_key(item), item.partition("=")[2]) for item in overrides]
 
 
 def _load_yaml(path: Path) -> Any:

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..._weights import CHECKPOINT_NAME, LoadError, checkpoint_file, load_file, load_weights, read_checkpoint  # noqa: F401 (CHECKPOINT_NAME: re-exported)
-from ..config.overrides import ENVIRONMENT_KEYS, flatten, is_environment_key
+from ..config.overrides import ENVIRONMENT_KEYS, flatten, is_environment_key, override_key
 from ..config.schema import REMOVED_KEYS
 from ..errors import CheckpointError
 from .atomic import save_atomic
@@ -117,7 +117,7 @@ def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: Sequence[s
     if state["config"].get("tensorboard") and not old.get("logger"):  # saved before logger= existed
         old["logger"] = {"tensorboard": {}}
     saved = OmegaConf.merge(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), old)
-    keys = [o.lstrip("+~").partition("=")[0] for o in overrides]
+    keys = [override_key(o) for o in overrides]
     for key in keys:
         if is_environment_key(key):
             OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
