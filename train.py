@@ -17,7 +17,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from zoo.train.cli import check_argv, reserve_run_dir, run
+from zoo.train.cli import check_argv, run
+from zoo.train.rundir.placement import reserve_run_dir
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 

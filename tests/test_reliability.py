@@ -19,11 +19,12 @@ import pytest
 import torch
 
 from conftest import BAD_VALUES, REPO, check_cli, compose_train, make_tree, metrics, run_cli, tiny
-from zoo.train.config.schema import resumed_run_dir, validate_config
+from zoo.train.config.schema import validate_config
 from zoo.train.data.cifar10 import CLASSES
 from zoo.train.errors import CheckpointError, CompileFailed, ConfigError, DataError, RunDirError, TrainingDiverged
 from zoo.train.loop import run as loop
 from zoo.train.rundir.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from zoo.train.rundir.placement import resumed_run_dir
 
 
 def one_error_line(out: subprocess.CompletedProcess) -> str:
@@ -941,13 +942,13 @@ def test_a_refused_run_changes_nothing_on_disk(tmp_path, finished_run):
 def test_two_runs_in_one_second_never_share_the_default_run_dir(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
     """The default run dir is made new as the run starts: a name another run took (in the same second)
     gets _2, _3, ...; the run there is left alone."""
-    from zoo.train.config import schema as config
+    from zoo.train.rundir import placement
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(config, "_DEFAULT_RUN_DIR", {"reserve": True, "dir": None})
-    assert config._fresh_run_dir("same-second/10-00-00_resnet8") == "same-second/10-00-00_resnet8"
-    monkeypatch.setattr(config, "_DEFAULT_RUN_DIR", {"reserve": True, "dir": None})  # a second process
-    assert config._fresh_run_dir("same-second/10-00-00_resnet8") == "same-second/10-00-00_resnet8_2"
+    monkeypatch.setattr(placement, "_DEFAULT_RUN_DIR", {"reserve": True, "dir": None})
+    assert placement._fresh_run_dir("same-second/10-00-00_resnet8") == "same-second/10-00-00_resnet8"
+    monkeypatch.setattr(placement, "_DEFAULT_RUN_DIR", {"reserve": True, "dir": None})  # a second process
+    assert placement._fresh_run_dir("same-second/10-00-00_resnet8") == "same-second/10-00-00_resnet8_2"
     # End to end: every name the run could be given in the next minute holds another run.
     taken = [time.strftime("%Y-%m-%d/%H-%M-%S", time.localtime(time.time() + s)) for s in range(60)]
     for name in taken:

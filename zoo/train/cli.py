@@ -15,8 +15,9 @@ from typing import Any, NoReturn
 from omegaconf import DictConfig, OmegaConf
 
 from .config.overrides import expand, override_value
-from .config.schema import compose_configs, reserve_default_run_dir, validate_config
+from .config.schema import compose_configs, validate_config
 from .errors import ConfigError, ZooError
+from .rundir.placement import check_run_dir, check_writable
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -167,7 +168,7 @@ MAX_CHECKED_JOBS = 256  # a bigger sweep is checked job by job as it runs
 def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
     """Compose the config of every job the command line asks for through the schema and validate it, so
     that a bad value is refused before Hydra creates a run or sweep dir, or writes into one: for a single
-    run also its checkpoint and saved config when it resumes, and its run dir (:func:`check_run_dir`).
+    run also its checkpoint and saved config when it resumes, and its run dir (:mod:`.rundir.placement`).
     Left to Hydra and to the run: Hydra's flags, glob sweeps, a sweep's resumed jobs, and data that a
     launcher's machines may hold but this one does not."""
     from .rundir.checkpoint import resolve_checkpoint
@@ -225,24 +226,6 @@ def check_new_job(cfg: DictConfig, args: list[str], multirun: bool) -> None:
         check_run_dir(args, cfg.overwrite)
 
 
-def check_writable(args: list[str], multirun: bool, resume: str | None) -> None:
-    """The run (or sweep) dir, or the nearest folder above it that exists, is writable: Hydra writes there
-    first, and fails with a traceback."""
-    from .config.schema import resumed_run_dir
-
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    given = [a.partition("=")[2] for a in args if a.startswith(key + "=")]
-    where = given[-1] if given else "multirun" if multirun else "outputs"
-    run_dir = (resumed_run_dir(resume) if resume and not multirun else None) or Path(where.partition("$")[0] or ".")
-    folder = Path(os.path.abspath(run_dir.expanduser()))
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(
-            f"{key}={where}: {folder} is not writable (read-only or not yours): give {key}= a writable path"
-        )
-
-
 def check_resume(cfg: DictConfig, overrides: list[str]) -> None:
     """What a resumed run checks when it starts, before Hydra writes into the run's dir: a checkpoint
     that loads, overrides that change only environment keys, the saved config's ranges, a free dir."""
@@ -253,25 +236,3 @@ def check_resume(cfg: DictConfig, overrides: list[str]) -> None:
     validate_config(resumed_config(cfg, saved, overrides))
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun's other ranks write no files
         check_unlocked(Path(saved["path"]).parent)
-
-
-def check_run_dir(args: list[str], overwrite: bool) -> None:
-    """A new run's ``hydra.run.dir=`` holds no other run's records (or ``overwrite=true`` says to replace
-    them) and no other process writes there. The default dir is made new when the run starts."""
-    from .rundir.runlog import check_new_run_dir, check_unlocked
-
-    given = [override_value(a) for a in args if a.startswith("hydra.run.dir=")]
-    if not given or not isinstance(given[-1], str) or "${" in given[-1]:  # an interpolation: Hydra resolves it
-        return
-    run_dir = Path(given[-1]).expanduser()
-    if not overwrite:
-        check_new_run_dir(run_dir)
-    check_unlocked(run_dir)
-
-
-def reserve_run_dir(argv: list[str]) -> None:
-    """For a single run with the default run dir, have the dir made new when Hydra resolves it
-    (:func:`config.reserve_default_run_dir`): two runs started in the same second get two dirs."""
-    if any(a.startswith("-") or a.startswith("hydra.mode=") for a in argv[1:]):  # a sweep, or Hydra's flags
-        return
-    reserve_default_run_dir()

@@ -12,12 +12,10 @@ import dataclasses
 import difflib
 import math
 import os
-import time
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from enum import Enum
-from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
@@ -42,7 +40,7 @@ from ..data.augment import check_augment
 from ..data.cifar10 import check_val_size
 from ..errors import ConfigError
 from ..rundir.loggers import check_installed
-from .overrides import job_dir_name
+from ..rundir.placement import register_resolvers
 
 # Keys that existed once, and what to do instead: the command line refuses them with this advice, and
 # a resumed run drops them from the config its checkpoint saved.
@@ -418,64 +416,10 @@ def build_model(cfg: DictConfig, num_classes: int = 10) -> nn.Module:
         raise ConfigError(f"model {cfg.model.name} cannot be built from the config: {e}") from None
 
 
-def resumed_run_dir(resume: str | None) -> Path | None:
-    """The run dir ``resume=`` (a run dir or a checkpoint in one) names; None when it holds no run, so that a
-    mistyped path gets no .hydra/ written next to it."""
-    path = Path(resume).expanduser() if resume else None
-    run_dir = None if path is None else path if path.is_dir() else path.parent
-    return (
-        run_dir.resolve()
-        if run_dir and ((run_dir / "config.yaml").is_file() or (run_dir / ".hydra").is_dir())
-        else None
-    )
-
-
-_DEFAULT_RUN_DIR: dict[str, Any] = {"reserve": False, "dir": None}
-
-
-def reserve_default_run_dir() -> None:
-    """From now on in this process, the default run dir Hydra resolves is made at once, and made new: when
-    another run took that name (two runs started in the same second), ``_2``, ``_3``, ... is appended.
-    train.py turns this on for a single run; a sweep, and a dir given by ``hydra.run.dir=``, never ask."""
-    _DEFAULT_RUN_DIR["reserve"] = True
-
-
-def _fresh_run_dir(default: str) -> str:
-    if not _DEFAULT_RUN_DIR["reserve"]:
-        return default
-    if _DEFAULT_RUN_DIR["dir"] is None:  # once: Hydra resolves the run dir more than once
-        Path(default).parent.mkdir(parents=True, exist_ok=True)
-        for n in range(1, 10_000):
-            candidate = default if n == 1 else f"{default}_{n}"
-            try:
-                os.mkdir(candidate)  # atomic: of two runs asking for one name, one gets it
-            except FileExistsError:
-                continue
-            _DEFAULT_RUN_DIR["dir"] = candidate
-            break
-    return _DEFAULT_RUN_DIR["dir"] or default
-
-
 def _register() -> None:
-    """The schema and the model choices into Hydra's ConfigStore, and the resolvers configs/train.yaml's hydra
-    node uses: a resumed run runs in its own dir (this invocation's .hydra/ files in .hydra/resume-<time>/);
-    torchrun ranks above 0 create no run dir, write no log file and log only warnings (rank 0 writes every
-    file); job-dir names leave out ENVIRONMENT_KEYS and stay short (:func:`job_dir_name`)."""
-    worker = int(os.environ.get("RANK", "0")) > 0
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    resolvers = {
-        "zoo.run_dir": lambda resume, default: (
-            "." if worker else str(resumed_run_dir(resume) or _fresh_run_dir(default))
-        ),
-        "zoo.output_subdir": lambda resume: (
-            None if worker else f".hydra/resume-{stamp}" if resumed_run_dir(resume) else ".hydra"
-        ),
-        "zoo.log_file": lambda default: os.devnull if worker else default,
-        "zoo.log_level": lambda: "WARNING" if worker else "INFO",
-        "zoo.job_dir": job_dir_name,
-    }
-    for name, resolver in resolvers.items():
-        OmegaConf.register_new_resolver(name, resolver, replace=True)
+    """The schema and one ``model=`` choice per registered model into Hydra's ConfigStore, and the ``zoo.*``
+    resolvers configs/train.yaml's hydra node uses (:func:`~zoo.train.rundir.placement.register_resolvers`)."""
+    register_resolvers()
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     for name in list_models():  # not struct: any create_model argument may be added; check_model checks them
