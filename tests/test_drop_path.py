@@ -137,6 +137,32 @@ def test_rate_is_not_saved_in_state_dict():
     assert DropPath(0.3).state_dict() == {}
 
 
+def test_a_model_built_on_the_meta_device_then_loaded_drops_as_one_built_on_the_cpu():
+    """The rate buffers are not in the state dict: after to_empty() they are refilled from the rate."""
+    import zoo
+
+    torch.manual_seed(0)
+    built = zoo.create_model("convformer_tiny", drop_path_rate=0.3).train()
+    with torch.device("meta"):
+        empty = zoo.create_model("convformer_tiny", drop_path_rate=0.3)
+    empty.to_empty(device="cpu").load_state_dict(built.state_dict())
+    rates = [(m.rate.item(), m.inv_keep.item()) for m in empty.modules() if isinstance(m, DropPath)]
+    assert rates == [(m.rate.item(), m.inv_keep.item()) for m in built.modules() if isinstance(m, DropPath)]
+    x = torch.randn(8, 3, 32, 32)
+    torch.manual_seed(1)
+    expected = built(x)
+    torch.manual_seed(1)
+    assert torch.equal(empty.train()(x), expected)
+
+
+def test_repr_is_timms_at_the_defaults_and_names_what_differs():
+    timm_layers = pytest.importorskip("timm.layers")
+    assert repr(DropPath(0.1)) == repr(timm_layers.DropPath(0.1)) == "DropPath(drop_prob=0.100)"
+    assert repr(DropPath(0.25, scale_by_keep=False, mode="batch")) == (
+        "DropPath(drop_prob=0.250, mode='batch', scale_by_keep=False)"
+    )
+
+
 def test_same_signature_as_timm():
     timm_layers = pytest.importorskip("timm.layers")
     ours = inspect.signature(drop_path).parameters

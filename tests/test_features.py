@@ -140,6 +140,34 @@ def test_out_indices_pick_stages_and_prune_the_ones_after(name):
     )
 
 
+def test_a_pruned_model_keeps_the_rate_it_was_built_with():
+    model = build("resnet8", drop_path_rate=0.3, features_only=True, out_indices=(1,))
+    rates = model.drop_path_rates()
+    assert model.drop_path_rate == 0.3 and rates == build("resnet8", drop_path_rate=0.3).drop_path_rates()[:2]
+    model.drop_path_rate = model.drop_path_rate  # spread over the full depths again: nothing changes
+    assert model.drop_path_rates() == rates and model.model_args["drop_path_rate"] == 0.3
+    model.drop_path_rate = 0.6
+    assert model.drop_path_rate == 0.6 and model.drop_path_rates() == [2 * r for r in rates]
+
+
+@pytest.mark.filterwarnings("ignore:The nodes obtained by tracing")  # training adds the drop path's nodes
+@pytest.mark.parametrize("name", NAMES)
+def test_torchvisions_feature_extractor_traces_the_model_in_training_and_in_eval(name):
+    """torch.fx traces every family in mask mode (create_feature_extractor traces both modes); for one
+    seed the traced model computes what the model does, drop path included."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = build(name, drop_path_rate=0.5)
+    wake_zero_scales(model)
+    traced = create_feature_extractor(model, return_nodes={"head": "logits"})
+    x = inputs(8)
+    for training in (True, False):
+        torch.manual_seed(0)
+        expected = model.train(training)(x)
+        torch.manual_seed(0)
+        assert torch.equal(traced.train(training)(x)["logits"], expected), training
+
+
 def test_bad_feature_arguments_name_the_value_and_what_is_allowed():
     with pytest.raises(ValueError, match=r"out_indices=\(0, 3\) is out of range; allowed: .* stage indices in -3..2"):
         zoo.create_model("resnet8", features_only=True, out_indices=(0, 3))

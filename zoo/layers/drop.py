@@ -106,6 +106,7 @@ def keep_mask(x: Tensor, drop_prob: float | Tensor, mode: str = "row") -> Tensor
     return (torch.rand(n, device=x.device) >= drop_prob).expand(x.shape[0])
 
 
+@torch.fx.wrap  # traced as one call: a traced tensor cannot answer its dtype check
 def _keep_scale(
     x: Tensor, drop_prob: float | Tensor, scale_by_keep: bool, mode: str, factor: Tensor | None = None
 ) -> Tensor:
@@ -299,6 +300,16 @@ class DropPath(nn.Module):
     def drop_prob(self) -> float:
         return self._drop_prob
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> DropPath:
+        # The buffers are the float's copies, and no state_dict restores them: after to_empty() (a model
+        # built on the meta device) they would hold garbage, so every move or cast refills them.
+        super()._apply(fn, recurse)
+        if self.rate.device.type != "meta":
+            with torch.no_grad():
+                self.rate.fill_(self._drop_prob)
+                self.inv_keep.fill_(_inv_keep(self._drop_prob))
+        return self
+
     @drop_prob.setter
     def drop_prob(self, value: float) -> None:
         value = check_drop_prob(value)
@@ -345,4 +356,7 @@ class DropPath(nn.Module):
         return _bernoulli_skip_add(shortcut, x, branch_fn, self.rate, self._drop_prob, self.scale_by_keep, self.mode)
 
     def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob:.3f}, mode={self.mode!r}, scale_by_keep={self.scale_by_keep}"
+        """timm's ``drop_prob=0.100``, then the settings that differ from their defaults."""
+        others = {"mode": "row", "scale_by_keep": True, "skip_draw": "auto"}
+        changed = "".join(f", {k}={getattr(self, k)!r}" for k, default in others.items() if getattr(self, k) != default)
+        return f"drop_prob={self.drop_prob:.3f}{changed}"

@@ -49,15 +49,21 @@ class RandomMixing(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, h, w, c = x.shape
-        if h * w != self.num_tokens:
-            raise ValueError(
-                f"RandomMixing was built for {self.num_tokens} tokens, got a {h}x{w} map ({h * w} tokens); "
-                f"build it with num_tokens={h * w}"
-            )
+        _check_num_tokens(x, self.num_tokens)
         return torch.matmul(self.mixing.to(x.dtype), x.reshape(b, h * w, c)).reshape(b, h, w, c)
 
     def extra_repr(self) -> str:
         return f"num_tokens={self.num_tokens}"
+
+
+@torch.fx.wrap  # traced as one call: a traced shape cannot be compared
+def _check_num_tokens(x: Tensor, num_tokens: int) -> None:
+    h, w = x.shape[1:3]
+    if h * w != num_tokens:
+        raise ValueError(
+            f"RandomMixing was built for {num_tokens} tokens, got a {h}x{w} map ({h * w} tokens); "
+            f"build it with num_tokens={h * w}"
+        )
 
 
 class Pooling(nn.Module):
@@ -108,14 +114,17 @@ class SepConv(nn.Module):
         self.pwconv2 = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.act(self.pwconv1(x)).permute(0, 3, 1, 2)
-        if self.cpu_depthwise_fp32 and x.device.type == "cpu":
-            # oneDNN's bf16 depthwise backward (its weight gradient above all) is slower than its fp32 one
-            with torch.autocast("cpu", enabled=False):
-                x = self.dwconv(x.to(self.dwconv.weight.dtype))
-        else:
-            x = self.dwconv(x)
+        x = _depthwise(self.dwconv, self.act(self.pwconv1(x)).permute(0, 3, 1, 2), self.cpu_depthwise_fp32)
         return self.pwconv2(x.permute(0, 2, 3, 1))
+
+
+@torch.fx.wrap  # traced as one call: a traced tensor has no device to branch on
+def _depthwise(conv: nn.Conv2d, x: Tensor, fp32_on_cpu: bool) -> Tensor:
+    if fp32_on_cpu and x.device.type == "cpu":
+        # oneDNN's bf16 depthwise backward (its weight gradient above all) is slower than its fp32 one
+        with torch.autocast("cpu", enabled=False):
+            return conv(x.to(conv.weight.dtype))
+    return conv(x)
 
 
 class Attention(nn.Module):

@@ -108,6 +108,7 @@ class ZooModel(nn.Module):
     head_drop: nn.Module
     drop_path_schedule: str | None = None  # how the built rates grow with depth; None when built from a list
     drop_path_depths: tuple[int, ...] = ()  # the depths the rates were spread over (before any pruning)
+    _pruned_drop_path_rate: float | None = None  # r of a model whose last blocks were pruned (they held it)
     first_conv: str  # the stem convolution's module name, for pretrained_cfg
     pretrained_cfg: dict[str, Any]  # timm's fields: input size, mean, std, interpolation, crop, classifier
 
@@ -216,6 +217,7 @@ class ZooModel(nn.Module):
         take = take_indices(len(self.stages), indices)
         last = take[-1]
         if last < len(self.stages) - 1:
+            self._pruned_drop_path_rate = self.drop_path_rate
             self.stages = self.stages[: last + 1]
             self.depths = self.depths[: last + 1]
             self.num_features = self.feature_info[last]["num_chs"]
@@ -276,6 +278,8 @@ class ZooModel(nn.Module):
     def drop_path_rate(self) -> float:
         """The largest per-block rate the model was built with (a schedule's r). Assigning a value sets
         every block's rate again: ``model.drop_path_rate = 0.3`` is :func:`set_drop_path_rate`."""
+        if self._pruned_drop_path_rate is not None:
+            return self._pruned_drop_path_rate
         return max((block.base_drop_path for block in drop_path_blocks(self)), default=0.0)
 
     @drop_path_rate.setter
@@ -312,6 +316,8 @@ def set_drop_path_rate(model: ZooModel, rate: float | Sequence[float], schedule:
     for block, block_rate in zip(blocks, rates):
         block.set_base_drop_path(block_rate)
     model.drop_path_schedule = schedule
+    if model._pruned_drop_path_rate is not None:
+        model._pruned_drop_path_rate = max(map(float, rate), default=0.0) if is_list else float(rate)
     if model.model_args is not None:  # what a checkpoint rebuilds the model with
         args = {
             k: v

@@ -7,15 +7,17 @@ starts with the paper's downsampling (LayerNorm, then a 3x3 stride-2 convolution
 stride 1 the four stages run at 32, 16, 8 and 4 pixels (1024, 256, 64, 16 tokens), like a CIFAR
 ResNet's 32/16/8; ``stem_stride=2`` gives 16/8/4/2 at a quarter of the compute.
 
-Everything else follows the paper: LayerNorm without bias, StarReLU MLPs without bias, ResScale in
-stages 3-4, no LayerScale, a global average pool, a LayerNorm and a linear classifier. Families
-differ only in their token mixers: IdentityFormer (identity), RandFormer (identity in stages 1-2,
+From the paper: LayerNorm without bias, StarReLU MLPs without bias, ResScale in stages 3-4, no
+LayerScale, a global average pool and a LayerNorm before the classifier. Two simplifications: every
+family normalises each token over its channels (the paper's IdentityFormer, RandFormer and PoolFormerV2
+normalise over channels and space, a one-group GroupNorm), and the classifier is one linear layer (the
+paper's ConvFormer and CAFormer have a two-layer MLP head). Families differ only in their token mixers: IdentityFormer (identity), RandFormer (identity in stages 1-2,
 frozen random mixing in 3-4), PoolFormer (pooling), ConvFormer (separable convolutions) and CAFormer
 (separable convolutions in stages 1-2, attention in 3-4, where maps are 8x8 and 4x4).
 
-Sizes: the paper's depths, and half its s-model widths (64, 128, 320, 512) at four times its token
-counts: ``tiny`` (1, 1, 1, 1) x (16, 32, 64, 128) for tests; ``s12`` (2, 2, 6, 2) and ``s18``
-(3, 3, 9, 3), both at widths (32, 64, 128, 256) as the paper's s12 and s18 share theirs.
+Sizes: the paper's depths at four times its token counts, with narrower stages than its s-models'
+(64, 128, 320, 512): ``tiny`` (1, 1, 1, 1) x (16, 32, 64, 128) for tests; ``s12`` (2, 2, 6, 2) and
+``s18`` (3, 3, 9, 3), both at widths (32, 64, 128, 256) as the paper's s12 and s18 share theirs.
 "metaformer", the recommended default, is convformer_s12: 3.4M parameters, 0.36 GFLOPs per 32x32
 image (matmuls and convolutions, torch.utils.flop_counter), 1.4x a CIFAR ResNet-56 (0.25 GFLOPs).
 """
