@@ -91,4 +91,4 @@ def time_factor(schedule: str, epoch: float, cutoff: float, early_mode: str = "c
         return 1.0 if early_mode == "constant" else 1.0 - epoch / cutoff
     if schedule == "late":
         return 0.0 if before else 1.0
-    return min(1.0, epoch / cutoff) if before else 1.0
+    return epoch / cutoff if before else 1.0
