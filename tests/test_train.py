@@ -279,6 +279,8 @@ def make_summary(s, *args):  # after the last step, on every rank: its weights a
     torch.save({"model": s.net.state_dict(), "draws": draws}, f"{out}/rank{os.environ['RANK']}.pt")
     return real_summary(s, *args)
 drop._keep_scale, drop.keep_mask, loop.make_summary = keep_scale, keep_mask, make_summary
+# the first validated epoch is the best: test_every=0 left it untested, so every rank evaluates best.pt
+loop.best_val_epoch = lambda history: next((r for r in history if "val_acc" in r), None)
 sys.argv = sys.argv[2:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -287,10 +289,11 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 @pytest.mark.slow
 def test_two_process_torchrun(tmp_path, cifar10_archive, cifar10_cache):
     """Two ranks end with identical parameters (DDP averages their gradients) but draw different drop
-    masks (the rank is part of each step's seed); rank 0 alone writes the run dir, with its weights.
+    masks (the rank is part of each step's seed); rank 0 alone writes the run dir, with its weights, and
+    hands best.pt's weights to rank 1 to test them together.
     (BatchNorm's running statistics are not compared: DDP copies rank 0's at the start of each forward,
     then each rank updates them from its own half of the batch.)"""
-    run_dir, record = tmp_path / "run", tmp_path / "ranks"
+    record = tmp_path / "ranks"
     record.mkdir()
     out = run_cli(
         "experiment=cpu_smoke",
@@ -300,8 +303,10 @@ def test_two_process_torchrun(tmp_path, cifar10_archive, cifar10_cache):
         "data.subset=512",
         "data.test_subset=200",
         "drop_path_rate=0.3",
-        f"hydra.run.dir={run_dir}",
-        cwd=tmp_path,
+        "data.val_size=100",
+        "epochs=2",
+        "test_every=0",
+        cwd=tmp_path,  # the default run dir: rank 1's is "." (it writes nothing)
         module=(
             "-m",
             "torch.distributed.run",
@@ -316,11 +321,14 @@ def test_two_process_torchrun(tmp_path, cifar10_archive, cifar10_cache):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("done: resnet8") == 1  # rank 0 only
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["test_images"] == 200
-    (row,) = rows(run_dir)
-    assert 0.0 <= row["test_acc"] <= 1.0 and row["images_per_second"] > 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ranks", "run"]  # rank 1 wrote nothing of its own
+    first, last = rows(run_dir)
+    assert summary["best_val_epoch"] == first["epoch"] and "test_acc" not in first
+    assert 0.0 <= summary["test_acc_at_best_val"] <= 1.0
+    assert 0.0 <= last["test_acc"] <= 1.0 and last["images_per_second"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs", "ranks"]  # rank 1 wrote nothing of its own
     r0, r1 = (torch.load(record / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     params = [n for n, _ in zoo.create_model("resnet8").named_parameters()]
     assert r0["model"].keys() == r1["model"].keys() and set(params) < r0["model"].keys()

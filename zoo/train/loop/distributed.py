@@ -70,6 +70,13 @@ def stop_vote(flag: bool, device: torch.device) -> torch.Tensor | None:
     return t
 
 
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers into every rank's ``module`` (in place)."""
+    if dist.is_initialized():
+        for t in module.state_dict().values():
+            dist.broadcast(t, 0)
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -524,10 +524,12 @@ def selection_summary(s: TrainState) -> dict[str, Any]:
 
 
 def test_acc_of_best(s: TrainState) -> float:
-    """The test accuracy of best.pt's weights (every rank reads the file rank 0 wrote)."""
-    dist.barrier()
+    """The test accuracy of best.pt's weights: rank 0 reads the file it wrote and hands the weights to the
+    other ranks (their run dir is not rank 0's: they write no files)."""
     model = copy.deepcopy(s.net)
-    load_model_state(model, load_file(s.run.dir / BEST_NAME))
+    if s.ctx.is_main:
+        load_model_state(model, load_file(s.run.dir / BEST_NAME))
+    dist.broadcast_module(model)
     _, correct, count = dist.all_sum(
         evaluate(model, s.test_data, EVAL_BATCH, s.amp, s.channels_last, s.ctx.rank, s.ctx.world)
     ).tolist()
