@@ -148,6 +148,8 @@ def test_best_pt_and_the_summary_follow_validation_accuracy(val_run):
     assert summary["val_images"] == 50 and summary["train_images"] == 192
     saved = torch.load(val_run / "best.pt", weights_only=True)
     assert saved["epoch"] == rows[best]["epoch"]
+    # the arguments that rebuild the model (drop_path_rates among them), as last.pt stores them
+    assert saved["model_args"] == torch.load(val_run / "last.pt", weights_only=True)["model_args"] != {}
     # best.pt's weights give that epoch's test accuracy again, through load_run(which="best")
     out = run_module(
         "-m", "zoo.train.evaluate", str(val_run), "--which", "best", "--test-subset", "100", "--device", "cpu"

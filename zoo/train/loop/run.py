@@ -501,6 +501,7 @@ def save_best(s: TrainState) -> None:
             "model": s.net.state_dict(),
             "ema": s.ema.state_dict() if s.ema is not None else None,
             "model_name": config["model"]["name"],
+            "model_args": s.net.model_args,  # what rebuilds the model (zoo.load_run), as in last.pt
             "config": config,
             "epoch": best["epoch"],
             "metrics": dict(best),
