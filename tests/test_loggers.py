@@ -166,3 +166,29 @@ def test_mlflow_records_how_a_run_ended(tmp_path):
         run.close()
         statuses.append(client.get_run(json.loads((tmp_path / loggers.IDS_NAME).read_text())["mlflow"]).info.status)
     assert statuses == ["FAILED", "KILLED"]
+
+
+@pytest.mark.slow
+def test_overwrite_gives_the_new_run_trackers_of_its_own(tmp_path, cifar10_archive, cifar10_cache):
+    """overwrite=true replaces a run's records: the new run's TensorBoard scalars are its own, the replaced
+    run's metrics.csv is gone, and MLflow gets a new run (the replaced one stays in the store)."""
+    for package in ("tensorboard", "mlflow"):
+        pytest.importorskip(package)
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from zoo.train.loop.run import train
+
+    run_dir = tmp_path / "run"
+    for seed, chosen in ((0, "[csv,tensorboard,mlflow]"), (1, "[tensorboard,mlflow]")):
+        extra = ("epochs=1", f"seed={seed}", f"logger={chosen}", "overwrite=true")
+        train(compose_train(*tiny(cifar10_archive, cifar10_cache, *extra)), run_dir)
+    assert not (run_dir / "metrics.csv").exists()
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert [e.step for e in events.Scalars("test_acc")] == [1]
+    client = MlflowClient(f"sqlite:///{run_dir.resolve() / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("zoo").experiment_id])
+    new = json.loads((run_dir / loggers.IDS_NAME).read_text())["mlflow"]
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
+    assert next(r for r in runs if r.info.run_id == new).data.params["seed"] == "1"

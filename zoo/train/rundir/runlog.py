@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..._weights import BEST_NAME, CHECKPOINT_NAME
 from ..errors import RunDirError
 from .atomic import write_atomic
-from .loggers import Logger, open_loggers
+from .loggers import IDS_NAME, Logger, open_loggers
 
 LOCK_NAME = ".lock"
 # What a run leaves in its dir: a new run refuses a dir that holds any of them (unless overwrite=true).
@@ -162,11 +162,14 @@ class RunLog:
             self.loggers = open_loggers(cfg.get("logger"), self.dir, OmegaConf.to_container(cfg, resolve=True), history)
 
     def forget_records(self) -> None:
-        """Remove the checkpoints and summary another run left here (``overwrite=true``); config.yaml and
-        metrics.jsonl are rewritten when the run starts."""
+        """Remove the records another run left here (``overwrite=true``): its checkpoints, summary,
+        metrics.csv, TensorBoard event files and tracker run ids (loggers.json: a W&B or MLflow logger
+        then starts a run of its own, and the replaced run's stays in their stores, wandb/ or mlflow.db).
+        config.yaml and metrics.jsonl are rewritten when the run starts."""
         if self.enabled:
-            for name in ("summary.json", "best.pt", "last.pt"):
-                (self.dir / name).unlink(missing_ok=True)
+            names = ("summary.json", "best.pt", "last.pt", "metrics.csv", IDS_NAME)
+            for path in [*(self.dir / name for name in names), *self.dir.glob("events.out.tfevents.*")]:
+                path.unlink(missing_ok=True)
 
     def config(self, cfg: DictConfig) -> None:
         if self.enabled:
