@@ -692,3 +692,14 @@ def test_the_report_imports_no_torch():
             n for n in imported if n.startswith("zoo.") and ((REPO / n.replace(".", "/")).with_suffix(".py").exists())
         ]
     assert {"zoo.train.report.sweep", "zoo.train.config.overrides", "zoo.train.errors"} <= seen
+
+
+def test_runs_given_one_rate_per_block_are_not_a_baseline(sweep_dir):
+    """drop_path_rates=[...] (drop_path_rate left at 0): the largest of its rates is the configuration's
+    rate, and it pairs with the rate-0 runs, whose resolved configs differ only in drop path keys."""
+    for seed in (0, 1, 2):
+        write_job(sweep_dir / "rates" / str(seed), 0.0, seed, experiment="rates", drop_path_rates=[0.1, 0.3])
+    sweep = load_sweep(sweep_dir)
+    arm = next(c for c in sweep.configurations if ("experiment", "rates") in c.key)
+    base = next(c for c in sweep.configurations if c.is_baseline)
+    assert arm.rate == 0.3 and not arm.is_baseline and baseline_of(arm, sweep) is base

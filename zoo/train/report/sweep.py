@@ -25,6 +25,7 @@ from ..errors import ZooError
 SEED_KEY = "seed"
 FAILED_NAME = "failed.json"  # a failed job's exit status and error line (zoo.train.sweep_job)
 RATE_KEY = "drop_path_rate"
+RATES_KEY = "drop_path_rates"  # one rate per block, given instead of drop_path_rate
 
 Pairs = tuple[tuple[str, str], ...]  # sorted (key, value) pairs: one configuration's identity
 
@@ -60,11 +61,13 @@ class Run:
 
     @property
     def rate(self) -> float | None:
-        """The drop_path_rate the run was configured with (not the time-scheduled current one)."""
+        """The largest drop path rate the run was configured with (not the time-scheduled current one): its
+        drop_path_rate, or the largest of its drop_path_rates where it gave one rate per block."""
         for source in (self.config, self.summary or {}, dict(override_pairs(self.overrides or []))):
-            if RATE_KEY in source:
+            rates = source.get(RATES_KEY)
+            if RATE_KEY in source or isinstance(rates, list):
                 try:
-                    return float(source[RATE_KEY])
+                    return max(map(float, rates), default=0.0) if isinstance(rates, list) else float(source[RATE_KEY])
                 except (TypeError, ValueError):
                     return None
         return None
