@@ -58,6 +58,8 @@ def test_bad_values_name_the_key_and_what_is_allowed(override, message):
         ("data.subst=100", "unknown key 'data.subst'; did you mean data.subset"),
         ("retain_freed_memory=false", "retain_freed_memory was removed: zoo no longer changes malloc's settings"),
         ("+new_key=1", "unknown key 'new_key'"),  # the schema has no such key, with or without +
+        ("logger=null", "logger=null: a config group takes one of its names, not null; ~logger leaves"),
+        ("experiment=null", "experiment=null: a config group takes one of its names, not null"),
     ],
 )
 def test_mistyped_config_groups_and_keys_list_close_matches(override, message):
@@ -68,7 +70,7 @@ def test_valid_overrides_are_left_to_hydra(tmp_path):
     ok = [
         "model=resnet8",
         "model=metaformer,resnet20",
-        "experiment=null",
+        "~experiment",
         "data=cifar10_folder",
         f"data.path={make_tree(tmp_path / 'cifar')}",
         "model.name=convformer_tiny",

@@ -105,6 +105,10 @@ def test_resume_may_change_a_key_inside_an_environment_key():
     cfg = compose_train("model=resnet8", "logger=wandb", "logger.wandb.mode=online", "resume=/runs/x")
     resumed = resumed_config(cfg, state, ["resume=/runs/x", "logger.wandb.mode=online"])
     assert resumed.logger.wandb.mode == "online" and saved.logger.wandb.mode == "offline"
+    other = compose_train("model=resnet8", "logger=csv", "resume=/runs/x")  # replaces the saved loggers
+    assert list(resumed_config(other, state, ["resume=/runs/x", "logger=csv"]).logger) == ["csv"]
+    none = compose_train("model=resnet8", "~logger", "resume=/runs/x")
+    assert resumed_config(none, state, ["resume=/runs/x", "~logger"]).logger is None
 
 
 def test_resume_of_a_run_saved_before_a_key_existed_or_after_one_was_removed():

@@ -177,6 +177,7 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
     if any(a.startswith("-") for a in args):  # --help, --cfg, --config-dir, ...: Hydra's business
         return
     multirun = len(args) < len(argv) - 1 or "hydra.mode=MULTIRUN" in args
+    check_no_null_group(args, config_dir)
     jobs = expand(args)
     if multirun and jobs is not None:
         os.environ[SWEEP_JOBS] = str(len(jobs))
@@ -202,6 +203,18 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
         raise
     except Exception:  # not a config mistake: Hydra (or the run) says what is wrong, in its own words
         return
+
+
+def check_no_null_group(args: list[str], config_dir: str | os.PathLike) -> None:
+    """``<group>=null`` (``logger=null``): Hydra refuses it with a traceback; ``~<group>`` is its way."""
+    groups = {"model", *(p.name for p in Path(config_dir).iterdir() if p.is_dir())}
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key in groups and value.strip().lower() == "null":
+            raise ConfigError(
+                f"{arg}: a config group takes one of its names, not null; ~{key} leaves the group out "
+                f"(~logger: no logger)"
+            )
 
 
 def check_new_job(cfg: DictConfig, args: list[str], multirun: bool) -> None:

@@ -120,7 +120,8 @@ def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: Sequence[s
     keys = [override_key(o) for o in overrides]
     for key in keys:
         if is_environment_key(key):
-            OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
+            # merge=False: a new logger= replaces the saved loggers instead of joining them
+            OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
     checked = [k for k in keys if not is_environment_key(k)]
     if checked:
         now = flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
