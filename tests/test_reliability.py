@@ -90,6 +90,10 @@ def test_resume_of_a_mistyped_path_writes_nothing_next_to_it(tmp_path):
     (tmp_path / "run" / "config.yaml").write_text("{}")
     resumed = compose_train(f"resume={tmp_path / 'run'}", hydra=True).hydra
     assert resumed.run.dir == str(tmp_path / "run") and resumed.output_subdir.startswith(".hydra/resume-")
+    (tmp_path / "copied").mkdir()  # a checkpoint copied out of its run dir: the run goes on where it is
+    (tmp_path / "copied" / "last.pt").write_bytes(b"")
+    alone = compose_train(f"resume={tmp_path / 'copied' / 'last.pt'}", hydra=True).hydra
+    assert alone.run.dir == str(tmp_path / "copied") and alone.output_subdir.startswith(".hydra/resume-")
 
 
 # --- the command line: exit 2, one line, no traceback --------------------------------------------

@@ -16,15 +16,13 @@ from ..errors import ConfigError
 
 
 def resumed_run_dir(resume: str | None) -> Path | None:
-    """The run dir ``resume=`` (a run dir or a checkpoint in one) names; None when it holds no run, so that a
-    mistyped path gets no .hydra/ written next to it."""
+    """The run dir ``resume=`` names: that dir, or the dir of the checkpoint file it names (where the run
+    goes on writing); None when it names no run, so that a mistyped path gets no .hydra/ written next to it."""
     path = Path(resume).expanduser() if resume else None
     run_dir = None if path is None else path if path.is_dir() else path.parent
-    return (
-        run_dir.resolve()
-        if run_dir and ((run_dir / "config.yaml").is_file() or (run_dir / ".hydra").is_dir())
-        else None
-    )
+    if run_dir is None or not (path.is_file() or (run_dir / "config.yaml").is_file() or (run_dir / ".hydra").is_dir()):
+        return None
+    return run_dir.resolve()
 
 
 _DEFAULT_RUN_DIR: dict[str, Any] = {"reserve": False, "dir": None}
