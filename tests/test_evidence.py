@@ -70,6 +70,7 @@ def test_real_split_keeps_the_subset_and_shares_no_image(cifar10_archive, cifar1
         (-10, None, r"data.val_size must be an integer >= 0, got -10"),
         (49000, 2000, "does not fit beside data.subset=2000: 5000 training images of each class leave at most 48000"),
         (50000, None, "leaves no training images"),
+        (0, 100000, r"data.subset=100000 is more than the 50000 training images: at most 50000, or null for all"),
     ],
 )
 def test_bad_val_size_is_refused(value, subset, match):

@@ -91,6 +91,11 @@ def check_val_size(val_size: int, subset: int | None, per_class: int = TRAIN_PER
             f"each), >= 0 (0: no validation split), got {val_size}"
         )
     need = -(-(subset or 0) // num_classes)  # the subset's images of its largest class
+    if need > per_class:
+        raise ConfigError(
+            f"data.subset={subset} is more than the {per_class * num_classes} training images: at most "
+            f"{per_class * num_classes}, or null for all"
+        )
     if subset and need + val_size // num_classes > per_class:
         most = (per_class - need) * num_classes
         raise ConfigError(
