@@ -560,6 +560,31 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 @pytest.mark.slow
+def test_a_signal_while_the_model_is_built_says_what_stopped(tmp_path, monkeypatch, cifar10_archive, cifar10_cache):
+    """Past the data, setup has no step boundary either: a signal stops it at once, with its own line
+    (a first Ctrl-C there read as "a second Ctrl-C")."""
+    from zoo.train.rundir.interrupt import TrainingInterrupted
+
+    def unhandled(signum, frame):
+        raise AssertionError("the signal reached the handler outside the run")
+
+    previous = signal.signal(signal.SIGINT, unhandled)
+    real_build_net = loop.build_net
+
+    def build_net(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_build_net(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "build_net", build_net)
+    try:
+        with pytest.raises(TrainingInterrupted) as stopped:
+            loop.setup(compose_train(*tiny(cifar10_archive, cifar10_cache)), tmp_path / "run")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert str(stopped.value) == "SIGINT while setting up the run; nothing was lost (no checkpoint was due yet)"
+    assert stopped.value.exit_code == 130
+
+
 def test_sigterm_while_decoding_says_what_stopped_and_that_nothing_was_lost(tmp_path):
     """A SIGTERM while the data set decodes stops at once, exit 143, one line, no cache file. Decoding
     is held (a hook in the child) until the signal has arrived, so the run cannot end first."""

@@ -140,7 +140,8 @@ def setup(cfg: DictConfig, run_dir: str | Path, overrides: tuple[str, ...] = ())
         raise ConfigError(f"batch_size={cfg.batch_size} is smaller than the {ctx.world} processes sharing each batch")
     run = RunLog(run_dir, ctx.is_main)  # holds the run dir's lock from here
     try:
-        return build(cfg, ctx, run, saved)
+        with StopAtOnce("setting up the run", f"nothing was lost ({kept_checkpoint(run, saved)})"):
+            return build(cfg, ctx, run, saved)
     except BaseException:
         run.close()
         raise
@@ -150,8 +151,8 @@ def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any]
     """Load the data, build the model, optimizer, EMA and mixing, and restore a resumed run's state."""
     claim_run_dir(cfg, ctx, run, resumed=saved is not None)
     precision = device_settings(cfg, ctx.device)
-    kept = f"{run.dir / CHECKPOINT_NAME} is as it was" if saved else "no checkpoint was due yet"
-    with StopAtOnce("loading the data set", f"nothing was lost ({kept}; a data cache is written whole or not at all)"):
+    kept = f"{kept_checkpoint(run, saved)}; a data cache is written whole or not at all"
+    with StopAtOnce("loading the data set", f"nothing was lost ({kept})"):
         train_data, test_data, source, val_data = load_data(cfg, ctx)
     net = build_net(cfg, ctx.device, precision.channels_last, resumed=saved is not None)
     optimizer = build_optimizer(cfg, net)
@@ -183,6 +184,10 @@ def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any]
     open_records(s)
     log_setup(s, precision)
     return s
+
+
+def kept_checkpoint(run: RunLog, saved: dict[str, Any] | None) -> str:
+    return f"{run.dir / CHECKPOINT_NAME} is as it was" if saved else "no checkpoint was due yet"
 
 
 def claim_run_dir(cfg: DictConfig, ctx: dist.Context, run: RunLog, resumed: bool) -> None:
