@@ -320,7 +320,7 @@ def test_a_sweeps_one_block_table_pairs_the_mean_over_blocks_with_rate_0():
     assert base == ["`drop_path_rate=0`", "2", "2", "-16.00", "baseline", "", "`a` -25.00"]
     # rate 0.1: seed means -0.06 and -0.10 (mean -8 pp); pairs +0.09 and +0.07: +8 pp, t(1) interval 12.71 * 0.01
     assert sd[:5] == ["`drop_path_rate=0.1`", "2", "2", "-8.00", "+8.00"] and sd[6] == "`a` -14.00"
-    assert sd[5] == "-4.71 to +20.71"
+    assert sd[5] == "-4.71 to +20.71 (n = 2: t = 12.71)"  # as comparison.md writes an interval
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,18 @@ def test_valid_overrides_are_left_to_hydra(tmp_path):
     assert check_cli(*ok) == ""
 
 
+def test_an_experiments_own_sweep_is_counted_and_checked_before_hydra(monkeypatch):
+    """experiment=compare sweeps through its hydra.sweeper.params: its jobs are the ones checked (and counted,
+    for the sweep's eta), the command line's values replacing the experiment's as in Hydra's sweeper."""
+    from zoo.train.cli import SWEEP_JOBS
+
+    monkeypatch.delenv(SWEEP_JOBS, raising=False)
+    assert check_cli("-m", "experiment=compare") == "" and os.environ[SWEEP_JOBS] == "6"  # 2 rates x 3 seeds
+    assert check_cli("-m", "experiment=compare", "seed=5,6") == "" and os.environ[SWEEP_JOBS] == "4"
+    bad = check_cli("-m", "experiment=compare", "hydra.sweeper.params.seed='-1,0'")
+    assert bad == "error: seed must be an integer >= 0, got -1"
+
+
 def test_resume_of_a_mistyped_path_writes_nothing_next_to_it(tmp_path):
     typo = compose_train(f"resume={tmp_path / 'typo'}", hydra=True).hydra
     assert resumed_run_dir(str(tmp_path / "typo")) is None and typo.run.dir.startswith("outputs/")  # Hydra's own dir

@@ -14,7 +14,7 @@ import zoo
 from conftest import NO_CUDA, compose_train, metrics, rows, run_cli, tiny, train_cut_and_resumed
 from zoo.train.data.mixing import build_mixing
 from zoo.train.loop import run as loop
-from zoo.train.loop.ema import build_ema
+from zoo.train.loop.ema import EMA
 from zoo.train.rundir.checkpoint import load_checkpoint
 
 # --- model EMA -------------------------------------------------------------------------------------
@@ -22,7 +22,7 @@ from zoo.train.rundir.checkpoint import load_checkpoint
 
 def test_ema_is_the_decayed_average_of_the_weights_and_buffers():
     net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    ema = build_ema(net, decay=0.9)
+    ema = EMA(net, decay=0.9)
     values = []
     for step in range(3):
         with torch.no_grad():
@@ -45,7 +45,7 @@ def test_ema_equals_swa_utils_bit_for_bit_and_saves_the_same_keys(device):
 
     torch.manual_seed(0)
     net = zoo.create_model("resnet8", drop_path_rate=0.2).to(device)
-    ours = build_ema(net, decay=0.9)
+    ours = EMA(net, decay=0.9)
     theirs = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     for _ in range(4):
@@ -68,7 +68,7 @@ def test_ema_equals_swa_utils_bit_for_bit_and_saves_the_same_keys(device):
 def test_cuda_ema_updates_without_a_sync():
     """No host read and no blocking copy per update (swa_utils copies its CPU step counter to the device)."""
     net = zoo.create_model("resnet8", drop_path_rate=0.2).cuda()
-    ema = build_ema(net, decay=0.9)
+    ema = EMA(net, decay=0.9)
     ema.update_parameters(net)  # the first update copies
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 from omegaconf import DictConfig, OmegaConf
 
 from .config.overrides import expand, override_value
-from .config.schema import compose_configs, validate_config
+from .config.schema import compose_config, compose_configs, validate_config
 from .errors import ConfigError, ZooError
 from .rundir.placement import check_run_dir, check_writable
 
@@ -178,9 +178,7 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
         return
     multirun = len(args) < len(argv) - 1 or "hydra.mode=MULTIRUN" in args
     check_no_null_group(args, config_dir)
-    jobs = expand(args)
-    if multirun and jobs is not None:
-        os.environ[SWEEP_JOBS] = str(len(jobs))
+    jobs = expand_jobs(args, multirun, config_dir)
     if jobs is None or len(jobs) > MAX_CHECKED_JOBS:
         return
     if not multirun and len(jobs) > 1:
@@ -203,6 +201,31 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
         raise
     except Exception:  # not a config mistake: Hydra (or the run) says what is wrong, in its own words
         return
+
+
+def expand_jobs(args: list[str], multirun: bool, config_dir: str | os.PathLike) -> list[list[str]] | None:
+    """Each job's overrides (:func:`expand`); a sweep's include its config's sweeper params, and their
+    count is kept for the sweep's eta (:data:`SWEEP_JOBS`)."""
+    jobs = expand(args)
+    if multirun and jobs is not None:
+        jobs = expand([*sweeper_params(args, config_dir), *args])
+        if jobs is not None:
+            os.environ[SWEEP_JOBS] = str(len(jobs))
+    return jobs
+
+
+def sweeper_params(args: list[str], config_dir: str | os.PathLike) -> list[str]:
+    """The ``hydra.sweeper.params`` of the config the command line's fixed overrides compose (an experiment's
+    sweep: ``experiment=compare``), as overrides that Hydra's basic sweeper puts before the command line's
+    (which win); none for another sweeper (an Optuna search's params are search spaces, not jobs)."""
+    fixed = [a for a in args if len(expand([a]) or ()) == 1]
+    try:
+        sweeper = compose_config(config_dir, fixed, hydra=True).hydra.sweeper
+    except Exception:  # a mistake the job checks report, in their words
+        return []
+    if not str(sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        return []
+    return [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
 
 
 def check_no_null_group(args: list[str], config_dir: str | os.PathLike) -> None:

@@ -33,6 +33,7 @@ from ..knockout import removable_blocks, remove_blocks
 from .errors import ZooError, run_command
 from .evaluate import Loaded, OneLineParser, accuracy, add_source_arguments, load_for_eval, positive
 from .loop.distributed import resolve_device
+from .report.comparison import interval_cell, markdown_table, pct, pp
 from .report.paired import CONFIDENCE, Paired, pair_curves
 from .report.sweep import Configuration, ReportError, Sweep, baseline_of, load_sweep
 
@@ -90,20 +91,6 @@ def knockout(loaded: Loaded, draws: int, seed: int) -> Knockout:
 # ---------------------------------------------------------------- markdown
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
-
-
-def _pp(x: float) -> str:
-    return f"{100 * x:+.2f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + [
-        "| " + " | ".join(r) + " |" for r in rows
-    ]
-
-
 def _provenance(args: argparse.Namespace, device: torch.device) -> list[str]:
     name = (
         torch.cuda.get_device_name(device) if device.type == "cuda" else (_cpu_model() or platform.processor() or "cpu")
@@ -144,27 +131,27 @@ def run_markdown(run: Path, result: Knockout, args: argparse.Namespace, images: 
         "",
         _method(args, images),
         "",
-        f"Intact: {_pct(result.intact)} %.",
+        f"Intact: {pct(result.intact)} %.",
         "",
         "## One block removed",
         "",
     ]
-    lines += _table(
+    lines += markdown_table(
         ["block", "drop path rate (trained)", "test acc %", "Δ vs intact (pp)"],
-        [[f"`{n}`", f"{result.rates[n]:.3g}", _pct(a), _pp(a - result.intact)] for n, a in result.single.items()],
+        [[f"`{n}`", f"{result.rates[n]:.3g}", pct(a), pp(a - result.intact)] for n, a in result.single.items()],
     )
     lines += ["", "## k random blocks removed", ""]
     rows = [
         [
             str(k),
             str(len(accs)),
-            _pct(statistics.fmean(accs)),
-            f"{_pct(min(accs))} to {_pct(max(accs))}",
-            _pp(statistics.fmean(accs) - result.intact),
+            pct(statistics.fmean(accs)),
+            f"{pct(min(accs))} to {pct(max(accs))}",
+            pp(statistics.fmean(accs) - result.intact),
         ]
         for k, accs in result.random.items()
     ]
-    lines += _table(["k", "draws", "test acc % (mean)", "min to max", "Δ vs intact (pp)"], rows)
+    lines += markdown_table(["k", "draws", "test acc % (mean)", "min to max", "Δ vs intact (pp)"], rows)
     return lines + ["", f"![accuracy with blocks removed]({KNOCKOUT_PNG})"]
 
 
@@ -213,9 +200,9 @@ def single_block_row(config: Configuration, sweep: Sweep, results: dict[Path, Kn
         f"`{config.label}`",
         str(len(deltas)),
         str(len(names)),
-        _pp(statistics.fmean(m["mean"] for m in means.values())),
+        pp(statistics.fmean(m["mean"] for m in means.values())),
         *_delta_cells(config, paired.get("mean")),
-        f"`{worst}` {_pp(per_block[worst])}",
+        f"`{worst}` {pp(per_block[worst])}",
     ]
 
 
@@ -224,12 +211,7 @@ def _delta_cells(config: Configuration, paired: Paired | None) -> tuple[str, str
     "no pairs" where no seed pairs with one."""
     if config.is_baseline:
         return "baseline", ""
-    return (_pp(paired.mean), _interval(paired)) if paired else ("no pairs", "")
-
-
-def _interval(p: Paired) -> str:
-    interval = p.interval()
-    return f"{_pp(interval[0])} to {_pp(interval[1])}" if interval else (p.no_interval() or "n/a")
+    return (pp(paired.mean), interval_cell(paired)) if paired else ("no pairs", "")
 
 
 def sweep_markdown(sweep: Sweep, results: dict[Path, Knockout], args: argparse.Namespace, images: int) -> list[str]:
@@ -244,7 +226,7 @@ def sweep_markdown(sweep: Sweep, results: dict[Path, Knockout], args: argparse.N
         "",
     ]
     rows = [row for config in sweep.configurations for row in _configuration_rows(config, sweep, results)]
-    lines += _table(
+    lines += markdown_table(
         [
             "configuration",
             "k removed",
@@ -257,7 +239,7 @@ def sweep_markdown(sweep: Sweep, results: dict[Path, Knockout], args: argparse.N
         rows,
     )
     lines += ["", "## One block removed", "", _SINGLE_NOTE, ""]
-    lines += _table(
+    lines += markdown_table(
         [
             "configuration",
             "runs",
@@ -292,14 +274,14 @@ def _configuration_rows(config: Configuration, sweep: Sweep, results: dict[Path,
     for k in sorted({k for c in curves.values() for k in c}):
         accs = [c[k] for c in curves.values() if k in c]
         drops = [c[k] - c[0] for c in curves.values() if k in c]
-        spread = f" ± {_pct(statistics.stdev(accs))}" if len(accs) > 1 else ""
+        spread = f" ± {pct(statistics.stdev(accs))}" if len(accs) > 1 else ""
         rows.append(
             [
                 f"`{config.label}`",
                 str(k),
                 str(len(accs)),
-                _pct(statistics.fmean(accs)) + spread,
-                _pp(statistics.fmean(drops)),
+                pct(statistics.fmean(accs)) + spread,
+                pp(statistics.fmean(drops)),
                 *_delta_cells(config, paired.get(k)),
             ]
         )

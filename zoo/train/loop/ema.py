@@ -59,8 +59,3 @@ class EMA(nn.Module):
                     )
                     torch._foreach_copy_(es, mixed)
         self.n_averaged += 1
-
-
-def build_ema(net: nn.Module, decay: float) -> EMA:
-    """An :class:`EMA` of ``net`` with ``decay``."""
-    return EMA(net, decay)

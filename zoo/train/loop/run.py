@@ -45,7 +45,7 @@ from ..rundir.checkpoint import (
 from ..rundir.interrupt import StopAtOnce, StopOnSignal, TrainingInterrupted
 from ..rundir.runlog import RunLog, versions
 from . import distributed as dist
-from .ema import EMA, build_ema
+from .ema import EMA
 from .optim import build_optimizer, sched_lr
 from .precision import Precision, resolve_precision, restored_torch_flags
 from .progress import Progress
@@ -175,7 +175,7 @@ def build(cfg: DictConfig, ctx: dist.Context, run: RunLog, saved: dict[str, Any]
         precision.why,
         val_data=val_data,
     )
-    s.ema = build_ema(net, cfg.ema_decay) if cfg.ema else None
+    s.ema = EMA(net, cfg.ema_decay) if cfg.ema else None
     s.mixing = build_mixing(cfg.mixup_alpha, cfg.cutmix_alpha)
     if saved is not None:
         restore(s, saved)

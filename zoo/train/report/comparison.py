@@ -95,11 +95,11 @@ def final_train_acc(run: Run) -> float | None:
 # ---------------------------------------------------------------- markdown
 
 
-def _pct(x: float) -> str:
+def pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
-def _pp(x: float) -> str:
+def pp(x: float) -> str:
     return f"{100 * x:+.2f}"
 
 
@@ -107,21 +107,21 @@ def _acc_cell(values: list[float], with_std: bool) -> str:
     if not values:
         return "n/a"
     if len(values) == 1:
-        return f"{_pct(values[0])} (1 run)"
+        return f"{pct(values[0])} (1 run)"
     if with_std:
-        return f"{_pct(statistics.fmean(values))} ± {_pct(statistics.stdev(values))}"
-    return _pct(statistics.fmean(values))
+        return f"{pct(statistics.fmean(values))} ± {pct(statistics.stdev(values))}"
+    return pct(statistics.fmean(values))
 
 
 def _num(x: float | None, fmt: str) -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
-def _interval_cell(paired: Paired) -> str:
+def interval_cell(paired: Paired) -> str:
     interval = paired.interval()
     if interval is None:
         return paired.no_interval() or "n/a"
-    text = f"{_pp(interval[0])} to {_pp(interval[1])}"
+    text = f"{pp(interval[0])} to {pp(interval[1])}"
     if paired.n == 2:  # t(1) = 12.71, the largest: said, so the width reads as "two seeds"
         text += f" (n = 2: t = {t_quantile(0.5 + CONFIDENCE / 2, 1):.2f})"
     return text
@@ -142,7 +142,7 @@ def _delta_cells(config: Configuration, sweep: Sweep, metric: Callable[[Run], fl
     paired = paired_difference(config, baseline, metric)
     if not paired.diffs:
         return ["no finished pairs", ""]
-    return [_pp(paired.mean), _interval_cell(paired)]
+    return [pp(paired.mean), interval_cell(paired)]
 
 
 def _paired_seeds(config: Configuration, sweep: Sweep) -> str:
@@ -169,7 +169,7 @@ def _row(config: Configuration, sweep: Sweep, validation: bool) -> list[str]:
         _acc_cell([r.final_acc for r in done], True),
         _acc_cell(selected, validation),
         _acc_cell([acc for acc, _ in train], False),
-        _pp(statistics.fmean(acc - test for acc, test in train)) if train else "n/a",
+        pp(statistics.fmean(acc - test for acc, test in train)) if train else "n/a",
         _num(mean_metric(config, "epoch_seconds"), ".2f"),
         _num(mean_metric(config, "images_per_second"), ",.0f"),
     ] + _delta_cells(config, sweep, final_acc)
@@ -206,10 +206,10 @@ def _rate_response_lines(sweep: Sweep, validation: bool) -> list[str]:
     best = dict((c.key, p) for c, p in rate_response(sweep, at_best_val)) if validation else {}
     rows = []
     for config, paired in final:
-        row = [f"{config.rate:g}", f"`{config.label}`", str(paired.n), _pp(paired.mean), _interval_cell(paired)]
+        row = [f"{config.rate:g}", f"`{config.label}`", str(paired.n), pp(paired.mean), interval_cell(paired)]
         if validation:
             other = best.get(config.key)
-            row += [_pp(other.mean), _interval_cell(other)] if other else ["n/a", ""]
+            row += [pp(other.mean), interval_cell(other)] if other else ["n/a", ""]
         rows.append(row)
     interval = f"{CONFIDENCE:.0%} interval (pp)"
     header = ["drop_path_rate", "configuration", "seed pairs", "Δ final test acc vs rate 0 (pp)", interval]
@@ -221,7 +221,7 @@ def _rate_response_lines(sweep: Sweep, validation: bool) -> list[str]:
         "",
         "Each rate against rate 0, paired by seed (the table above, by rate; the plot's last panel):",
         "",
-    ] + _table(header, rows)
+    ] + markdown_table(header, rows)
 
 
 def _search_lines(sweep: Sweep) -> list[str]:
@@ -238,8 +238,8 @@ def _search_lines(sweep: Sweep) -> list[str]:
         [
             r.name.partition("_")[0],
             *(f"{r.config.get(k, float('nan')):g}" for k in searched),
-            _pct(r.summary["best_val_acc"]),
-            _pct(r.summary["test_acc_at_best_val"]),
+            pct(r.summary["best_val_acc"]),
+            pct(r.summary["test_acc_at_best_val"]),
         ]
         for r in trials
     ]
@@ -249,13 +249,13 @@ def _search_lines(sweep: Sweep) -> list[str]:
         "## Search",
         "",
         f"The Optuna sweeper's trials by rate; it maximised each trial's best validation accuracy and picked "
-        f"{best or 'no trial'} (best validation accuracy {_pct(found['best_value']) if 'best_value' in found else 'n/a'} %, "
+        f"{best or 'no trial'} (best validation accuracy {pct(found['best_value']) if 'best_value' in found else 'n/a'} %, "
         f"{SEARCH_RESULTS}). One seed per trial: a trial's score carries its seed's noise.",
         "",
-    ] + _table(["trial", *searched, "best val acc %", "test acc at best val %"], rows)
+    ] + markdown_table(["trial", *searched, "best val acc %", "test acc at best val %"], rows)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + [
         "| " + " | ".join(r) + " |" for r in rows
     ]
@@ -426,7 +426,7 @@ def render_markdown(sweep: Sweep, plot_name: str | None = REPORT_PNG) -> str:
     command that reproduces the sweep."""
     validation = has_validation(sweep)
     lines = _intro_lines(sweep) + _explanation(validation)
-    lines += _table(_header(validation), [_row(c, sweep, validation) for c in sweep.configurations])
+    lines += markdown_table(_header(validation), [_row(c, sweep, validation) for c in sweep.configurations])
     lines += _rate_response_lines(sweep, validation)
     lines += _search_lines(sweep)
     if plot_name:
@@ -476,11 +476,11 @@ def _unfinished_lines(sweep: Sweep) -> list[str]:
             f"`{r.name}`",
             f"`{sweep.run_label(r)}`",
             f"{len(r.metrics)} of {r.planned_epochs}",
-            _pct(float(r.metrics[-1]["test_acc"])) if "test_acc" in r.metrics[-1] else "n/a",
+            pct(float(r.metrics[-1]["test_acc"])) if "test_acc" in r.metrics[-1] else "n/a",
         ]
         for r in unfinished
     ]
-    return ["", "## Unfinished runs", ""] + _table(["job", "overrides", "epochs done", "last test acc %"], rows)
+    return ["", "## Unfinished runs", ""] + markdown_table(["job", "overrides", "epochs done", "last test acc %"], rows)
 
 
 def _failed_lines(sweep: Sweep) -> list[str]:
@@ -505,7 +505,7 @@ def _failed_lines(sweep: Sweep) -> list[str]:
         "Each job's dir holds failed.json and its train.log; the same sweep "
         "command runs them again (and skips the finished ones).",
         "",
-    ] + _table(["job", "overrides", "exit status", "epochs done", "error"], rows)
+    ] + markdown_table(["job", "overrides", "exit status", "epochs done", "error"], rows)
 
 
 # ---------------------------------------------------------------- entry points

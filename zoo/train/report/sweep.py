@@ -91,9 +91,6 @@ class Run:
         value = (self.summary or {}).get("test_acc_at_best_val")
         return None if value is None else float(value)
 
-    def label(self) -> str:
-        return " ".join(self.overrides) if self.overrides else f"job {self.name}"
-
 
 @dataclass
 class Configuration:
