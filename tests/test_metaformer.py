@@ -60,6 +60,11 @@ def test_random_mixing_is_frozen_saved_and_checks_its_token_count():
     assert list(mixer.parameters()) == [] and "mixing" in mixer.state_dict()
     with pytest.raises(ValueError, match=r"built for 16 tokens.*8x8 map \(64 tokens\)"):
         mixer(maps(h=8, w=8, c=8))
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    traced = create_feature_extractor(mixer, return_nodes={"reshape_1": "out"})  # the check survives tracing
+    with pytest.raises(ValueError, match=r"built for 16 tokens.*8x8 map \(64 tokens\)"):
+        traced(maps(h=8, w=8, c=8))
     with pytest.raises(ValueError, match="num_tokens"):
         create_token_mixer("random", 8)
     with pytest.raises(ValueError, match="num_tokens"):

@@ -60,6 +60,8 @@ def test_bad_values_name_the_key_and_what_is_allowed(override, message):
         ("+new_key=1", "unknown key 'new_key'"),  # the schema has no such key, with or without +
         ("logger=null", "logger=null: a config group takes one of its names, not null; ~logger leaves"),
         ("experiment=null", "experiment=null: a config group takes one of its names, not null"),
+        ("+logger=null", "+logger=null: a config group takes one of its names, not null; ~logger leaves"),
+        ("logger=csv,null", "logger=csv,null: a config group takes one of its names, not null"),  # one value of a sweep
     ],
 )
 def test_mistyped_config_groups_and_keys_list_close_matches(override, message):
@@ -90,6 +92,7 @@ def test_an_experiments_own_sweep_is_counted_and_checked_before_hydra(monkeypatc
     monkeypatch.delenv(SWEEP_JOBS, raising=False)
     assert check_cli("-m", "experiment=compare") == "" and os.environ[SWEEP_JOBS] == "6"  # 2 rates x 3 seeds
     assert check_cli("-m", "experiment=compare", "seed=5,6") == "" and os.environ[SWEEP_JOBS] == "4"
+    assert check_cli("-m", "experiment=compare", "lr=choice(0.001)") == "" and os.environ[SWEEP_JOBS] == "6"
     bad = check_cli("-m", "experiment=compare", "hydra.sweeper.params.seed='-1,0'")
     assert bad == "error: seed must be an integer >= 0, got -1"
 
@@ -104,8 +107,9 @@ def test_resume_of_a_mistyped_path_writes_nothing_next_to_it(tmp_path):
     assert resumed.run.dir == str(tmp_path / "run") and resumed.output_subdir.startswith(".hydra/resume-")
     (tmp_path / "copied").mkdir()  # a checkpoint copied out of its run dir: the run goes on where it is
     (tmp_path / "copied" / "last.pt").write_bytes(b"")
-    alone = compose_train(f"resume={tmp_path / 'copied' / 'last.pt'}", hydra=True).hydra
-    assert alone.run.dir == str(tmp_path / "copied") and alone.output_subdir.startswith(".hydra/resume-")
+    for named in (tmp_path / "copied" / "last.pt", tmp_path / "copied"):
+        alone = compose_train(f"resume={named}", hydra=True).hydra
+        assert alone.run.dir == str(tmp_path / "copied") and alone.output_subdir.startswith(".hydra/resume-")
 
 
 # --- the command line: exit 2, one line, no traceback --------------------------------------------

@@ -285,6 +285,11 @@ def make_summary(s, *args):  # after the last step, on every rank: its weights a
 drop._keep_scale, drop.keep_mask, loop.make_summary = keep_scale, keep_mask, make_summary
 # the first validated epoch is the best: test_every=0 left it untested, so every rank evaluates best.pt
 loop.best_val_epoch = lambda history: next((r for r in history if "val_acc" in r), None)
+real_broadcast = loop.dist.broadcast_module
+def broadcast_module(model):  # the weights each rank tests best.pt's accuracy with
+    real_broadcast(model)
+    torch.save(model.state_dict(), f"{out}/best{os.environ['RANK']}.pt")
+loop.dist.broadcast_module = broadcast_module
 sys.argv = sys.argv[2:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -331,6 +336,10 @@ def test_two_process_torchrun(tmp_path, cifar10_archive, cifar10_cache):
     first, last = rows(run_dir)
     assert summary["best_val_epoch"] == first["epoch"] and "test_acc" not in first
     assert 0.0 <= summary["test_acc_at_best_val"] <= 1.0
+    best = torch.load(run_dir / "best.pt", weights_only=True)["model"]
+    for rank in (0, 1):
+        tested = torch.load(record / f"best{rank}.pt", weights_only=True)
+        assert all(torch.equal(tested[k], best[k]) for k in best), rank
     assert 0.0 <= last["test_acc"] <= 1.0 and last["images_per_second"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs", "ranks"]  # rank 1 wrote nothing of its own
     r0, r1 = (torch.load(record / f"rank{r}.pt", weights_only=True) for r in (0, 1))

@@ -48,8 +48,8 @@ class RandomMixing(nn.Module):
         self.register_buffer("mixing", torch.softmax(torch.rand(num_tokens, num_tokens), dim=-1))
 
     def forward(self, x: Tensor) -> Tensor:
+        x = _check_num_tokens(x, self.num_tokens)  # its result used: a traced graph keeps the check
         b, h, w, c = x.shape
-        _check_num_tokens(x, self.num_tokens)
         return torch.matmul(self.mixing.to(x.dtype), x.reshape(b, h * w, c)).reshape(b, h, w, c)
 
     def extra_repr(self) -> str:
@@ -57,13 +57,14 @@ class RandomMixing(nn.Module):
 
 
 @torch.fx.wrap  # traced as one call: a traced shape cannot be compared
-def _check_num_tokens(x: Tensor, num_tokens: int) -> None:
+def _check_num_tokens(x: Tensor, num_tokens: int) -> Tensor:
     h, w = x.shape[1:3]
     if h * w != num_tokens:
         raise ValueError(
             f"RandomMixing was built for {num_tokens} tokens, got a {h}x{w} map ({h * w} tokens); "
             f"build it with num_tokens={h * w}"
         )
+    return x
 
 
 class Pooling(nn.Module):
@@ -114,13 +115,15 @@ class SepConv(nn.Module):
         self.pwconv2 = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = _depthwise(self.dwconv, self.act(self.pwconv1(x)).permute(0, 3, 1, 2), self.cpu_depthwise_fp32)
+        x = self.act(self.pwconv1(x)).permute(0, 3, 1, 2)
+        # switched off, the convolution stays a module call: a traced graph (FX quantization) sees it
+        x = _depthwise(self.dwconv, x) if self.cpu_depthwise_fp32 else self.dwconv(x)
         return self.pwconv2(x.permute(0, 2, 3, 1))
 
 
 @torch.fx.wrap  # traced as one call: a traced tensor has no device to branch on
-def _depthwise(conv: nn.Conv2d, x: Tensor, fp32_on_cpu: bool) -> Tensor:
-    if fp32_on_cpu and x.device.type == "cpu":
+def _depthwise(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    if x.device.type == "cpu":
         # oneDNN's bf16 depthwise backward (its weight gradient above all) is slower than its fp32 one
         with torch.autocast("cpu", enabled=False):
             return conv(x.to(conv.weight.dtype))

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config.overrides import expand, override_value
+from .config.overrides import expand, override_key, override_value
 from .config.schema import compose_config, compose_configs, validate_config
 from .errors import ConfigError, ZooError
 from .rundir.placement import check_run_dir, check_writable
@@ -81,9 +81,9 @@ def _train_or_exit(
     except TrainingInterrupted as e:
         named = "continue with:" in str(e)  # the resume command names the dir
         _exit(f"interrupted: {e}{_where(run_dir, stub, main, not named)}", e.exit_code)
-    except KeyboardInterrupt:  # a second Ctrl-C inside the loop
+    except KeyboardInterrupt:  # a second Ctrl-C inside the loop, or one where no handler waits (joining torchrun)
         _exit(
-            "interrupted: stopped at once by a second Ctrl-C; the last checkpoint saved (if any) is intact"
+            "interrupted: stopped at once by Ctrl-C; the last checkpoint saved (if any) is intact"
             f"{_where(run_dir, stub, main)}",
             128 + signal.SIGINT,
         )
@@ -218,8 +218,10 @@ def sweeper_params(args: list[str], config_dir: str | os.PathLike) -> list[str]:
     """The ``hydra.sweeper.params`` of the config the command line's fixed overrides compose (an experiment's
     sweep: ``experiment=compare``), as overrides that Hydra's basic sweeper puts before the command line's
     (which win); none for another sweeper (an Optuna search's params are search spaces, not jobs)."""
-    fixed = [a for a in args if len(expand([a]) or ()) == 1]
-    try:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:  # Hydra composes the sweep's own config without the sweep overrides (lr=choice(0.1) is one)
+        fixed = [o.input_line for o in OverridesParser.create().parse_overrides(args) if not o.is_sweep_override()]
         sweeper = compose_config(config_dir, fixed, hydra=True).hydra.sweeper
     except Exception:  # a mistake the job checks report, in their words
         return []
@@ -231,13 +233,11 @@ def sweeper_params(args: list[str], config_dir: str | os.PathLike) -> list[str]:
 def check_no_null_group(args: list[str], config_dir: str | os.PathLike) -> None:
     """``<group>=null`` (``logger=null``): Hydra refuses it with a traceback; ``~<group>`` is its way."""
     groups = {"model", *(p.name for p in Path(config_dir).iterdir() if p.is_dir())}
-    for arg in args:
-        key, _, value = arg.partition("=")
-        if key in groups and value.strip().lower() == "null":
-            raise ConfigError(
-                f"{arg}: a config group takes one of its names, not null; ~{key} leaves the group out "
-                f"(~logger: no logger)"
-            )
+    for arg in (a for a in args if not a.startswith("~")):  # ~group: Hydra's own way to leave one out
+        key = override_key(arg)
+        values = [job[0].partition("=")[2] for job in expand([arg]) or ()]  # each value of a sweep
+        if key in groups and "null" in (v.strip().lower() for v in values):
+            raise ConfigError(f"{arg}: a config group takes one of its names, not null; ~{key} leaves the group out")
 
 
 def check_new_job(cfg: DictConfig, args: list[str], multirun: bool) -> None:

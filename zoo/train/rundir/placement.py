@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from ..._weights import CHECKPOINT_NAME
 from ..config.overrides import job_dir_name, override_value
 from ..errors import ConfigError
 
@@ -20,7 +21,8 @@ def resumed_run_dir(resume: str | None) -> Path | None:
     goes on writing); None when it names no run, so that a mistyped path gets no .hydra/ written next to it."""
     path = Path(resume).expanduser() if resume else None
     run_dir = None if path is None else path if path.is_dir() else path.parent
-    if run_dir is None or not (path.is_file() or (run_dir / "config.yaml").is_file() or (run_dir / ".hydra").is_dir()):
+    marks = ("config.yaml", CHECKPOINT_NAME, ".hydra")  # a run's files, or a checkpoint copied out of its run
+    if run_dir is None or not (path.is_file() or any((run_dir / mark).exists() for mark in marks)):
         return None
     return run_dir.resolve()
 
