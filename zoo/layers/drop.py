@@ -6,11 +6,10 @@ Three forms of ``shortcut + drop_path(branch)``:
 
 - :func:`drop_path` / :class:`DropPath`: the mask itself, a drop-in for timm's.
 - :func:`drop_path_add`: the residual add fused with the mask (one ``torch.addcmul``): each tensor
-  is read and written once instead of twice. Forward + backward take 0.49x to 0.76x of timm's
-  ``x + DropPath(p)(b)`` on the CPU (``benchmarks/drop_path.py``, README).
+  is read and written once instead of twice (timed against timm's ``x + DropPath(p)(b)`` in
+  docs/benchmarks.md).
 - :func:`drop_path_skip_add`: the branch runs on the kept samples only, so dropped samples cost no
-  branch compute: a resnet110 CPU training step at ``drop_path_rate=0.5`` ("paper" schedule) takes
-  0.81x to 0.85x of mask mode's (three benchmark runs, README). Two draws: ``"bernoulli"`` (the
+  branch compute (what that saves a training step: docs/benchmarks.md). Two draws: ``"bernoulli"`` (the
   same per-sample draw as the mask, which reads the kept count back to the host) and ``"fixed"``
   (exactly ``k`` samples: no host sync, and one compiled graph per kept count).
 """
@@ -154,8 +153,7 @@ def drop_path_add(
     """``shortcut + drop_path(branch, ...)`` as one ``torch.addcmul``, for the same random draw.
 
     The two-step form reads and writes the branch twice (the mask multiply, then the add); the fused
-    one touches each tensor once, forward and backward: 0.49x to 0.76x of timm's
-    ``x + DropPath(p)(b)`` forward + backward on the CPU (``benchmarks/drop_path.py``, README table).
+    one touches each tensor once, forward and backward.
     """
     check_draw_mode(mode)
     _check_rate(drop_prob)

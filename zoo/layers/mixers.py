@@ -94,8 +94,8 @@ class SepConv(nn.Module):
         act_layer: activation after the expansion.
 
     Under CPU autocast the depthwise convolution keeps the parameters' precision, because oneDNN trains it
-    faster in fp32 than in bf16 on the CPUs measured; ``cpu_depthwise_fp32 = False`` (on the class or one
-    module) leaves it to autocast.
+    faster in fp32 than in bf16 on the CPUs measured (docs/benchmarks.md); ``cpu_depthwise_fp32 = False``
+    (on the class or one module) leaves it to autocast.
     """
 
     cpu_depthwise_fp32: bool = True

@@ -15,8 +15,8 @@ DROP_PATH_MODES = ("mask", "skip", "auto")
 # "auto" skips the dropped samples' branch compute where that is known to pay: the gather and the
 # scatter cost a pass or two over the block's activations, so the rate must be high enough and the
 # branch expensive (not a pooling or identity mixer: blocks say so with ``cheap_branch``). 0.1 is
-# where DINOv2 starts using it and where timm's maintainer put the break-even (REFERENCES.md); the
-# per-block sweep of ``benchmarks/drop_path.py --only sweep`` measures it on your machine.
+# where DINOv2 starts using it (layers/block.py) and where timm's maintainer put the break-even (timm
+# issue #1836); the per-block sweep of ``benchmarks/drop_path.py --only sweep`` measures it on your machine.
 AUTO_SKIP_MIN_RATE = 0.1
 
 # Skip mode's fixed draw keeps ``round(B * (1 - rate))`` samples: a shape, so torch.compile makes a
