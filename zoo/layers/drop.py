@@ -298,25 +298,26 @@ class DropPath(nn.Module):
     def drop_prob(self) -> float:
         return self._drop_prob
 
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> DropPath:
-        # The buffers are the float's copies, and no state_dict restores them: after to_empty() (a model
-        # built on the meta device) they would hold garbage, so every move or cast refills them.
-        super()._apply(fn, recurse)
-        if self.rate.device.type != "meta":
-            with torch.no_grad():
-                self.rate.fill_(self._drop_prob)
-                self.inv_keep.fill_(_inv_keep(self._drop_prob))
-        return self
-
     @drop_prob.setter
     def drop_prob(self, value: float) -> None:
         value = check_drop_prob(value)
         self._drop_prob = value
         self.count_drop_prob = value
         self.active = value > 0.0
-        with torch.no_grad():
-            self.rate.fill_(value)
-            self.inv_keep.fill_(_inv_keep(value))
+        self._fill_buffers()
+
+    def _fill_buffers(self) -> None:
+        if self.rate.device.type != "meta":
+            with torch.no_grad():
+                self.rate.fill_(self._drop_prob)
+                self.inv_keep.fill_(_inv_keep(self._drop_prob))
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> DropPath:
+        # The buffers are the float's copies, and no state_dict restores them: after to_empty() (a model
+        # built on the meta device) they would hold garbage, so every move or cast refills them.
+        super()._apply(fn, recurse)
+        self._fill_buffers()
+        return self
 
     @property
     def count_drop_prob(self) -> float:

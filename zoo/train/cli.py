@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config.overrides import expand, override_key, override_value
+from .config.overrides import expand, override_key, override_value, sweep_jobs
 from .config.schema import compose_config, compose_configs, validate_config
 from .errors import ConfigError, ZooError
 from .rundir.placement import check_run_dir, check_writable
@@ -204,30 +204,27 @@ def check_jobs(argv: list[str], config_dir: str | os.PathLike) -> None:
 
 
 def expand_jobs(args: list[str], multirun: bool, config_dir: str | os.PathLike) -> list[list[str]] | None:
-    """Each job's overrides (:func:`expand`); a sweep's include its config's sweeper params, and their
-    count is kept for the sweep's eta (:data:`SWEEP_JOBS`)."""
+    """Each job's overrides (:func:`expand`); a sweep's as Hydra's basic sweeper makes them from its
+    config's sweeper params and the command line (:func:`sweep_jobs`), their count kept for the sweep's
+    eta (:data:`SWEEP_JOBS`)."""
     jobs = expand(args)
     if multirun and jobs is not None:
-        jobs = expand([*sweeper_params(args, config_dir), *args])
+        jobs = sweep_jobs(sweeper_node(args, config_dir), args)
         if jobs is not None:
             os.environ[SWEEP_JOBS] = str(len(jobs))
     return jobs
 
 
-def sweeper_params(args: list[str], config_dir: str | os.PathLike) -> list[str]:
-    """The ``hydra.sweeper.params`` of the config the command line's fixed overrides compose (an experiment's
-    sweep: ``experiment=compare``), as overrides that Hydra's basic sweeper puts before the command line's
-    (which win); none for another sweeper (an Optuna search's params are search spaces, not jobs)."""
+def sweeper_node(args: list[str], config_dir: str | os.PathLike) -> Any:
+    """The ``hydra.sweeper`` node of the config the command line's fixed overrides compose (an experiment
+    sets its params: ``experiment=compare``); None where it does not compose."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:  # Hydra composes the sweep's own config without the sweep overrides (lr=choice(0.1) is one)
         fixed = [o.input_line for o in OverridesParser.create().parse_overrides(args) if not o.is_sweep_override()]
-        sweeper = compose_config(config_dir, fixed, hydra=True).hydra.sweeper
+        return compose_config(config_dir, fixed, hydra=True).hydra.sweeper
     except Exception:  # a mistake the job checks report, in their words
-        return []
-    if not str(sweeper.get("_target_", "")).endswith(".BasicSweeper"):
-        return []
-    return [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+        return None
 
 
 def check_no_null_group(args: list[str], config_dir: str | os.PathLike) -> None:

@@ -82,6 +82,20 @@ def expand(overrides: list[str]) -> list[list[str]] | None:
         return None
 
 
+def is_search(sweeper: Any) -> bool:
+    """Whether a sweep's ``hydra.sweeper`` node is a search (Optuna's, ...) that picks its jobs' values as
+    it runs, rather than Hydra's basic sweeper, whose jobs its params and command line spell out."""
+    return "BasicSweeper" not in str((sweeper or {}).get("_target_", "BasicSweeper"))
+
+
+def sweep_jobs(sweeper: Any, overrides: list[str]) -> list[list[str]] | None:
+    """Each job's overrides as Hydra's basic sweeper runs them (:func:`expand`): the ``hydra.sweeper``
+    node's params first, then ``overrides``, which win; a search's params are search spaces, not jobs,
+    and are left out."""
+    params = {} if is_search(sweeper) else (sweeper or {}).get("params") or {}
+    return expand([*(f"{key}={value}" for key, value in params.items()), *overrides])
+
+
 _PLAIN = re.compile(r"[\w./:@+-]+")  # a value Hydra's grammar reads as it is
 
 

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ..config.overrides import resume_command
+from ..config.overrides import is_search, resume_command
 from ..errors import run_command
 from .paired import (
     CONFIDENCE,
@@ -50,7 +50,6 @@ from .sweep import (
     baseline_of,
     expected_jobs,
     failed_jobs,
-    is_search,
     load_sweep,
     override_pairs,
 )

@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ..config.overrides import expand, flatten, is_environment_key, override_key
+from ..config.overrides import flatten, is_environment_key, is_search, override_key, sweep_jobs
 from ..errors import ZooError
 
 SEED_KEY = "seed"
@@ -251,21 +251,13 @@ def _run_keys(runs: list[Run]) -> list[Pairs]:
     return [tuple((k, json.dumps(r.config.get(k), default=str)) for k in varying) for r in runs]
 
 
-def is_search(sweeper: Any) -> bool:
-    """Whether a sweep's ``hydra.sweeper`` node is a search (Optuna's, ...) that picks its jobs' values as
-    it runs, rather than Hydra's basic sweeper, whose jobs its command line spells out."""
-    return "BasicSweeper" not in str((sweeper or {}).get("_target_", "BasicSweeper"))
-
-
 def expected_jobs(multirun: dict[str, Any]) -> list[Pairs] | None:
     """The jobs a BasicSweeper launches for this multirun.yaml (its sweeper params, then the command
     line's overrides), or None when that cannot be worked out."""
     hydra = multirun.get("hydra", {})
-    sweeper = hydra.get("sweeper", {}) or {}
-    if is_search(sweeper):
+    if is_search(hydra.get("sweeper")):
         return None
-    items = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-    jobs = expand(items + list(hydra.get("overrides", {}).get("task", []) or []))
+    jobs = sweep_jobs(hydra.get("sweeper"), list(hydra.get("overrides", {}).get("task", []) or []))
     return None if jobs is None else [tuple(sorted(override_pairs(job))) for job in jobs]
 
 
