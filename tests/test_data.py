@@ -65,6 +65,7 @@ def test_corrupt_cache_is_rebuilt(tmp_path):
     (cache,) = (tmp_path / "cache").glob("*.pt")
     cache.write_bytes(b"garbage")
     assert len(load_image_folder(archive, tmp_path / "cache").train) == 30
+    assert torch.load(cache, weights_only=True)["train_x"].shape[0] == 30  # rewritten, not left garbage
 
 
 def test_balanced_subset_takes_the_first_images_of_each_class():

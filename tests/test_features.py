@@ -168,6 +168,18 @@ def test_torchvisions_feature_extractor_traces_the_model_in_training_and_in_eval
         assert torch.equal(traced.train(training)(x)["logits"], expected), training
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_export_gives_the_eval_models_outputs(name):
+    """torch.export (TorchScript's successor; DropPath is not scriptable) captures every family for
+    inference, drop path included as the identity it is in eval; the program computes the model's outputs."""
+    model = build(name, drop_path_rate=0.5).eval()
+    wake_zero_scales(model)
+    program = torch.export.export(model, (inputs(),))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # not the traced example
+    with torch.no_grad():
+        assert torch.allclose(program.module()(x), model(x), atol=1e-6)
+
+
 def test_bad_feature_arguments_name_the_value_and_what_is_allowed():
     with pytest.raises(ValueError, match=r"out_indices=\(0, 3\) is out of range; allowed: .* stage indices in -3..2"):
         zoo.create_model("resnet8", features_only=True, out_indices=(0, 3))

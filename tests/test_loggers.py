@@ -157,15 +157,18 @@ def test_mlflow_records_how_a_run_ended(tmp_path):
 
     cfg = compose_train("model=resnet8", "logger=mlflow")
     client = MlflowClient(f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
-    statuses = []
+    statuses, ids = [], []
     for interrupted in (False, True):
         run = RunLog(tmp_path)
         run.open_loggers(cfg, [])
         if interrupted:
             run.outcome = "interrupted"
         run.close()
-        statuses.append(client.get_run(json.loads((tmp_path / loggers.IDS_NAME).read_text())["mlflow"]).info.status)
+        ids.append(json.loads((tmp_path / loggers.IDS_NAME).read_text())["mlflow"])
+        statuses.append(client.get_run(ids[-1]).info.status)
     assert statuses == ["FAILED", "KILLED"]
+    experiment = client.get_run(ids[0]).info.experiment_id
+    assert ids[0] == ids[1] and [r.info.run_id for r in client.search_runs([experiment])] == ids[:1]
 
 
 @pytest.mark.slow

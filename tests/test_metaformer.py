@@ -151,7 +151,9 @@ def test_starrelu_backward_passes_gradcheck_and_keeps_bfloat16():
 def test_mlp_has_no_bias_by_default_and_builds_each_activation():
     mlp = Mlp(8)
     assert mlp.fc1.out_features == 32 and mlp.fc1.bias is None and mlp.fc2.bias is None
-    assert isinstance(Mlp(8, act_layer="gelu").act, nn.GELU)
+    built = {name: type(Mlp(8, act_layer=name).act) for name in ("starrelu", "gelu", "relu", "silu")}
+    assert built == {"starrelu": StarReLU, "gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
+    assert isinstance(Mlp(8, act_layer=nn.Hardswish).act, nn.Hardswish)  # a factory is called
     assert Mlp(8, 16, bias=True).fc1.bias is not None
     with pytest.raises(ValueError, match="starrelu, gelu.*'swish'"):
         Mlp(8, act_layer="swish")

@@ -16,7 +16,8 @@ from torch import nn
 import zoo
 from conftest import check_cli, compose_train, tiny, train_cut_and_resumed
 from zoo.train.cli import SWEEP_JOBS, jobs_after
-from zoo.train.data.augment import apply_per_image, build_policy
+from zoo.train.config.schema import validate_config
+from zoo.train.data.augment import ERASE_VALUE, apply_per_image, build_policy, resolve_augment
 from zoo.train.data.batches import epoch_plan, train_batch
 from zoo.train.data.cifar10 import Split
 from zoo.train.errors import CheckpointError
@@ -66,6 +67,8 @@ def test_random_erasing_erases_to_the_mean_colour_with_its_probability():
     out = apply_per_image(images, build_policy("none", erasing=0.5), list(range(200)))
     erased = (out != images).flatten(1).any(1)
     assert 60 < int(erased.sum()) < 140
+    changed = (out != images).any(-1)  # (B, H, W): the pixels erasing wrote
+    assert torch.equal(out[changed], torch.tensor(ERASE_VALUE, dtype=torch.uint8).expand(int(changed.sum()), 3))
     assert build_policy("none") is None and build_policy(True) is None and build_policy(False) is None
 
 
@@ -123,9 +126,19 @@ def test_bad_recipe_keys_are_one_line_before_any_run_dir(override, message, tmp_
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("value", ["true", "false", "crop_flip", "none", "autoaugment"])
-def test_the_augment_values_before_the_policies_still_work(value):
+@pytest.mark.parametrize(
+    "value, policy",
+    [
+        ("true", "crop_flip"),
+        ("false", "none"),
+        ("crop_flip", "crop_flip"),
+        ("none", "none"),
+        ("autoaugment", "autoaugment"),
+    ],
+)
+def test_the_augment_values_before_the_policies_still_work(value, policy):
     assert check_cli(f"data.augment={value}", "data.random_erasing=0.1", "accum_steps=4", "clip_grad=1") == ""
+    assert resolve_augment(validate_config(compose_train(f"data.augment={value}")).data.augment) == policy
 
 
 # --- gradient accumulation and clipping ------------------------------------------------------------

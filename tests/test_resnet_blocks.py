@@ -12,6 +12,9 @@ def test_basic_block_shapes_and_shortcuts(shortcut):
     block = BasicBlock(16, 32, stride=2, drop_path=0.2, shortcut=shortcut)
     assert isinstance(block.drop_path, DropPath) and block.drop_path_rate == 0.2
     assert block(torch.randn(2, 16, 8, 8)).shape == (2, 32, 4, 4)
+    # A pads channels and subsamples (no parameters); B projects with a strided 1x1 convolution and BN.
+    projection = [(type(m), tuple(m.weight.shape)) for m in block.shortcut.modules() if hasattr(m, "weight")]
+    assert projection == ([] if shortcut == "A" else [(torch.nn.Conv2d, (32, 16, 1, 1)), (torch.nn.BatchNorm2d, (32,))])
     assert BasicBlock(8, 8).drop_path is None
 
 

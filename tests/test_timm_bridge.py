@@ -96,7 +96,7 @@ def test_timm_data_preprocesses_as_the_trainer_does(tmp_path):
     assert meta["input_size"] == (1, 64, 64) and meta["label_names"] is None
 
 
-def test_the_readme_classifies_an_image_with_a_trained_run(tmp_path):
+def test_the_readme_classifies_an_image_with_a_trained_run(tmp_path, capsys):
     from PIL import Image
 
     readme = (REPO / "README.md").read_text()
@@ -112,7 +112,11 @@ def test_the_readme_classifies_an_image_with_a_trained_run(tmp_path):
     code = code.replace("outputs/2026-11-30/10-00-00_resnet20", str(run_dir)).replace(
         "my_photo.jpg", str(tmp_path / "photo.jpg")
     )
-    exec(compile(code, "README.md", "exec"), {})
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    probs, names = scope["probs"], scope["model"].pretrained_cfg["label_names"]
+    assert probs.shape == (10,) and float(probs.sum()) == pytest.approx(1) and len(names) == 10
+    assert capsys.readouterr().out == f"{names[probs.argmax()]} {probs.max():.0%}\n"
 
 
 # --- set_drop_path_rate ------------------------------------------------------------------------

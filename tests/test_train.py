@@ -37,7 +37,9 @@ def test_step_schedule_divides_by_ten_at_half_and_three_quarters():
 
 
 def test_derived_seeds_are_stable_and_distinct():
-    assert derive_seed(0, "aug", 1, 2) == derive_seed(0, "aug", 1, 2)
+    # A resumed run is another process, maybe of a later zoo: it must draw the epoch's augmentation again
+    # from the same seed, so the value is pinned (Python's hash() would change with PYTHONHASHSEED).
+    assert derive_seed(0, "aug", 1, 2) == 3656089171571997293
     assert len({derive_seed(0, "aug", e, s) for e in range(5) for s in range(50)}) == 250
 
 

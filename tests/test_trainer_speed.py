@@ -6,6 +6,10 @@ import json
 import statistics
 import sys
 
+import numpy as np
+import torch
+from PIL import Image
+
 from conftest import REPO
 
 
@@ -54,3 +58,15 @@ def test_the_hand_loop_sees_the_extracted_images_with_crop_flip_and_normalisatio
         x.shape == (20, 3, 32, 32) and x.dtype.is_floating_point and sorted(y.tolist()) == sorted(list(range(10)) * 2)
     )
     assert -3 < float(x.mean()) < 3 and x.min() < 0 < x.max()  # normalised, not in [0, 1]
+    # Each view of one image is a 32x32 window of the normalised image padded by 4 (black, then
+    # normalised), flipped or not; and the views differ.
+    dataset = bench.hand_loader(folder, 20, 0, cuda=False).dataset
+    image = torch.from_numpy(np.asarray(Image.open(dataset.samples[0][0]).convert("RGB"))).permute(2, 0, 1)
+    padded = torch.nn.functional.pad(image.float() / 255, (4, 4, 4, 4))
+    padded = (padded - torch.tensor(bench.MEAN).view(3, 1, 1)) / torch.tensor(bench.STD).view(3, 1, 1)
+    windows = [padded[:, i : i + 32, j : j + 32] for i in range(9) for j in range(9)]
+    windows += [w.flip(-1) for w in windows]
+    torch.manual_seed(0)
+    views = [dataset[0][0] for _ in range(8)]
+    assert all(any(torch.allclose(v, w, atol=1e-5) for w in windows) for v in views)
+    assert any(not torch.equal(views[0], v) for v in views[1:])
