@@ -1,6 +1,7 @@
 """Shared fixtures and helpers: the repository root, the real CIFAR-10 archive and a decoded copy of
-it, the composed config, the tiny run's overrides, metrics readers, ``train.py`` as a subprocess, a
-made-up image tree, and a run cut by a simulated signal then resumed.
+it, the composed config, the tiny run's overrides, metrics readers, Python and ``train.py`` as
+subprocesses, a made-up image tree, a run cut by a simulated signal then resumed, the tiny models and
+their inputs, scripts loaded as modules, blocked imports, and the weights-equal check.
 
 The archive is found through the environment variable ZOO_CIFAR10, else at
 ``<repo>/../shared/data/cifar10-jpeg.tar.gz``; tests that need it skip, saying so, when it is absent.
@@ -8,12 +9,14 @@ The archive is found through the environment variable ZOO_CIFAR10, else at
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 TIMING = ("epoch_seconds", "images_per_second")  # metrics columns that differ run to run
+TRAINER_ONLY = ("hydra", "omegaconf", "tqdm", "matplotlib", "torchvision")  # the trainer's, not the library's
 if str(REPO) not in sys.path:  # lets tests import train.py
     sys.path.insert(0, str(REPO))
 
@@ -144,7 +148,7 @@ def compose_train(*overrides: str, hydra: bool = False):
     Hydra's own config with ``hydra=True``); a wrong type or an unknown key raises ConfigError."""
     from zoo.train.config.schema import compose_config
 
-    return compose_config(REPO / "configs", list(overrides), hydra=hydra)
+    return compose_config(CONFIGS, list(overrides), hydra=hydra)
 
 
 def check_cli(*args: str) -> str:
@@ -158,7 +162,7 @@ def check_cli(*args: str) -> str:
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
-            check_argv(["train.py", *args], REPO / "configs")
+            check_argv(["train.py", *args], CONFIGS)
         except SystemExit as e:
             assert e.code == 2, e.code
             lines = err.getvalue().strip().splitlines()
@@ -196,17 +200,50 @@ def metrics(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows(run_dir)]
 
 
-def run_cli(*args: str, cwd: Path = REPO, module: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """``python [module] train.py args`` in ``cwd``, with this checkout's zoo on the path."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def run_python(
+    *args: str, cwd: Path = REPO, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """``python args`` in ``cwd`` with this checkout on PYTHONPATH and ``env`` added; output captured as text."""
     return subprocess.run(
-        [sys.executable, *module, str(REPO / "train.py"), *args],
+        [sys.executable, *args],
         cwd=cwd,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
+
+
+def run_cli(
+    *args: str,
+    cwd: Path = REPO,
+    module: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
+    """``python [module] train.py args`` in ``cwd``, with this checkout's zoo on the path (through run_python)."""
+    return run_python(*module, str(REPO / "train.py"), *args, cwd=cwd, env=env, timeout=timeout)
+
+
+def blocked_imports(packages: tuple[str, ...]) -> str:
+    """Python source that, run first in a fresh interpreter, makes any import of ``packages`` raise ImportError."""
+    return f"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {tuple(packages)!r}:
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+"""
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """The script at ``path`` imported as module ``name``, put in sys.modules first (dataclasses look it up)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_tree(root: Path, classes: tuple[str, ...] | list[str] | None = None, train: int = 2, test: int = 2) -> Path:
@@ -292,3 +329,40 @@ def training_checkpoint(model_name: str = "resnet8", seed: int = 0, **config) ->
         },
         "model_name": model_name,
     }
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Two state dicts hold the same keys and, under each, equal tensors."""
+    assert a.keys() == b.keys(), sorted(a.keys() ^ b.keys())
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def tiny_models() -> dict[str, Callable[..., torch.nn.Module]]:
+    """A builder per family's tiny model (create_model's drop path keywords), resnet8, and a bottleneck ResNet."""
+    import zoo
+    from zoo.layers import drop_path_from_kwargs
+    from zoo.models import ResNetCifar
+
+    models = {name: (lambda name=name, **kw: zoo.create_model(name, **kw)) for name in zoo.list_models("*_tiny")}
+    models["resnet8"] = lambda **kw: zoo.create_model("resnet8", **kw)
+    models["bottleneck"] = lambda **kw: ResNetCifar(
+        (1, 1, 1), (4, 8, 16), block="bottleneck", **drop_path_from_kwargs(kw)
+    )
+    return models
+
+
+TINY = tiny_models()  # one builder per tiny model, by name
+
+
+def inputs(batch: int = 2) -> torch.Tensor:
+    """``batch`` random CIFAR-sized images, the same every call."""
+    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def wake_zero_scales(model: torch.nn.Module) -> None:
+    """Gives zero-initialised scales (a ResNet branch's last BN) values, as training would: zero hides a drop."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if (p == 0).all():
+                p.uniform_(0.5, 1.5)

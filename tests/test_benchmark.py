@@ -1,14 +1,10 @@
 """The benchmarks' own machinery (the timings themselves belong to the benchmark runs)."""
 
-import importlib.util
-
 import torch
 
-from conftest import REPO
+from conftest import REPO, load_script
 
-spec = importlib.util.spec_from_file_location("drop_path_bench", REPO / "benchmarks" / "drop_path.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+bench = load_script(REPO / "benchmarks" / "drop_path.py", "drop_path_bench")
 
 
 def test_every_op_variant_is_a_residual_with_a_drop_path():
@@ -48,9 +44,7 @@ def test_paired_ratio_is_the_median_of_per_repeat_ratios():
 
 
 def test_cpu_step_profile_times_the_precisions_and_lists_the_ops_at_a_tiny_size(capsys):
-    spec = importlib.util.spec_from_file_location("cpu_step_profile", REPO / "benchmarks" / "cpu_step_profile.py")
-    profile = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(profile)
+    profile = load_script(REPO / "benchmarks" / "cpu_step_profile.py", "cpu_step_profile")
     assert profile.main(["--tiny"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ")]

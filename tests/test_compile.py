@@ -12,31 +12,17 @@ import torch._dynamo.testing
 from torch import Tensor, nn
 
 import zoo
+from conftest import TINY
 from zoo.layers import (
     FIXED_DRAW_FACTOR_STEPS,
     DropPath,
     drop_path_add,
     drop_path_blocks,
-    drop_path_from_kwargs,
     drop_path_skip_add,
     time_factor,
 )
-from zoo.models import ResNetCifar
 
 MODES = ("mask", "skip", "auto")
-
-
-def tiny_models() -> dict[str, callable]:
-    models = {name: (lambda name=name, **kw: zoo.create_model(name, **kw)) for name in zoo.list_models("*_tiny")}
-    models["resnet8"] = lambda **kw: zoo.create_model("resnet8", **kw)
-    models["bottleneck"] = lambda **kw: ResNetCifar(
-        (1, 1, 1), (4, 8, 16), block="bottleneck", **drop_path_from_kwargs(kw)
-    )
-    return models
-
-
-TINY = tiny_models()
-
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")  # every test here compiles
 

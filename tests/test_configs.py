@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 import zoo
-from conftest import compose_train
+from conftest import CONFIGS, compose_train
 from zoo.train.config.schema import build_model, validate_config
 from zoo.train.errors import ConfigError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENT_FILES = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 CONTRACT_KEYS = (
     "drop_path_rate",

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from conftest import wake_zero_scales
 from zoo.layers import DropPath, drop_path
 
 BAD_RATES = [-0.1, 1.5, float("nan"), float("inf"), "0.1", None, True, [0.1]]
@@ -184,10 +185,7 @@ def test_drop_in_inside_a_timm_model():
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     theirs = timm.create_model("resnet10t", num_classes=3, drop_path_rate=0.5)
-    with torch.no_grad():  # zero-initialised last BNs make every branch 0, dropped or not: give them values
-        for p in theirs.parameters():
-            if (p == 0).all():
-                p.uniform_(0.5, 1.5)
+    wake_zero_scales(theirs)  # zero-initialised last BNs make every branch 0, dropped or not: give them values
     ours = copy.deepcopy(theirs)
     swapped = []
     for mod in list(ours.modules()):

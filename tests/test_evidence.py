@@ -5,10 +5,7 @@ python -m zoo.train.knockout)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,20 +13,12 @@ import torch
 import yaml
 
 import zoo
-from conftest import compose_train
+from conftest import compose_train, rows, run_cli, run_python
 from zoo.train import knockout as ko
 from zoo.train.config.schema import validate_config
 from zoo.train.data.cifar10 import CLASSES, Split, hold_out, load_cifar10
 from zoo.train.errors import ConfigError
 from zoo.train.loop.run import best_val_epoch, train
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_module(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-
 
 # ---------------------------------------------------------------- the validation split
 
@@ -80,7 +69,7 @@ def test_bad_val_size_is_refused(value, subset, match):
 
 
 def test_bad_val_size_on_the_command_line_is_one_line_and_no_run_dir(tmp_path):
-    out = run_module("train.py", "model=resnet8", "data.val_size=15", f"hydra.run.dir={tmp_path / 'run'}")
+    out = run_cli("model=resnet8", "data.val_size=15", f"hydra.run.dir={tmp_path / 'run'}")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "error: data.val_size must be a multiple of the 10 classes (the same number of each), >= 0 (0: no "
@@ -140,27 +129,27 @@ def val_run(tmp_path_factory, cifar10_archive, cifar10_cache) -> Path:
 
 
 def test_best_pt_and_the_summary_follow_validation_accuracy(val_run):
-    rows = [json.loads(line) for line in (val_run / "metrics.jsonl").read_text().splitlines()]
+    history = rows(val_run)
     summary = json.loads((val_run / "summary.json").read_text())
-    accs = [r["val_acc"] for r in rows]
+    accs = [r["val_acc"] for r in history]
     best = accs.index(max(accs))  # the first of equals
-    assert summary["best_val_epoch"] == rows[best]["epoch"] and summary["best_val_acc"] == accs[best]
-    assert summary["test_acc_at_best_val"] == rows[best]["test_acc"]
+    assert summary["best_val_epoch"] == history[best]["epoch"] and summary["best_val_acc"] == accs[best]
+    assert summary["test_acc_at_best_val"] == history[best]["test_acc"]
     assert summary["val_images"] == 50 and summary["train_images"] == 192
     saved = torch.load(val_run / "best.pt", weights_only=True)
-    assert saved["epoch"] == rows[best]["epoch"]
+    assert saved["epoch"] == history[best]["epoch"]
     # the arguments that rebuild the model (drop_path_rates among them), as last.pt stores them
     assert saved["model_args"] == torch.load(val_run / "last.pt", weights_only=True)["model_args"] != {}
     # best.pt's weights give that epoch's test accuracy again, through load_run(which="best")
-    out = run_module(
+    out = run_python(
         "-m", "zoo.train.evaluate", str(val_run), "--which", "best", "--test-subset", "100", "--device", "cpu"
     )
     assert out.returncode == 0, out.stderr
-    assert f"test_acc={rows[best]['test_acc']:.4f}" in out.stdout
+    assert f"test_acc={history[best]['test_acc']:.4f}" in out.stdout
     model, _ = zoo.load_run(val_run, which="best")
     last, _ = zoo.load_run(val_run)
     same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), last.state_dict().values()))
-    assert same == (rows[best]["epoch"] == len(rows))
+    assert same == (history[best]["epoch"] == len(history))
 
 
 def test_test_every_0_tests_the_last_epoch_and_best_pt_only(tmp_path, cifar10_archive, cifar10_cache):
@@ -189,12 +178,12 @@ def test_test_every_0_tests_the_last_epoch_and_best_pt_only(tmp_path, cifar10_ar
         ),
         run,
     )
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert ["test_acc" in r for r in rows] == [False, False, False, True] and all("val_acc" in r for r in rows)
-    assert summary["final_test_acc"] == summary["best_test_acc"] == rows[-1]["test_acc"]
+    history = rows(run)
+    assert ["test_acc" in r for r in history] == [False, False, False, True] and all("val_acc" in r for r in history)
+    assert summary["final_test_acc"] == summary["best_test_acc"] == history[-1]["test_acc"]
     loaded = load_for_eval(run, torch.device("cpu"), None, 100, which="best")
     assert summary["test_acc_at_best_val"] == accuracy(loaded, loaded.model)[0]
-    assert summary["best_val_epoch"] == best_val_epoch(rows)["epoch"]
+    assert summary["best_val_epoch"] == best_val_epoch(history)["epoch"]
 
 
 def test_which_best_without_a_validation_split_says_why(tmp_path, val_run):

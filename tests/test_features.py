@@ -8,39 +8,15 @@ import torch
 from torch import Tensor, nn
 
 import zoo
-from zoo.layers import drop_path_from_kwargs
-from zoo.models import MetaFormer, ResNetCifar
+from conftest import TINY, inputs, wake_zero_scales
+from zoo.models import MetaFormer
 
-
-def tiny_models() -> dict[str, callable]:
-    models = {name: (lambda name=name, **kw: zoo.create_model(name, **kw)) for name in zoo.list_models("*_tiny")}
-    models["resnet8"] = lambda **kw: zoo.create_model("resnet8", **kw)
-    models["bottleneck"] = lambda **kw: ResNetCifar(
-        (1, 1, 1), (8, 16, 32), block="bottleneck", **drop_path_from_kwargs(kw)
-    )
-    return models
-
-
-TINY = tiny_models()
 NAMES = sorted(TINY)
 
 
 def build(name: str, seed: int = 0, **kwargs) -> nn.Module:
     torch.manual_seed(seed)
     return TINY[name](**kwargs)
-
-
-def inputs(batch: int = 2) -> Tensor:
-    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-
-def wake_zero_scales(model: nn.Module) -> None:
-    """Give zero-initialised scales (a ResNet branch's last BN) values, as training would: a zero
-    branch makes dropped and kept samples, and every gradient through it, look alike."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if (p == 0).all():
-                p.uniform_(0.5, 1.5)
 
 
 def pooled_forward_before_the_split(model: nn.Module, x: Tensor) -> Tensor:

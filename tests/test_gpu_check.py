@@ -3,25 +3,19 @@
 the script does not break between the sessions that have a GPU."""
 
 import functools
-import importlib.util
 import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_script
 
 
 @functools.cache
 def gpu_check_module():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "scripts" / "gpu_check.py", "gpu_check")
 
 
 def test_the_header_budget_is_the_plan_and_fits_eight_minutes():

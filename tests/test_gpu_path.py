@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from conftest import REPO, compose_train, metrics, tiny, train_cut_and_resumed
+from conftest import REPO, compose_train, metrics, run_python, tiny, train_cut_and_resumed
 from zoo.train.data.batches import crop_flip, epoch_plan, normalize, train_batch
 from zoo.train.data.cifar10 import Split
 from zoo.train.loop import run as loop
@@ -207,10 +207,6 @@ except loop.TrainingInterrupted as e:
 def test_two_processes_stop_together_when_one_is_signalled(tmp_path, cifar10_archive, cifar10_cache):
     """Rank 1 alone is asked to stop; its vote reaches rank 0 through the loss read, and both stop at
     the same step boundary (two steps later), saved, without hanging in a collective."""
-    import os
-    import subprocess
-    import sys
-
     overrides = tiny(
         cifar10_archive,
         cifar10_cache,
@@ -223,13 +219,8 @@ def test_two_processes_stop_together_when_one_is_signalled(tmp_path, cifar10_arc
     script.write_text(
         STOP_ON_RANK_1.format(tests=str(REPO / "tests"), overrides=overrides, run_dir=str(tmp_path / "run"))
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out = run_python(
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), cwd=tmp_path, timeout=300
     )
     said = sorted(p.read_text() for p in tmp_path.glob("rank*.txt"))
     where = "SIGTERM in epoch 1 after step 4 of 8"

@@ -4,9 +4,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +11,7 @@ import pytest
 import torch
 
 import zoo
-from conftest import REPO, compose_train, tiny, training_checkpoint
+from conftest import REPO, TRAINER_ONLY, blocked_imports, compose_train, rows, run_python, tiny, training_checkpoint
 from zoo.layers import drop_path_blocks
 from zoo.train import evaluate as evaluate_cli
 from zoo.train.config.schema import build_model, model_args
@@ -180,25 +177,13 @@ def test_load_run_needs_a_training_checkpoint(tmp_path):
 def test_loading_needs_torch_alone(tmp_path):
     """load_run and create_model(checkpoint_path=...) with the trainer's dependencies unimportable."""
     torch.save(training_checkpoint("resnet8"), tmp_path / "last.pt")
-    script = f"""
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("hydra", "omegaconf", "tqdm", "matplotlib", "torchvision"):
-            raise ImportError("blocked: " + name)
-sys.meta_path.insert(0, Block())
+    script = f"""{blocked_imports(TRAINER_ONLY)}
 import zoo
 model, config = zoo.load_run({str(tmp_path)!r})
 zoo.create_model("resnet8", checkpoint_path={str(tmp_path)!r})
 print(config["model"]["name"], model.training)
 """
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    out = run_python("-c", script, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["resnet8", "False"]
 
@@ -313,13 +298,7 @@ def test_evaluate_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
         assert info.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], (argv, err)
-    out = subprocess.run(
-        [sys.executable, "-m", "zoo.train.evaluate", str(tmp_path / "nope")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    out = run_python("-m", "zoo.train.evaluate", str(tmp_path / "nope"), timeout=300)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip().splitlines() == [f"error: {str(tmp_path / 'nope')!r}: no such run dir or checkpoint file"]
 
@@ -343,7 +322,7 @@ def eval_line(capsys, *argv: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_evaluate_reproduces_the_runs_final_test_accuracy(tiny_run, capsys):
-    (row,) = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    (row,) = rows(tiny_run)
     got = eval_line(capsys, str(tiny_run), "--test-subset", "100", "--device", "cpu")
     assert got["model"] == "resnet8" and got["images"] == "100" and got["device"] == "cpu"
     assert int(got["correct"]) / 100 == row["test_acc"] and got["test_acc"] == f"{row['test_acc']:.4f}"

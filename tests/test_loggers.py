@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import check_cli, compose_train, tiny, train_cut_and_resumed
+from conftest import check_cli, compose_train, rows, tiny, train_cut_and_resumed
 from zoo.train.rundir import loggers
 
 
@@ -65,13 +65,13 @@ def test_every_logger_gets_config_metrics_summary_and_checkpoints_and_a_resume_c
     statuses = []
     train_cut_and_resumed(monkeypatch, overrides, run_dir, between=lambda: statuses.append(status()))  # cut in epoch 2
     assert statuses == ["KILLED"]  # the trainer said how its run ended; the resume set it RUNNING, then FINISHED
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    written = rows(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r["epoch"] for r in written] == [1, 2]
 
     with open(run_dir / "metrics.csv", newline="") as f:
         table = list(csv.DictReader(f))
-    assert [float(r["test_acc"]) for r in table] == pytest.approx([r["test_acc"] for r in rows])
+    assert [float(r["test_acc"]) for r in table] == pytest.approx([r["test_acc"] for r in written])
     assert [int(r["epoch"]) for r in table] == [1, 2] and "val_acc" in table[0]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -79,14 +79,14 @@ def test_every_logger_gets_config_metrics_summary_and_checkpoints_and_a_resume_c
     events = EventAccumulator(str(run_dir))
     events.Reload()
     assert [e.step for e in events.Scalars("val_acc")] == [1, 2]
-    assert [e.value for e in events.Scalars("val_acc")] == pytest.approx([r["val_acc"] for r in rows])
+    assert [e.value for e in events.Scalars("val_acc")] == pytest.approx([r["val_acc"] for r in written])
 
     ids = json.loads((run_dir / loggers.IDS_NAME).read_text())
     (run,) = client.search_runs([client.get_experiment_by_name("zoo").experiment_id])  # one run, not one per start
     assert run.info.run_id == ids["mlflow"] and run.info.status == "FINISHED"
     history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "test_acc"))
     assert [step for step, _ in history] == [1, 2]
-    assert [value for _, value in history] == pytest.approx([r["test_acc"] for r in rows])
+    assert [value for _, value in history] == pytest.approx([r["test_acc"] for r in written])
     assert run.data.params["model.name"] == "resnet8" and run.data.params["data.val_size"] == "50"
     assert run.data.metrics["summary.final_test_acc"] == pytest.approx(summary["final_test_acc"])
     assert run.data.tags["last_checkpoint"] == str((run_dir / "last.pt").resolve())
@@ -102,7 +102,7 @@ def test_every_logger_gets_config_metrics_summary_and_checkpoints_and_a_resume_c
     assert [r.exit.exit_code for r in resumed if r.HasField("exit")] == [0]
     records = first + resumed
     logged = {(step["_step"], step["test_acc"]) for step in items(records, "history")}
-    assert sorted(logged) == [(1, rows[0]["test_acc"]), (2, rows[1]["test_acc"])]
+    assert sorted(logged) == [(1, written[0]["test_acc"]), (2, written[1]["test_acc"])]
     (config, *_) = items(records, "config")
     assert config["model"] == {"name": "resnet8"} and config["data"]["val_size"] == 50
     final = {k: v for update in items(records, "summary") for k, v in update.items()}

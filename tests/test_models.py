@@ -8,15 +8,12 @@ import pytest
 import torch
 
 import zoo
+from conftest import inputs, wake_zero_scales
 from zoo.layers import DEPTH_SCHEDULES, drop_path_rates
 from zoo.layers.residual import drop_path_blocks
 
 MODELS = zoo.list_models()
 TINY = [*zoo.list_models("*_tiny"), "resnet8"]
-
-
-def inputs(batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
 def on_meta(name: str, **kwargs) -> zoo.models.ZooModel:
@@ -53,11 +50,9 @@ def test_eval_is_deterministic_and_each_block_keeps_its_branch_at_one_minus_its_
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
-        # Zero-initialised scales (a ResNet branch's last BN) make every branch 0 at init, and a
-        # dropped 0 is still 0: give them values first, as training would.
-        for p in model.parameters():
-            if (p == 0).all():
-                p.uniform_(0.5, 1.5)
+    # Zero-initialised scales (a ResNet branch's last BN) make every branch 0 at init, and a
+    # dropped 0 is still 0: give them values first, as training would.
+    wake_zero_scales(model)
     blocks = drop_path_blocks(model)
     kept: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(blocks))}
     for i, block in enumerate(blocks):

@@ -4,28 +4,18 @@ pickled by a launcher plugin."""
 from __future__ import annotations
 
 import json
-import os
 import runpy
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, TRAINER_ONLY, blocked_imports, run_python
 
-TRAINER_ONLY = ("hydra", "omegaconf", "tqdm", "matplotlib", "torchvision")
 NOT_NEEDED = (*TRAINER_ONLY, "timm")  # timm too: zoo.register_timm alone imports it
 
 # Runs in a fresh interpreter where the trainer's dependencies cannot be imported at all (torch itself
 # tries tqdm, and copes without it), then uses the library as another project would.
-BLOCKED_IMPORT = f"""
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {NOT_NEEDED!r}:
-            raise ImportError("blocked: " + name)
-sys.meta_path.insert(0, Block())
+BLOCKED_IMPORT = f"""{blocked_imports(NOT_NEEDED)}
 import torch, zoo, zoo.layers, zoo.blocks, zoo.models
 from zoo.layers import DropPath, drop_path, drop_path_add, drop_path_rates, drop_path_skip_add
 from zoo.blocks import BasicBlock, Bottleneck, MetaFormerBlock
@@ -36,14 +26,7 @@ print(len(zoo.list_models()), model.drop_path_rates())
 
 
 def test_the_library_imports_and_runs_without_the_trainers_dependencies():
-    out = subprocess.run(
-        [sys.executable, "-c", BLOCKED_IMPORT],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    out = run_python("-c", BLOCKED_IMPORT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     count, rates = out.stdout.split(" ", 1)
     assert int(count) > 20 and json.loads(rates) == pytest.approx([0.0, 0.05, 0.1])

@@ -4,13 +4,10 @@ in the sweep dir, trials run by the joblib launcher, and a report that lists the
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, check_cli, compose_train
+from conftest import check_cli, compose_train, run_cli
 
 
 @pytest.mark.slow
@@ -40,15 +37,7 @@ def test_a_four_trial_search_through_the_joblib_launcher(tmp_path, cifar10_archi
         "device=cpu",
         "amp=false",
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    out = run_cli(*args, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
 
     study = optuna.load_study(study_name="drop_path_rate", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")

@@ -4,9 +4,7 @@ accumulation, a run started from trained weights, and the progress line."""
 from __future__ import annotations
 
 import copy
-import json
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +12,16 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import zoo
-from conftest import check_cli, compose_train, tiny, train_cut_and_resumed
+from conftest import (
+    REPO,
+    assert_same_weights,
+    check_cli,
+    compose_train,
+    load_script,
+    metrics,
+    tiny,
+    train_cut_and_resumed,
+)
 from zoo.train.cli import SWEEP_JOBS, jobs_after
 from zoo.train.config.schema import validate_config
 from zoo.train.data.augment import ERASE_VALUE, apply_per_image, build_policy, resolve_augment
@@ -25,15 +32,6 @@ from zoo.train.loop import run as loop
 from zoo.train.loop.progress import Progress
 from zoo.train.loop.step import train_step
 from zoo.train.rundir.checkpoint import init_weights
-
-
-def rows(run_dir: Path) -> list[dict]:
-    timing = ("epoch_seconds", "images_per_second")
-    return [
-        {k: v for k, v in json.loads(line).items() if k not in timing}
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
-
 
 # --- augmentation policies -------------------------------------------------------------------------
 
@@ -94,9 +92,9 @@ def test_a_resumed_run_with_a_policy_ends_like_an_uninterrupted_one(
     overrides = tiny(cifar10_archive, cifar10_cache, "data.augment=randaugment", "data.random_erasing=0.25")
     loop.train(compose_train(*overrides), tmp_path / "full")
     train_cut_and_resumed(monkeypatch, overrides, tmp_path / "cut")
-    assert rows(tmp_path / "cut") == rows(tmp_path / "full")
+    assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
     a, b = torch.load(tmp_path / "full" / "last.pt"), torch.load(tmp_path / "cut" / "last.pt")
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert_same_weights(a["model"], b["model"])
 
 
 @pytest.mark.parametrize(
@@ -211,7 +209,7 @@ def test_a_run_starts_from_another_runs_weights(tmp_path, caplog, cifar10_archiv
     with caplog.at_level(logging.INFO, logger="train"), pytest.MonkeyPatch.context() as patch:
         patch.setattr(loop, "init_weights", spy)
         loop.train(compose_train(*first, f"init_from={tmp_path / 'first'}"), tmp_path / "second")
-    assert all(torch.equal(seen[k], trained[k]) for k in trained)
+    assert_same_weights(seen, trained)
     assert f"weights from {tmp_path / 'first'}" in caplog.text
 
 
@@ -246,13 +244,8 @@ def test_a_sweeps_jobs_after_this_one_count_rounds_of_parallel_jobs(monkeypatch)
 
 def test_the_augment_benchmark_times_every_policy_it_names():
     import argparse
-    import importlib.util
 
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("augment_speed", REPO / "benchmarks" / "augment_speed.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(REPO / "benchmarks" / "augment_speed.py", "augment_speed")
     args = argparse.Namespace(device="cpu", images=64, batch=32)
     for policy in bench.POLICIES.values():
         assert check_cli(*policy) == ""  # the overrides are valid keys and values

@@ -18,7 +18,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BAD_VALUES, REPO, check_cli, compose_train, make_tree, metrics, run_cli, tiny
+from conftest import (
+    BAD_VALUES,
+    REPO,
+    assert_same_weights,
+    check_cli,
+    compose_train,
+    make_tree,
+    metrics,
+    run_cli,
+    run_python,
+    tiny,
+)
 from zoo.train.config.schema import validate_config
 from zoo.train.data.cifar10 import CLASSES
 from zoo.train.errors import CheckpointError, CompileFailed, ConfigError, DataError, RunDirError, TrainingDiverged
@@ -168,20 +179,8 @@ def test_cli_data_mistakes_name_the_path(tmp_path, monkeypatch):
 def test_a_run_without_a_network_leaves_no_data_dir(tmp_path):
     """data=cifar10 downloads; when that fails the empty data dir it made is removed again. A proxy on
     a closed local port makes the download fail at once whether or not the machine has a network."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "https_proxy": "http://127.0.0.1:9",
-        "http_proxy": "http://127.0.0.1:9",
-    }
-    out = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "model=resnet8", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proxy = {"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+    out = run_cli("model=resnet8", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=proxy, timeout=300)
     assert "could not download CIFAR-10 into data.root='./data'" in one_error_line(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nor the run dir: nothing was saved in it
 
@@ -367,7 +366,7 @@ def resume_and_compare(run_dir: Path, expected: Path) -> None:
     got, want = (json.loads((d / "summary.json").read_text()) for d in (run_dir, expected))
     assert got["final_test_acc"] == want["final_test_acc"] and got["best_test_acc"] == want["best_test_acc"]
     a, b = (torch.load(d / CHECKPOINT_NAME, weights_only=True) for d in (run_dir, expected))
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    assert_same_weights(a["model"], b["model"])
 
 
 @pytest.mark.slow
@@ -423,20 +422,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 @pytest.mark.slow
 def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path, uninterrupted, cifar10_archive, cifar10_cache):
     run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            KILL_DURING_SECOND_SAVE,
-            str(REPO / "train.py"),
-            *cli_args(cifar10_archive, cifar10_cache, run_dir),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    out = run_python(
+        "-c", KILL_DURING_SECOND_SAVE, str(REPO / "train.py"), *cli_args(cifar10_archive, cifar10_cache, run_dir)
     )
     assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
     assert load_checkpoint(run_dir)["epoch"] == 1  # the epoch-1 file, whole

@@ -6,23 +6,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import compose_train
+from conftest import REPO, compose_train, run_cli, run_python
 from zoo.train.config.overrides import MAX_JOB_DIR_BYTES, job_dir_name
 from zoo.train.report.comparison import ReportCallback, render_markdown, reproduce_command
 from zoo.train.report.sweep import FAILED_NAME, load_sweep
 from zoo.train.sweep_job import record_failure, run_job
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 # ---------------------------------------------------------------- job dir names
 
@@ -223,11 +217,7 @@ def _data(tmp_path: Path, archive: Path, bad_seed: int, seeds: range) -> Path:
     return data
 
 
-def _run(script: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 # Trains as train.py does, but SIGKILLs itself in epoch 2 of seed 3's job after 2 of its 4 steps.
@@ -266,7 +256,7 @@ def test_chaos_a_failing_job_and_a_killed_one_then_the_same_command(tmp_path, ci
     data = _data(tmp_path, cifar10_archive, 1, range(6))
     args = _sweep_args(cifar10_archive, cifar10_cache, data, sweep, "0,1,2,3,4,5")
     (tmp_path / "killer.py").write_text(KILLER.format(repo=str(REPO)))
-    first = _run(tmp_path / "killer.py", args, tmp_path)
+    first = run_python(str(tmp_path / "killer.py"), *args, cwd=tmp_path, env=ONE_THREAD)
     assert first.returncode == -9, first.stderr[-3000:]
     jobs = {int(p.name.partition("_")[0]): p for p in sweep.iterdir() if p.is_dir()}
     assert sorted(jobs) == [0, 1, 2, 3] and (jobs[3] / "last.pt").is_file() and not (jobs[3] / "summary.json").exists()
@@ -277,7 +267,7 @@ def test_chaos_a_failing_job_and_a_killed_one_then_the_same_command(tmp_path, ci
     )
     assert json.loads((jobs[1] / FAILED_NAME).read_text())["exit_status"] == 2  # the sweep went on after it
 
-    again = _run(REPO / "train.py", args, tmp_path)
+    again = run_cli(*args, cwd=tmp_path, env=ONE_THREAD)
     assert again.returncode == 1, again.stderr[-3000:]
     jobs = {int(p.name.partition("_")[0]): p for p in sweep.iterdir() if p.is_dir()}
     assert sorted(n for n, p in jobs.items() if (p / "summary.json").is_file()) == [0, 2, 3, 4, 5]
@@ -301,7 +291,7 @@ def test_a_failing_job_beside_a_healthy_one_in_a_launcher(tmp_path, launcher, ci
     sweep = tmp_path / "sweep"
     args = _sweep_args(cifar10_archive, cifar10_cache, _data(tmp_path, cifar10_archive, 1, range(2)), sweep, "0,1")
     options = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.tasks_per_node=1"]
-    out = _run(REPO / "train.py", [*args, f"hydra/launcher={launcher}", *options], tmp_path)
+    out = run_cli(*args, f"hydra/launcher={launcher}", *options, cwd=tmp_path, env=ONE_THREAD)
     assert out.returncode == 1, out.stderr[-3000:]
     healthy, failed = sorted((p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()), key=lambda p: p.name)
     assert json.loads((healthy / "summary.json").read_text())["epochs"] == 2

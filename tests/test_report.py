@@ -16,7 +16,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import compose_train
+from conftest import REPO, compose_train
 from zoo.train.report.comparison import (
     ReportCallback,
     main,
@@ -32,9 +32,6 @@ from zoo.train.report.paired import Paired
 from zoo.train.report.plot import TITLE_ACC, TITLE_DIFF, TITLE_DIFF_VAL, TITLE_LOSS, paired_curve
 from zoo.train.report.sweep import ReportError, baseline_of, load_sweep
 
-REPO = Path(__file__).resolve().parents[1]
-
-ROOT = Path(__file__).resolve().parents[1]
 T_975_DF1 = 12.70620474  # Student t 0.975 quantiles, 1 and 2 degrees of freedom (from tables)
 T_975_DF2 = 4.302652729749464
 
@@ -567,7 +564,7 @@ def test_micro_sweep_through_train_py(tmp_path, cifar10_archive, cifar10_cache):
         "device=cpu",
         f"hydra.sweep.dir={sweep}",
     ]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (sweep / "comparison.md").is_file(), (
         "no comparison.md: is zoo.train.report.comparison.ReportCallback under hydra.callbacks?"

@@ -4,16 +4,12 @@ per-block rates on ``create_model``."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
 import zoo
-from conftest import REPO, check_cli, training_checkpoint
+from conftest import REPO, check_cli, run_python, training_checkpoint
 from zoo.layers import DropPath, drop_path_blocks, drop_path_rates
 
 pytest.importorskip("timm")
@@ -253,14 +249,7 @@ def test_zoo_runs_timms_scripts_with_its_models_registered(tmp_path):
         "import sys, timm\nm = timm.create_model(sys.argv[1], drop_path_rate=0.1)\n"
         "print(type(m).__name__, m.drop_path_rates()[-1])\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "zoo._timm", str(script), "zoo_resnet8"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=300,
-    )
+    out = run_python("-m", "zoo._timm", str(script), "zoo_resnet8", cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["ResNetCifar", "0.1"]
     assert "RuntimeWarning" not in out.stderr  # runpy's, when the module ran was imported before

@@ -11,7 +11,16 @@ import torch
 from omegaconf import OmegaConf
 
 import zoo
-from conftest import compose_train, metrics, rows, run_cli, tiny, train_cut_and_resumed, training_checkpoint
+from conftest import (
+    assert_same_weights,
+    compose_train,
+    metrics,
+    rows,
+    run_cli,
+    tiny,
+    train_cut_and_resumed,
+    training_checkpoint,
+)
 from zoo.train.config.schema import validate_config
 from zoo.train.data.batches import derive_seed
 from zoo.train.errors import CheckpointError, RunDirError, TrainingDiverged
@@ -143,7 +152,7 @@ def test_resume_mid_epoch_ends_like_an_uninterrupted_run(tmp_path, monkeypatch, 
     assert load_checkpoint(tmp_path / "cut")["global_step"] == 8
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["final_test_acc"] == full["final_test_acc"]
     a, b = torch.load(tmp_path / "full" / "last.pt"), torch.load(tmp_path / "cut" / "last.pt")
-    assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert_same_weights(a["model"], b["model"])
     assert not (tmp_path / "cut-ignored").exists()  # a resumed run writes into its own dir
 
 
@@ -190,7 +199,7 @@ def test_resume_ends_like_an_uninterrupted_run_on_the_cpu(case, tmp_path, monkey
     train_cut_and_resumed(monkeypatch, overrides, tmp_path / "cut")
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
     a, b = (torch.load(tmp_path / d / "last.pt", weights_only=True) for d in ("full", "cut"))
-    assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert_same_weights(a["model"], b["model"])
 
 
 @pytest.mark.slow
@@ -216,7 +225,7 @@ def test_a_compiled_run_resumes_like_an_uninterrupted_one_on_the_cpu(
     train_cut_and_resumed(monkeypatch, overrides, tmp_path / "cut")
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
     a, b = (torch.load(tmp_path / d / "last.pt", weights_only=True) for d in ("full", "cut"))
-    assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert_same_weights(a["model"], b["model"])
 
 
 def test_a_run_dir_holding_a_run_is_not_overwritten(tmp_path, cifar10_archive, cifar10_cache):
@@ -341,7 +350,7 @@ def test_two_process_torchrun(tmp_path, cifar10_archive, cifar10_cache):
     best = torch.load(run_dir / "best.pt", weights_only=True)["model"]
     for rank in (0, 1):
         tested = torch.load(record / f"best{rank}.pt", weights_only=True)
-        assert all(torch.equal(tested[k], best[k]) for k in best), rank
+        assert_same_weights(tested, best)
     assert 0.0 <= last["test_acc"] <= 1.0 and last["images_per_second"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs", "ranks"]  # rank 1 wrote nothing of its own
     r0, r1 = (torch.load(record / f"rank{r}.pt", weights_only=True) for r in (0, 1))
@@ -349,7 +358,7 @@ def test_two_process_torchrun(tmp_path, cifar10_archive, cifar10_cache):
     assert r0["model"].keys() == r1["model"].keys() and set(params) < r0["model"].keys()
     assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in params)
     saved = torch.load(run_dir / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(saved[k], r0["model"][k]) for k in saved)
+    assert_same_weights(saved, r0["model"])
     assert len(r0["draws"]) == len(r1["draws"]) > 0
     assert [d.shape for d in r0["draws"]] == [d.shape for d in r1["draws"]]
     assert any(not torch.equal(a, b) for a, b in zip(r0["draws"], r1["draws"]))

@@ -1,24 +1,18 @@
 """benchmarks/trainer_speed.py at a tiny size: both sides train, the table and the JSON carry what the
 docs quote (correctness only; the timings of a tiny run mean nothing)."""
 
-import importlib.util
 import json
 import statistics
-import sys
 
 import numpy as np
 import torch
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, load_script
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("trainer_speed", REPO / "benchmarks" / "trainer_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["trainer_speed"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "benchmarks" / "trainer_speed.py", "trainer_speed")
 
 
 def test_trainer_speed_runs_both_loops_at_a_tiny_size(tmp_path, capsys, cifar10_archive, cifar10_cache):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import zoo
-from conftest import NO_CUDA, compose_train, metrics, rows, run_cli, tiny, train_cut_and_resumed
+from conftest import NO_CUDA, assert_same_weights, compose_train, metrics, rows, run_cli, tiny, train_cut_and_resumed
 from zoo.train.data.mixing import build_mixing
 from zoo.train.loop import run as loop
 from zoo.train.loop.ema import EMA
@@ -95,7 +95,7 @@ def test_a_run_with_ema_reports_saves_and_resumes_it(tmp_path, monkeypatch, cifa
     train_cut_and_resumed(monkeypatch, overrides, tmp_path / "cut")
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
     again = load_checkpoint(tmp_path / "cut")
-    assert all(torch.equal(again["ema"][k], state["ema"][k]) for k in state["ema"])
+    assert_same_weights(again["ema"], state["ema"])
 
 
 # --- mixup and cutmix ------------------------------------------------------------------------------
