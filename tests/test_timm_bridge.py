@@ -110,7 +110,7 @@ def test_the_readme_classifies_an_image_with_a_trained_run(tmp_path, capsys):
     )
     scope = {}
     exec(compile(code, "README.md", "exec"), scope)
-    probs, names = scope["probs"], scope["model"].pretrained_cfg["label_names"]
+    probs, names = scope["probs"].detach(), scope["model"].pretrained_cfg["label_names"]
     assert probs.shape == (10,) and float(probs.sum()) == pytest.approx(1) and len(names) == 10
     assert capsys.readouterr().out == f"{names[probs.argmax()]} {probs.max():.0%}\n"
 

@@ -55,7 +55,7 @@ def test_the_hand_loop_sees_the_extracted_images_with_crop_flip_and_normalisatio
     # Each view of one image is a 32x32 window of the normalised image padded by 4 (black, then
     # normalised), flipped or not; and the views differ.
     dataset = bench.hand_loader(folder, 20, 0, cuda=False).dataset
-    image = torch.from_numpy(np.asarray(Image.open(dataset.samples[0][0]).convert("RGB"))).permute(2, 0, 1)
+    image = torch.from_numpy(np.array(Image.open(dataset.samples[0][0]).convert("RGB"))).permute(2, 0, 1)
     padded = torch.nn.functional.pad(image.float() / 255, (4, 4, 4, 4))
     padded = (padded - torch.tensor(bench.MEAN).view(3, 1, 1)) / torch.tensor(bench.STD).view(3, 1, 1)
     windows = [padded[:, i : i + 32, j : j + 32] for i in range(9) for j in range(9)]
