@@ -11,9 +11,10 @@ From the paper: LayerNorm without bias, StarReLU MLPs without bias, ResScale in 
 LayerScale, a global average pool and a LayerNorm before the classifier. Two simplifications: every
 family normalises each token over its channels (the paper's IdentityFormer, RandFormer and PoolFormerV2
 normalise over channels and space, a one-group GroupNorm), and the classifier is one linear layer (the
-paper's ConvFormer and CAFormer have a two-layer MLP head). Families differ only in their token mixers: IdentityFormer (identity), RandFormer (identity in stages 1-2,
-frozen random mixing in 3-4), PoolFormer (pooling), ConvFormer (separable convolutions) and CAFormer
-(separable convolutions in stages 1-2, attention in 3-4, where maps are 8x8 and 4x4).
+paper's ConvFormer and CAFormer have a two-layer MLP head). Families differ only in their token mixers:
+IdentityFormer (identity), RandFormer (identity in stages 1-2, frozen random mixing in 3-4), PoolFormer
+(pooling), ConvFormer (separable convolutions) and CAFormer (separable convolutions in stages 1-2,
+attention in 3-4, where maps are 8x8 and 4x4).
 
 Sizes: the paper's depths at four times its token counts, with narrower stages than its s-models'
 (64, 128, 320, 512): ``tiny`` (1, 1, 1, 1) x (16, 32, 64, 128) for tests; ``s12`` (2, 2, 6, 2) and

@@ -207,11 +207,11 @@ def expand_jobs(args: list[str], multirun: bool, config_dir: str | os.PathLike) 
     """Each job's overrides (:func:`expand`); a sweep's as Hydra's basic sweeper makes them from its
     config's sweeper params and the command line (:func:`sweep_jobs`), their count kept for the sweep's
     eta (:data:`SWEEP_JOBS`)."""
-    jobs = expand(args)
-    if multirun and jobs is not None:
-        jobs = sweep_jobs(sweeper_node(args, config_dir), args)
-        if jobs is not None:
-            os.environ[SWEEP_JOBS] = str(len(jobs))
+    if not multirun:
+        return expand(args)
+    jobs = sweep_jobs(sweeper_node(args, config_dir), args)  # None where Hydra cannot parse them
+    if jobs is not None:
+        os.environ[SWEEP_JOBS] = str(len(jobs))
     return jobs
 
 
